@@ -1,0 +1,688 @@
+/*
+ * hk_config - load the cluster YAML into typed structs.
+ *
+ * The file is parsed once with libyaml's document API; each node section is
+ * then read by a table of key handlers per role. Unknown keys, wrong types and
+ * bad values are errors naming file, line and key, so a typo never becomes a
+ * silent default.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <yaml.h>
+
+#include "hk_config.h"
+#include "hk_util.h"
+
+struct cfg_ctx {
+	const char *path;
+	yaml_document_t *doc;
+	char *err;
+	size_t errlen;
+};
+
+static int
+cfg_error(struct cfg_ctx *c, const yaml_node_t *n, const char *key, const char *fmt, ...)
+{
+	char what[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	snprintf(c->err, c->errlen, "%s:%lu: key '%s': %s", c->path,
+	    n ? (unsigned long)n->start_mark.line + 1 : 0UL, key, what);
+	return -1;
+}
+
+static const char *
+scalar(const yaml_node_t *n)
+{
+	return n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+/* --- value parsers: each returns 0 or reports through cfg_error ---------- */
+
+static int
+get_string(struct cfg_ctx *c, const yaml_node_t *n, const char *key, char **out)
+{
+	const char *s = scalar(n);
+	if (s == NULL || *s == '\0')
+		return cfg_error(c, n, key, "expected a non-empty string");
+	free(*out);
+	*out = xstrdup(s);
+	return 0;
+}
+
+static int
+get_bool(struct cfg_ctx *c, const yaml_node_t *n, const char *key, bool *out)
+{
+	const char *s = scalar(n);
+	if (s && (!strcmp(s, "true") || !strcmp(s, "yes") || !strcmp(s, "on")))
+		*out = true;
+	else if (s && (!strcmp(s, "false") || !strcmp(s, "no") || !strcmp(s, "off")))
+		*out = false;
+	else
+		return cfg_error(c, n, key, "expected true or false");
+	return 0;
+}
+
+static int
+get_uint(struct cfg_ctx *c, const yaml_node_t *n, const char *key,
+    unsigned long long max, unsigned long long *out)
+{
+	const char *s = scalar(n);
+	char *end;
+	unsigned long long v;
+
+	if (s == NULL || *s == '\0' || *s == '-')
+		return cfg_error(c, n, key, "expected a non-negative integer");
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || *end || v > max)
+		return cfg_error(c, n, key, "expected an integer up to %llu, got '%s'", max, s);
+	*out = v;
+	return 0;
+}
+
+static int
+get_u32(struct cfg_ctx *c, const yaml_node_t *n, const char *key, uint32_t *out)
+{
+	unsigned long long v;
+	if (get_uint(c, n, key, UINT32_MAX, &v))
+		return -1;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+/* "500ms", "10s", "5m", "1h", "5d"; a bare number is seconds. */
+static int
+get_duration_ms(struct cfg_ctx *c, const yaml_node_t *n, const char *key, uint32_t *out)
+{
+	static const struct { const char *unit; unsigned long long ms; } units[] = {
+		{ "ms", 1 }, { "s", 1000 }, { "", 1000 }, { "m", 60000 },
+		{ "h", 3600000 }, { "d", 86400000 },
+	};
+	const char *s = scalar(n);
+	char *end;
+	unsigned long long v;
+
+	if (s == NULL || *s < '0' || *s > '9')
+		return cfg_error(c, n, key, "expected a duration like 500ms, 10s, 5m, 1h, 5d");
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+		if (strcmp(end, units[i].unit) == 0) {
+			if (errno || v > UINT32_MAX / units[i].ms)
+				return cfg_error(c, n, key, "duration '%s' is too long (max 49d)", s);
+			*out = (uint32_t)(v * units[i].ms);
+			return 0;
+		}
+	}
+	return cfg_error(c, n, key, "unknown duration unit in '%s' (use ms, s, m, h or d)", s);
+}
+
+/* bytes, or with a K, M or G suffix (powers of 1024). */
+static int
+get_size(struct cfg_ctx *c, const yaml_node_t *n, const char *key, size_t *out)
+{
+	const char *s = scalar(n);
+	char *end;
+	unsigned long long v, mul = 1;
+
+	if (s == NULL || *s < '0' || *s > '9')
+		return cfg_error(c, n, key, "expected a size like 1048576, 512K, 25M, 1G");
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (!strcmp(end, "K") || !strcmp(end, "k"))
+		mul = 1ULL << 10;
+	else if (!strcmp(end, "M"))
+		mul = 1ULL << 20;
+	else if (!strcmp(end, "G"))
+		mul = 1ULL << 30;
+	else if (*end)
+		return cfg_error(c, n, key, "unknown size suffix in '%s' (use K, M or G)", s);
+	if (errno || v > SIZE_MAX / mul)
+		return cfg_error(c, n, key, "size '%s' is too large", s);
+	*out = (size_t)(v * mul);
+	return 0;
+}
+
+static int
+get_hostport(struct cfg_ctx *c, const yaml_node_t *n, const char *key, char **host, uint16_t *port)
+{
+	const char *s = scalar(n);
+	if (s == NULL || hk_parse_hostport(s, host, port) != 0)
+		return cfg_error(c, n, key, "expected host:port, e.g. 127.0.0.1:2525");
+	return 0;
+}
+
+static int
+get_endpoint(struct cfg_ctx *c, const yaml_node_t *n, const char *key, char **out)
+{
+	const char *s = scalar(n);
+	if (s == NULL || (strncmp(s, "tcp://", 6) && strncmp(s, "ipc://", 6) && strncmp(s, "inproc://", 9)))
+		return cfg_error(c, n, key, "expected a ZeroMQ endpoint (tcp://host:port, ipc://path or inproc://name)");
+	return get_string(c, n, key, out);
+}
+
+/* A sequence of scalars (or a single scalar, for convenience). */
+static int
+get_list(struct cfg_ctx *c, const yaml_node_t *n, const char *key, char ***out, size_t *count)
+{
+	if (n->type == YAML_SCALAR_NODE) {
+		*out = xcalloc(1, sizeof(char *));
+		*count = 1;
+		return get_string(c, n, key, &(*out)[0]);
+	}
+	if (n->type != YAML_SEQUENCE_NODE)
+		return cfg_error(c, n, key, "expected a list");
+	size_t len = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+	*out = xcalloc(len ? len : 1, sizeof(char *));
+	*count = len;
+	for (size_t i = 0; i < len; i++) {
+		yaml_node_t *item = yaml_document_get_node(c->doc, n->data.sequence.items.start[i]);
+		if (get_string(c, item, key, &(*out)[i]))
+			return -1;
+	}
+	return 0;
+}
+
+int
+hk_cidr_parse(const char *s, struct hk_cidr *out)
+{
+	char buf[64];
+	const char *slash = strchr(s, '/');
+	size_t alen = slash ? (size_t)(slash - s) : strlen(s);
+	unsigned long prefix;
+	char *end;
+
+	if (alen == 0 || alen >= sizeof(buf))
+		return -1;
+	memcpy(buf, s, alen);
+	buf[alen] = '\0';
+	memset(out, 0, sizeof(*out));
+	if (inet_pton(AF_INET, buf, out->addr) == 1)
+		out->family = AF_INET;
+	else if (inet_pton(AF_INET6, buf, out->addr) == 1)
+		out->family = AF_INET6;
+	else
+		return -1;
+	unsigned maxp = out->family == AF_INET ? 32 : 128;
+	if (slash) {
+		prefix = strtoul(slash + 1, &end, 10);
+		if (slash[1] == '\0' || *end || prefix > maxp)
+			return -1;
+	} else {
+		prefix = maxp;
+	}
+	out->prefix = (unsigned)prefix;
+	/* Clear host bits so matching is a plain masked compare. */
+	for (unsigned i = out->prefix; i < maxp; i++)
+		out->addr[i / 8] &= (uint8_t)~(0x80 >> (i % 8));
+	return 0;
+}
+
+bool
+hk_cidr_match(const struct hk_cidr *net, const struct sockaddr *sa)
+{
+	const uint8_t *a;
+
+	if (sa->sa_family == AF_INET && net->family == AF_INET) {
+		a = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+	} else if (sa->sa_family == AF_INET6) {
+		const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		if (net->family == AF_INET6)
+			a = a6->s6_addr;
+		else if (IN6_IS_ADDR_V4MAPPED(a6))
+			a = a6->s6_addr + 12;
+		else
+			return false;
+	} else {
+		return false;
+	}
+	for (unsigned i = 0; i < net->prefix; i++) {
+		uint8_t m = (uint8_t)(0x80 >> (i % 8));
+		if ((a[i / 8] & m) != (net->addr[i / 8] & m))
+			return false;
+	}
+	return true;
+}
+
+/* --- per-role key tables ------------------------------------------------- */
+
+typedef int (*key_fn)(struct cfg_ctx *, const yaml_node_t *, const char *, struct hk_node_conf *);
+
+struct key_rule {
+	const char *key;
+	key_fn fn;
+};
+
+#define KEY(name, expr) \
+	static int k_##name(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc) \
+	{ (void)nc; return (expr); }
+
+KEY(r_front, get_endpoint(c, v, k, &nc->u.router.front))
+KEY(r_back, get_endpoint(c, v, k, &nc->u.router.back))
+KEY(r_hbto, get_duration_ms(c, v, k, &nc->u.router.heartbeat_timeout_ms))
+KEY(r_enqto, get_duration_ms(c, v, k, &nc->u.router.enqueue_timeout_ms))
+
+KEY(i_listen, get_hostport(c, v, k, &nc->u.ingress.listen_host, &nc->u.ingress.listen_port))
+KEY(i_hostname, get_string(c, v, k, &nc->u.ingress.hostname))
+KEY(i_tenant, get_string(c, v, k, &nc->u.ingress.network_tenant))
+KEY(i_routers, get_list(c, v, k, &nc->router_names, &nc->u.ingress.n_routers))
+KEY(i_subto, get_duration_ms(c, v, k, &nc->u.ingress.submit_timeout_ms))
+KEY(i_cmdto, get_duration_ms(c, v, k, &nc->u.ingress.command_timeout_ms))
+KEY(i_datato, get_duration_ms(c, v, k, &nc->u.ingress.data_timeout_ms))
+KEY(i_maxsize, get_size(c, v, k, &nc->u.ingress.max_message_size))
+KEY(i_maxrcpt, get_u32(c, v, k, &nc->u.ingress.max_recipients))
+KEY(i_maxsess, get_u32(c, v, k, &nc->u.ingress.max_sessions))
+
+static int
+k_i_networks(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	char **list = NULL;
+	size_t n = 0;
+	int rc = get_list(c, v, k, &list, &n);
+
+	if (rc == 0) {
+		free(nc->u.ingress.relay_networks);
+		nc->u.ingress.relay_networks = xcalloc(n ? n : 1, sizeof(struct hk_cidr));
+		nc->u.ingress.n_relay_networks = n;
+		for (size_t i = 0; i < n && rc == 0; i++)
+			if (hk_cidr_parse(list[i], &nc->u.ingress.relay_networks[i]) != 0)
+				rc = cfg_error(c, v, k, "'%s' is not an address or network (e.g. 10.0.0.0/8)", list[i]);
+	}
+	for (size_t i = 0; i < n; i++)
+		free(list ? list[i] : NULL);
+	free(list);
+	return rc;
+}
+
+KEY(s_routers, get_list(c, v, k, &nc->router_names, &nc->u.sender.n_routers))
+KEY(s_queue, get_string(c, v, k, &nc->u.sender.queue_path))
+KEY(s_mapsize, get_size(c, v, k, &nc->u.sender.queue_map_size))
+KEY(s_sync, get_bool(c, v, k, &nc->u.sender.queue_sync))
+KEY(s_hostname, get_string(c, v, k, &nc->u.sender.hostname))
+KEY(s_source, get_string(c, v, k, &nc->u.sender.source_address))
+KEY(s_weight, get_u32(c, v, k, &nc->u.sender.weight))
+KEY(s_dns, get_string(c, v, k, &nc->u.sender.dns_servers))
+KEY(s_maxdel, get_u32(c, v, k, &nc->u.sender.max_deliveries))
+KEY(s_connto, get_duration_ms(c, v, k, &nc->u.sender.connect_timeout_ms))
+KEY(s_cmdto, get_duration_ms(c, v, k, &nc->u.sender.command_timeout_ms))
+KEY(s_rmin, get_duration_ms(c, v, k, &nc->u.sender.retry_min_ms))
+KEY(s_rmax, get_duration_ms(c, v, k, &nc->u.sender.retry_max_ms))
+KEY(s_life, get_duration_ms(c, v, k, &nc->u.sender.max_lifetime_ms))
+KEY(s_hb, get_duration_ms(c, v, k, &nc->u.sender.heartbeat_interval_ms))
+
+static int
+k_s_port(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	unsigned long long p;
+	if (get_uint(c, v, k, 65535, &p))
+		return -1;
+	if (p == 0)
+		return cfg_error(c, v, k, "port must be 1-65535");
+	nc->u.sender.delivery_port = (uint16_t)p;
+	return 0;
+}
+
+static const struct key_rule router_keys[] = {
+	{ "front", k_r_front }, { "back", k_r_back },
+	{ "heartbeat_timeout", k_r_hbto }, { "enqueue_timeout", k_r_enqto },
+	{ NULL, NULL },
+};
+
+static const struct key_rule ingress_keys[] = {
+	{ "listen", k_i_listen }, { "hostname", k_i_hostname },
+	{ "relay_networks", k_i_networks }, { "network_tenant", k_i_tenant },
+	{ "routers", k_i_routers }, { "submit_timeout", k_i_subto },
+	{ "command_timeout", k_i_cmdto }, { "data_timeout", k_i_datato },
+	{ "max_message_size", k_i_maxsize }, { "max_recipients", k_i_maxrcpt },
+	{ "max_sessions", k_i_maxsess },
+	{ NULL, NULL },
+};
+
+static const struct key_rule sender_keys[] = {
+	{ "routers", k_s_routers }, { "queue", k_s_queue },
+	{ "queue_map_size", k_s_mapsize }, { "queue_sync", k_s_sync },
+	{ "hostname", k_s_hostname }, { "source_address", k_s_source },
+	{ "weight", k_s_weight }, { "dns", k_s_dns },
+	{ "delivery_port", k_s_port }, { "max_deliveries", k_s_maxdel },
+	{ "connect_timeout", k_s_connto }, { "command_timeout", k_s_cmdto },
+	{ "retry_min", k_s_rmin }, { "retry_max", k_s_rmax },
+	{ "max_lifetime", k_s_life }, { "heartbeat_interval", k_s_hb },
+	{ NULL, NULL },
+};
+
+static void
+set_defaults(struct hk_node_conf *nc)
+{
+	switch (nc->role) {
+	case HK_ROLE_ROUTER:
+		nc->u.router.heartbeat_timeout_ms = 3000;
+		nc->u.router.enqueue_timeout_ms = 5000;
+		break;
+	case HK_ROLE_INGRESS:
+		nc->u.ingress.submit_timeout_ms = 10000;
+		nc->u.ingress.command_timeout_ms = 300000;
+		nc->u.ingress.data_timeout_ms = 300000;
+		nc->u.ingress.max_message_size = 25u << 20;
+		nc->u.ingress.max_recipients = 1000;
+		nc->u.ingress.max_sessions = 1000;
+		break;
+	case HK_ROLE_SENDER:
+		nc->u.sender.queue_map_size = (size_t)1 << 30;
+		nc->u.sender.queue_sync = true;
+		nc->u.sender.weight = 1;
+		nc->u.sender.delivery_port = 25;
+		nc->u.sender.max_deliveries = 100;
+		nc->u.sender.connect_timeout_ms = 30000;
+		nc->u.sender.command_timeout_ms = 300000;
+		nc->u.sender.retry_min_ms = 300000;
+		nc->u.sender.retry_max_ms = 3600000;
+		nc->u.sender.max_lifetime_ms = 5u * 86400000u;
+		nc->u.sender.heartbeat_interval_ms = 1000;
+		break;
+	}
+}
+
+static int
+load_node(struct cfg_ctx *c, const yaml_node_t *key, const yaml_node_t *map, struct hk_node_conf *nc)
+{
+	const struct key_rule *rules = NULL;
+	const yaml_node_pair_t *p;
+	const char *name = scalar(key);
+
+	nc->name = xstrdup(name);
+	nc->line = (int)key->start_mark.line + 1; /* the line naming the node */
+	if (map->type != YAML_MAPPING_NODE)
+		return cfg_error(c, map, name, "a node must be a mapping of keys");
+
+	/* The role decides which keys are valid, so read it first. */
+	for (p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+		const char *k = scalar(yaml_document_get_node(c->doc, p->key));
+		const yaml_node_t *v = yaml_document_get_node(c->doc, p->value);
+		if (k && !strcmp(k, "role")) {
+			const char *r = scalar(v);
+			if (r && !strcmp(r, "ingress"))
+				nc->role = HK_ROLE_INGRESS, rules = ingress_keys;
+			else if (r && !strcmp(r, "router"))
+				nc->role = HK_ROLE_ROUTER, rules = router_keys;
+			else if (r && !strcmp(r, "sender"))
+				nc->role = HK_ROLE_SENDER, rules = sender_keys;
+			else
+				return cfg_error(c, v, "role", "node '%s': expected ingress, router or sender", name);
+		}
+	}
+	if (rules == NULL)
+		return cfg_error(c, map, "role", "node '%s' has no role", name);
+	set_defaults(nc);
+
+	for (p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+		const yaml_node_t *kn = yaml_document_get_node(c->doc, p->key);
+		const yaml_node_t *v = yaml_document_get_node(c->doc, p->value);
+		const char *k = scalar(kn);
+		const struct key_rule *r;
+
+		if (k == NULL)
+			return cfg_error(c, kn, "?", "node '%s': keys must be plain strings", name);
+		if (!strcmp(k, "role"))
+			continue;
+		for (r = rules; r->key; r++)
+			if (!strcmp(r->key, k))
+				break;
+		if (r->key == NULL)
+			return cfg_error(c, kn, k, "unknown key for a %s node '%s' (see docs/CONFIG.md)",
+			    hk_role_name(nc->role), name);
+		if (r->fn(c, v, k, nc))
+			return -1;
+	}
+	return 0;
+}
+
+static const struct hk_node_conf *
+find_node(const struct hk_config *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->n_nodes; i++)
+		if (!strcmp(cfg->nodes[i].name, name))
+			return &cfg->nodes[i];
+	return NULL;
+}
+
+/* Required keys and cross-references, after every node is read. */
+static int
+check_node(struct cfg_ctx *c, struct hk_config *cfg, struct hk_node_conf *nc)
+{
+#define NEED(cond, key) \
+	if (!(cond)) { \
+		snprintf(c->err, c->errlen, "%s:%d: key '%s': required for %s node '%s'", \
+		    c->path, nc->line, key, hk_role_name(nc->role), nc->name); \
+		return -1; \
+	}
+	char ***eps = NULL;
+	size_t n = 0;
+
+	switch (nc->role) {
+	case HK_ROLE_ROUTER:
+		NEED(nc->u.router.front, "front");
+		NEED(nc->u.router.back, "back");
+		return 0;
+	case HK_ROLE_INGRESS:
+		NEED(nc->u.ingress.listen_host, "listen");
+		NEED(nc->router_names, "routers");
+		if (!nc->u.ingress.hostname)
+			nc->u.ingress.hostname = xstrdup("localhost");
+		if (!nc->u.ingress.network_tenant)
+			nc->u.ingress.network_tenant = xstrdup("default");
+		eps = &nc->u.ingress.routers;
+		n = nc->u.ingress.n_routers;
+		break;
+	case HK_ROLE_SENDER:
+		NEED(nc->u.sender.queue_path, "queue");
+		NEED(nc->router_names, "routers");
+		if (!nc->u.sender.hostname)
+			nc->u.sender.hostname = xstrdup("localhost");
+		if (nc->u.sender.weight == 0) {
+			snprintf(c->err, c->errlen, "%s:%d: key 'weight': must be at least 1 (node '%s')",
+			    c->path, nc->line, nc->name);
+			return -1;
+		}
+		eps = &nc->u.sender.routers;
+		n = nc->u.sender.n_routers;
+		break;
+	}
+#undef NEED
+	*eps = xcalloc(n ? n : 1, sizeof(char *));
+	for (size_t i = 0; i < n; i++) {
+		const struct hk_node_conf *r = find_node(cfg, nc->router_names[i]);
+		if (r == NULL || r->role != HK_ROLE_ROUTER) {
+			snprintf(c->err, c->errlen, "%s:%d: key 'routers': node '%s' names '%s', which is not a router node",
+			    c->path, nc->line, nc->name, nc->router_names[i]);
+			return -1;
+		}
+		(*eps)[i] = xstrdup(nc->role == HK_ROLE_INGRESS ? r->u.router.front : r->u.router.back);
+	}
+	return 0;
+}
+
+int
+hk_config_load(const char *path, struct hk_config **out, char *err, size_t errlen)
+{
+	yaml_parser_t parser;
+	yaml_document_t doc;
+	FILE *f;
+	struct hk_config *cfg;
+	struct cfg_ctx c = { path, &doc, err, errlen };
+	int rc = -1;
+
+	*out = NULL;
+	if ((f = fopen(path, "rb")) == NULL) {
+		snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+		return -1;
+	}
+	yaml_parser_initialize(&parser);
+	yaml_parser_set_input_file(&parser, f);
+	if (!yaml_parser_load(&parser, &doc)) {
+		snprintf(err, errlen, "%s:%lu: YAML syntax error: %s %s", path,
+		    (unsigned long)parser.problem_mark.line + 1,
+		    parser.problem ? parser.problem : "", parser.context ? parser.context : "");
+		yaml_parser_delete(&parser);
+		fclose(f);
+		return -1;
+	}
+	yaml_parser_delete(&parser);
+	fclose(f);
+
+	cfg = xcalloc(1, sizeof(*cfg));
+	cfg->path = xstrdup(path);
+	yaml_node_t *root = yaml_document_get_root_node(&doc);
+	yaml_node_t *nodes = NULL;
+	if (root == NULL || root->type != YAML_MAPPING_NODE) {
+		cfg_error(&c, root, "nodes", "the file must be a mapping with a 'nodes' key");
+		goto out;
+	}
+	for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
+		yaml_node_t *kn = yaml_document_get_node(&doc, p->key);
+		const char *k = scalar(kn);
+		if (k && !strcmp(k, "nodes"))
+			nodes = yaml_document_get_node(&doc, p->value);
+		else {
+			cfg_error(&c, kn, k ? k : "?", "unknown top-level key (expected 'nodes')");
+			goto out;
+		}
+	}
+	if (nodes == NULL || nodes->type != YAML_MAPPING_NODE ||
+	    nodes->data.mapping.pairs.top == nodes->data.mapping.pairs.start) {
+		cfg_error(&c, nodes ? nodes : root, "nodes", "expected a mapping of node name to node settings");
+		goto out;
+	}
+	size_t count = (size_t)(nodes->data.mapping.pairs.top - nodes->data.mapping.pairs.start);
+	cfg->nodes = xcalloc(count, sizeof(struct hk_node_conf));
+	for (size_t i = 0; i < count; i++) {
+		yaml_node_pair_t *p = &nodes->data.mapping.pairs.start[i];
+		yaml_node_t *kn = yaml_document_get_node(&doc, p->key);
+		const char *name = scalar(kn);
+		if (name == NULL || *name == '\0') {
+			cfg_error(&c, kn, "nodes", "node names must be non-empty strings");
+			goto out;
+		}
+		if (find_node(cfg, name)) {
+			cfg_error(&c, kn, name, "node defined twice");
+			goto out;
+		}
+		cfg->n_nodes++;
+		if (load_node(&c, kn, yaml_document_get_node(&doc, p->value), &cfg->nodes[i]))
+			goto out;
+	}
+	for (size_t i = 0; i < cfg->n_nodes; i++)
+		if (check_node(&c, cfg, &cfg->nodes[i]))
+			goto out;
+	rc = 0;
+out:
+	yaml_document_delete(&doc);
+	if (rc == 0)
+		*out = cfg;
+	else
+		hk_config_free(&cfg);
+	return rc;
+}
+
+static void
+free_list(char **l, size_t n)
+{
+	for (size_t i = 0; l && i < n; i++)
+		free(l[i]);
+	free(l);
+}
+
+void
+hk_config_free(struct hk_config **cfgp)
+{
+	struct hk_config *cfg = *cfgp;
+
+	if (cfg == NULL)
+		return;
+	for (size_t i = 0; i < cfg->n_nodes; i++) {
+		struct hk_node_conf *nc = &cfg->nodes[i];
+		switch (nc->role) {
+		case HK_ROLE_ROUTER:
+			free(nc->u.router.front);
+			free(nc->u.router.back);
+			break;
+		case HK_ROLE_INGRESS:
+			free(nc->u.ingress.listen_host);
+			free(nc->u.ingress.hostname);
+			free(nc->u.ingress.relay_networks);
+			free(nc->u.ingress.network_tenant);
+			free_list(nc->router_names, nc->u.ingress.n_routers);
+			free_list(nc->u.ingress.routers, nc->u.ingress.n_routers);
+			break;
+		case HK_ROLE_SENDER:
+			free(nc->u.sender.queue_path);
+			free(nc->u.sender.hostname);
+			free(nc->u.sender.source_address);
+			free(nc->u.sender.dns_servers);
+			free_list(nc->router_names, nc->u.sender.n_routers);
+			free_list(nc->u.sender.routers, nc->u.sender.n_routers);
+			break;
+		}
+		free(nc->name);
+	}
+	free(cfg->nodes);
+	free(cfg->path);
+	free(cfg);
+	*cfgp = NULL;
+}
+
+const struct hk_node_conf *
+hk_config_node(const struct hk_config *cfg, const char *name)
+{
+	return find_node(cfg, name);
+}
+
+void
+hk_config_use_inproc(struct hk_config *cfg)
+{
+	char buf[512];
+
+	for (size_t i = 0; i < cfg->n_nodes; i++) {
+		struct hk_node_conf *nc = &cfg->nodes[i];
+		char **eps = NULL;
+		size_t n = 0;
+		if (nc->role == HK_ROLE_ROUTER) {
+			free(nc->u.router.front);
+			free(nc->u.router.back);
+			snprintf(buf, sizeof(buf), "inproc://%s.front", nc->name);
+			nc->u.router.front = xstrdup(buf);
+			snprintf(buf, sizeof(buf), "inproc://%s.back", nc->name);
+			nc->u.router.back = xstrdup(buf);
+			continue;
+		}
+		if (nc->role == HK_ROLE_INGRESS)
+			eps = nc->u.ingress.routers, n = nc->u.ingress.n_routers;
+		else
+			eps = nc->u.sender.routers, n = nc->u.sender.n_routers;
+		for (size_t j = 0; j < n; j++) {
+			snprintf(buf, sizeof(buf), "inproc://%s.%s", nc->router_names[j],
+			    nc->role == HK_ROLE_INGRESS ? "front" : "back");
+			free(eps[j]);
+			eps[j] = xstrdup(buf);
+		}
+	}
+}
+
+const char *
+hk_role_name(enum hk_role role)
+{
+	switch (role) {
+	case HK_ROLE_INGRESS: return "ingress";
+	case HK_ROLE_ROUTER: return "router";
+	case HK_ROLE_SENDER: return "sender";
+	}
+	return "unknown";
+}

@@ -1,0 +1,114 @@
+/*
+ * hk_config - the cluster's YAML configuration.
+ *
+ * One file describes every node of the cluster under `nodes:`, keyed by node
+ * name; each node has a `role`. hk_config_load() parses and validates the
+ * whole file up front into plain structs, so a role never touches YAML. Every
+ * error names the file, line and key. See docs/CONFIG.md for each key.
+ */
+#ifndef HK_CONFIG_H
+#define HK_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <netinet/in.h>
+
+enum hk_role { HK_ROLE_INGRESS = 1, HK_ROLE_ROUTER = 2, HK_ROLE_SENDER = 3 };
+
+/* An IPv4 or IPv6 network in CIDR form. */
+struct hk_cidr {
+	int family;             /* AF_INET or AF_INET6 */
+	uint8_t addr[16];       /* network address, network byte order */
+	unsigned prefix;        /* prefix length in bits */
+};
+
+struct hk_router_conf {
+	char *front;            /* endpoint ingress nodes connect to */
+	char *back;             /* endpoint senders connect to */
+	uint32_t heartbeat_timeout_ms; /* a sender silent this long is dead */
+	uint32_t enqueue_timeout_ms;   /* nack the ingress if a sender has not acked */
+};
+
+struct hk_ingress_conf {
+	char *listen_host;      /* e.g. "127.0.0.1" */
+	uint16_t listen_port;
+	char *hostname;         /* greeting and Received header */
+	struct hk_cidr *relay_networks;
+	size_t n_relay_networks;
+	char *network_tenant;   /* tenant of mail relayed from relay_networks */
+	char **routers;         /* router front endpoints (resolved from names) */
+	size_t n_routers;
+	uint32_t submit_timeout_ms;  /* 451 4.3.0 when no ack within this */
+	uint32_t command_timeout_ms; /* idle time allowed between commands */
+	uint32_t data_timeout_ms;    /* idle time allowed inside DATA */
+	size_t max_message_size;     /* bytes, SIZE and DATA limit */
+	uint32_t max_recipients;
+	uint32_t max_sessions;
+};
+
+struct hk_sender_conf {
+	char **routers;         /* router back endpoints (resolved from names) */
+	size_t n_routers;
+	char *queue_path;       /* LMDB environment directory (created) */
+	size_t queue_map_size;  /* LMDB map size in bytes */
+	bool queue_sync;        /* fsync each commit (the durability promise) */
+	char *hostname;         /* EHLO name */
+	char *source_address;   /* bind outbound sockets to this, or NULL */
+	uint32_t weight;        /* capacity weight in the rendezvous hash */
+	char *dns_servers;      /* "host:port[,host:port]" or NULL for resolv.conf */
+	uint16_t delivery_port; /* TCP port of MX hosts (25) */
+	uint32_t max_deliveries;    /* concurrent outbound transactions */
+	uint32_t connect_timeout_ms;
+	uint32_t command_timeout_ms;
+	uint32_t retry_min_ms;      /* first retry delay after a 4xx */
+	uint32_t retry_max_ms;      /* retry delay cap (doubling) */
+	uint32_t max_lifetime_ms;   /* then expire and bounce */
+	uint32_t heartbeat_interval_ms;
+};
+
+struct hk_node_conf {
+	char *name;
+	enum hk_role role;
+	int line;               /* where the node is defined, for messages */
+	union {
+		struct hk_router_conf router;
+		struct hk_ingress_conf ingress;
+		struct hk_sender_conf sender;
+	} u;
+	char **router_names;    /* ingress/sender: names behind routers[] */
+};
+
+struct hk_config {
+	char *path;
+	struct hk_node_conf *nodes;
+	size_t n_nodes;
+};
+
+/*
+ * hk_config_load - parse and validate FILE. On success returns 0 and *out
+ * (caller owns, free with hk_config_free). On failure returns -1 and writes
+ * "FILE:LINE: key 'x': what is wrong" into err.
+ */
+int hk_config_load(const char *path, struct hk_config **out, char *err, size_t errlen);
+
+/* hk_config_free - free a config and NULL the caller's pointer. */
+void hk_config_free(struct hk_config **cfg);
+
+/* hk_config_node - the node called NAME, or NULL. */
+const struct hk_node_conf *hk_config_node(const struct hk_config *cfg, const char *name);
+
+/* hk_config_use_inproc - rewrite every router endpoint (and the references to
+ * them) to inproc://NAME.front / inproc://NAME.back, for `hikyaku all`. */
+void hk_config_use_inproc(struct hk_config *cfg);
+
+/* hk_cidr_match - does the socket address fall in the network? (IPv4-mapped
+ * IPv6 addresses match IPv4 networks.) */
+bool hk_cidr_match(const struct hk_cidr *net, const struct sockaddr *sa);
+
+/* hk_cidr_parse - "10.0.0.0/8", "::1/128", "127.0.0.1" (host). 0 or -1. */
+int hk_cidr_parse(const char *s, struct hk_cidr *out);
+
+const char *hk_role_name(enum hk_role role);
+
+#endif

@@ -1,0 +1,22 @@
+/*
+ * hk_util - allocation that cannot fail (x*), time, small string helpers.
+ */
+#ifndef HK_UTIL_H
+#define HK_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* hk_now_ms - wall clock, Unix epoch milliseconds. */
+int64_t hk_now_ms(void);
+
+/* hk_parse_hostport - "host:port" or "[v6]:port" into host (caller frees) and port. 0 or -1. */
+int hk_parse_hostport(const char *s, char **host, uint16_t *port);
+
+#endif

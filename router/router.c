@@ -1,0 +1,397 @@
+/*
+ * router - split submissions by destination domain, enqueue each part at the
+ * domain's owning sender, ack the ingress when every owner acked.
+ *
+ * The router keeps no durable state: a submission is in flight here only
+ * until its owners answer or the enqueue timeout fires, and either way the
+ * ingress gets exactly one SubmitReply. Membership is what the senders'
+ * heartbeats say; a sender silent for heartbeat_timeout is dead.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zmq.h>
+
+#include "hk_domain.h"
+#include "hk_log.h"
+#include "hk_node.h"
+#include "hk_u64map.h"
+#include "hk_util.h"
+#include "hk_zlink.h"
+#include "router_hrw.h"
+
+#define ROUTER_TICK_MS 250
+
+struct member {
+	char *name;
+	uint32_t weight;
+	uint64_t queue_depth;
+	bool draining;
+	bool alive;
+	int64_t last_seen_ms;
+};
+
+/* One submission waiting for its owners' acks. */
+struct pending {
+	struct router *r;
+	uint64_t ingress_req_id;
+	char *ingress_peer;
+	size_t ingress_peer_len;
+	char id[64];
+	uint64_t *enqueue_ids;  /* outstanding enqueue request ids (0 = acked) */
+	size_t n_enqueues, n_outstanding;
+	uv_timer_t timer;
+	struct pending *prev, *next; /* router's list of pending submissions */
+};
+
+struct router {
+	struct hk_node *node;
+	const struct hk_router_conf *conf;
+	hk_zlink *front, *back;
+	uv_timer_t tick;
+	struct member *members;
+	size_t n_members;
+	hk_u64map *enqueues;    /* enqueue req id -> struct pending */
+	struct pending *pending; /* every pending submission, for shutdown */
+	uint64_t next_req_id;
+};
+
+static struct member *
+member_find(struct router *r, const char *name)
+{
+	for (size_t i = 0; i < r->n_members; i++)
+		if (!strcmp(r->members[i].name, name))
+			return &r->members[i];
+	return NULL;
+}
+
+static void
+on_heartbeat(struct router *r, const Hk__Heartbeat *hb)
+{
+	struct member *m = member_find(r, hb->node_id);
+
+	if (hb->role != HK__ROLE__ROLE_SENDER) {
+		hk_log_warn("heartbeat_ignored", "{s:s, s:s}", "member", hb->node_id, "reason", "not a sender");
+		return;
+	}
+	if (m == NULL) {
+		r->members = xrealloc(r->members, (r->n_members + 1) * sizeof(*r->members));
+		m = &r->members[r->n_members++];
+		memset(m, 0, sizeof(*m));
+		m->name = xstrdup(hb->node_id);
+	}
+	if (!m->alive)
+		hk_log_info("member_up", "{s:s, s:i}", "member", m->name, "weight", (int)hb->weight);
+	m->alive = true;
+	m->weight = hb->weight ? hb->weight : 1;
+	m->queue_depth = hb->queue_depth;
+	m->draining = hb->draining;
+	m->last_seen_ms = hk_now_ms();
+}
+
+static void
+on_tick(uv_timer_t *t)
+{
+	struct router *r = t->data;
+	int64_t now = hk_now_ms();
+
+	for (size_t i = 0; i < r->n_members; i++) {
+		struct member *m = &r->members[i];
+		if (m->alive && now - m->last_seen_ms > (int64_t)r->conf->heartbeat_timeout_ms) {
+			m->alive = false;
+			hk_log_warn("member_down", "{s:s, s:I}", "member", m->name,
+			    "silent_ms", (json_int_t)(now - m->last_seen_ms));
+		}
+	}
+}
+
+/* The live, non-draining senders, as rendezvous candidates. Caller frees. */
+static size_t
+live_members(struct router *r, struct router_hrw_member **out, struct member ***backref)
+{
+	size_t n = 0;
+
+	*out = xcalloc(r->n_members ? r->n_members : 1, sizeof(**out));
+	*backref = xcalloc(r->n_members ? r->n_members : 1, sizeof(**backref));
+	for (size_t i = 0; i < r->n_members; i++) {
+		if (!r->members[i].alive || r->members[i].draining)
+			continue;
+		(*out)[n].name = r->members[i].name;
+		(*out)[n].weight = r->members[i].weight;
+		(*backref)[n++] = &r->members[i];
+	}
+	return n;
+}
+
+static void
+reply_ingress(struct router *r, const void *peer, size_t peer_len, uint64_t req_id,
+    bool ok, const char *reason)
+{
+	Hk__Frame f = HK__FRAME__INIT;
+	Hk__SubmitReply rep = HK__SUBMIT_REPLY__INIT;
+	int rc;
+
+	rep.req_id = req_id;
+	rep.ok = ok;
+	rep.reason = (char *)(reason ? reason : "");
+	f.body_case = HK__FRAME__BODY_SUBMIT_REPLY;
+	f.submit_reply = &rep;
+	if ((rc = hk_zlink_send(r->front, peer, peer_len, &f, NULL, 0)) != 0)
+		hk_log_warn("reply_failed", "{s:s, s:s}", "to", "ingress", "error", zmq_strerror(-rc));
+}
+
+static void
+pending_closed(uv_handle_t *h)
+{
+	struct pending *p = h->data;
+	free(p->ingress_peer);
+	free(p->enqueue_ids);
+	free(p);
+}
+
+/* Answer the ingress and forget the submission. */
+static void
+pending_finish(struct pending *p, bool ok, const char *reason)
+{
+	struct router *r = p->r;
+
+	for (size_t i = 0; i < p->n_enqueues; i++)
+		if (p->enqueue_ids[i])
+			hk_u64map_pop(r->enqueues, p->enqueue_ids[i]);
+	if (p->prev)
+		p->prev->next = p->next;
+	else
+		r->pending = p->next;
+	if (p->next)
+		p->next->prev = p->prev;
+	reply_ingress(r, p->ingress_peer, p->ingress_peer_len, p->ingress_req_id, ok, reason);
+	if (ok)
+		hk_log_debug("submit_acked", "{s:s, s:i}", "id", p->id, "owners", (int)p->n_enqueues);
+	else
+		hk_log_warn("submit_nacked", "{s:s, s:s}", "id", p->id, "reason", reason);
+	uv_timer_stop(&p->timer);
+	uv_close((uv_handle_t *)&p->timer, pending_closed);
+}
+
+static void
+on_pending_timeout(uv_timer_t *t)
+{
+	pending_finish(t->data, false, "timed out waiting for a sender to queue the message");
+}
+
+static void
+on_submit(struct router *r, const void *peer, size_t peer_len, const Hk__SubmitRequest *req,
+    const uint8_t *body, size_t body_len)
+{
+	const Hk__Submission *msg = req->msg;
+	const Hk__Envelope *env = msg->envelope;
+	struct router_hrw_member *cands;
+	struct member **backref;
+	size_t n_cands = live_members(r, &cands, &backref);
+	int *owner = xcalloc(env->n_rcpts, sizeof(int));
+	char domain[HK_DOMAIN_MAX];
+	const char *fail = NULL;
+
+	if (body == NULL || body_len != msg->body_size)
+		fail = "body missing or its size differs from body_size";
+	else if (n_cands == 0)
+		fail = "no sender available";
+	for (size_t i = 0; fail == NULL && i < env->n_rcpts; i++) {
+		if (hk_domain_of(env->rcpts[i]->address, domain) != 0)
+			fail = "recipient without a valid domain";
+		else
+			owner[i] = router_hrw_owner(cands, n_cands, domain);
+	}
+	if (fail) {
+		reply_ingress(r, peer, peer_len, req->req_id, false, fail);
+		hk_log_warn("submit_nacked", "{s:s, s:s}", "id", msg->id, "reason", fail);
+		goto out;
+	}
+
+	struct pending *p = xcalloc(1, sizeof(*p));
+	p->r = r;
+	p->ingress_req_id = req->req_id;
+	p->ingress_peer = xmalloc(peer_len);
+	memcpy(p->ingress_peer, peer, peer_len);
+	p->ingress_peer_len = peer_len;
+	snprintf(p->id, sizeof(p->id), "%s", msg->id);
+	p->enqueue_ids = xcalloc(env->n_rcpts, sizeof(uint64_t));
+	uv_timer_init(r->node->loop, &p->timer);
+	p->timer.data = p;
+	p->next = r->pending;
+	if (r->pending)
+		r->pending->prev = p;
+	r->pending = p;
+
+	/* One enqueue per owner, in order of each owner's first recipient; the
+	 * shard number is that recipient's index, stable for a given split. */
+	Hk__Recipient **subset = xcalloc(env->n_rcpts, sizeof(*subset));
+	for (size_t i = 0; i < env->n_rcpts; i++) {
+		if (owner[i] < 0)
+			continue;
+		int o = owner[i];
+		size_t n = 0;
+		for (size_t j = i; j < env->n_rcpts; j++) {
+			if (owner[j] == o) {
+				subset[n++] = env->rcpts[j];
+				owner[j] = -1;
+			}
+		}
+		Hk__Envelope sub_env = *env;
+		sub_env.rcpts = subset;
+		sub_env.n_rcpts = n;
+		Hk__Submission sub = *msg;
+		sub.envelope = &sub_env;
+		Hk__EnqueueRequest enq = HK__ENQUEUE_REQUEST__INIT;
+		enq.req_id = ++r->next_req_id;
+		enq.shard = (uint32_t)i;
+		enq.msg = &sub;
+		Hk__Frame f = HK__FRAME__INIT;
+		f.body_case = HK__FRAME__BODY_ENQUEUE;
+		f.enqueue = &enq;
+		const char *to = backref[o]->name;
+		int rc = hk_zlink_send(r->back, to, strlen(to), &f, body, body_len);
+		if (rc != 0) {
+			hk_log_warn("enqueue_send_failed", "{s:s, s:s, s:s}", "id", msg->id,
+			    "member", to, "error", zmq_strerror(-rc));
+			fail = "a sender could not be reached";
+			break;
+		}
+		p->enqueue_ids[p->n_enqueues++] = enq.req_id;
+		p->n_outstanding++;
+		hk_u64map_put(r->enqueues, enq.req_id, p);
+	}
+	free(subset);
+	if (fail)
+		pending_finish(p, false, fail);
+	else
+		uv_timer_start(&p->timer, on_pending_timeout, r->conf->enqueue_timeout_ms, 0);
+out:
+	free(owner);
+	free(cands);
+	free(backref);
+}
+
+static void
+on_enqueue_reply(struct router *r, const char *from, const Hk__EnqueueReply *rep)
+{
+	struct pending *p = hk_u64map_pop(r->enqueues, rep->req_id);
+
+	if (p == NULL) {
+		/* Late (after a timeout) or duplicate: normal in a cluster. */
+		hk_log_debug("late_reply", "{s:s, s:I}", "member", from, "req_id", (json_int_t)rep->req_id);
+		return;
+	}
+	for (size_t i = 0; i < p->n_enqueues; i++)
+		if (p->enqueue_ids[i] == rep->req_id)
+			p->enqueue_ids[i] = 0;
+	if (!rep->ok) {
+		char reason[300];
+		snprintf(reason, sizeof(reason), "sender %s: %s", from, rep->reason);
+		pending_finish(p, false, reason);
+		return;
+	}
+	if (--p->n_outstanding == 0)
+		pending_finish(p, true, NULL);
+}
+
+static void
+on_front(hk_zlink *l, const void *peer, size_t peer_len, const Hk__Frame *f,
+    const uint8_t *body, size_t body_len, void *arg)
+{
+	(void)l;
+	if (f->body_case == HK__FRAME__BODY_SUBMIT)
+		on_submit(arg, peer, peer_len, f->submit, body, body_len);
+	else
+		hk_log_warn("frame_unexpected", "{s:s, s:s, s:s}", "socket", "front",
+		    "kind", hk_msg_name(f), "from", f->from_node);
+}
+
+static void
+on_back(hk_zlink *l, const void *peer, size_t peer_len, const Hk__Frame *f,
+    const uint8_t *body, size_t body_len, void *arg)
+{
+	struct router *r = arg;
+	(void)l;
+	(void)body;
+	(void)body_len;
+
+	/* Senders are addressed by routing id, which must be their node name. */
+	if (peer_len != strlen(f->from_node) || memcmp(peer, f->from_node, peer_len) != 0) {
+		hk_log_warn("frame_unexpected", "{s:s, s:s, s:s}", "socket", "back",
+		    "reason", "routing id differs from node name", "from", f->from_node);
+		return;
+	}
+	if (f->body_case == HK__FRAME__BODY_HEARTBEAT)
+		on_heartbeat(r, f->heartbeat);
+	else if (f->body_case == HK__FRAME__BODY_ENQUEUE_REPLY)
+		on_enqueue_reply(r, f->from_node, f->enqueue_reply);
+	else
+		hk_log_warn("frame_unexpected", "{s:s, s:s, s:s}", "socket", "back",
+		    "kind", hk_msg_name(f), "from", f->from_node);
+}
+
+static void router_stop(struct hk_node *node);
+
+static int
+router_start(struct hk_node *node)
+{
+	struct router *r = xcalloc(1, sizeof(*r));
+	int rc;
+
+	node->role = r;
+	r->node = node;
+	r->conf = &node->conf->u.router;
+	r->enqueues = hk_u64map_new();
+	uv_timer_init(node->loop, &r->tick);
+	r->tick.data = r;
+	if ((rc = hk_zlink_new(&r->front, node->loop, node->zctx, ZMQ_ROUTER, NULL,
+	    node->conf->name, on_front, r)) != 0 ||
+	    (rc = hk_zlink_new(&r->back, node->loop, node->zctx, ZMQ_ROUTER, NULL,
+	    node->conf->name, on_back, r)) != 0) {
+		hk_log_error("router_socket", "{s:s}", "error", zmq_strerror(-rc));
+		goto fail;
+	}
+	if ((rc = hk_zlink_bind(r->front, r->conf->front)) != 0) {
+		hk_log_error("bind_failed", "{s:s, s:s}", "endpoint", r->conf->front, "error", zmq_strerror(-rc));
+		goto fail;
+	}
+	if ((rc = hk_zlink_bind(r->back, r->conf->back)) != 0) {
+		hk_log_error("bind_failed", "{s:s, s:s}", "endpoint", r->conf->back, "error", zmq_strerror(-rc));
+		goto fail;
+	}
+	uv_timer_start(&r->tick, on_tick, ROUTER_TICK_MS, ROUTER_TICK_MS);
+	hk_log_info("router_listening", "{s:s, s:s}", "front", r->conf->front, "back", r->conf->back);
+	return 0;
+fail:
+	router_stop(node);
+	return -1;
+}
+
+static void
+router_free(uv_handle_t *h)
+{
+	struct router *r = h->data;
+
+	for (size_t i = 0; i < r->n_members; i++)
+		free(r->members[i].name);
+	free(r->members);
+	hk_u64map_destroy(&r->enqueues);
+	free(r);
+}
+
+static void
+router_stop(struct hk_node *node)
+{
+	struct router *r = node->role;
+
+	/* Fail what is in flight: the ingress answers 451 and the client retries. */
+	while (r->pending)
+		pending_finish(r->pending, false, "router shutting down");
+	hk_zlink_close(r->front);
+	hk_zlink_close(r->back);
+	uv_close((uv_handle_t *)&r->tick, router_free);
+}
+
+const struct hk_role_ops router_ops = { HK_ROLE_ROUTER, router_start, router_stop };

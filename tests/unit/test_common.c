@@ -1,0 +1,206 @@
+/* test_common - config loading and errors, ids, domains, CIDR, u64map. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <cmocka.h>
+
+#include "hk_config.h"
+#include "hk_domain.h"
+#include "hk_id.h"
+#include "hk_u64map.h"
+
+static char *
+write_tmp(const char *text)
+{
+	static char path[64];
+	strcpy(path, "/tmp/hk_test_cfg_XXXXXX");
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	return path;
+}
+
+static const char good_cfg[] =
+    "nodes:\n"
+    "  r1:\n"
+    "    role: router\n"
+    "    front: tcp://127.0.0.1:7101\n"
+    "    back: tcp://127.0.0.1:7102\n"
+    "  s1:\n"
+    "    role: sender\n"
+    "    routers: [r1]\n"
+    "    queue: /tmp/q\n"
+    "    retry_min: 1500ms\n"
+    "    max_lifetime: 5d\n"
+    "    queue_map_size: 64M\n"
+    "  i1:\n"
+    "    role: ingress\n"
+    "    listen: 127.0.0.1:2525\n"
+    "    relay_networks: [127.0.0.0/8, '::1']\n"
+    "    routers: r1\n";
+
+static void
+test_config_good(void **state)
+{
+	struct hk_config *cfg;
+	char err[512];
+	char *path = write_tmp(good_cfg);
+	(void)state;
+
+	assert_int_equal(hk_config_load(path, &cfg, err, sizeof(err)), 0);
+	const struct hk_node_conf *s = hk_config_node(cfg, "s1");
+	assert_non_null(s);
+	assert_int_equal(s->role, HK_ROLE_SENDER);
+	assert_string_equal(s->u.sender.routers[0], "tcp://127.0.0.1:7102");
+	assert_int_equal(s->u.sender.retry_min_ms, 1500);
+	assert_int_equal(s->u.sender.max_lifetime_ms, 5u * 86400000u);
+	assert_int_equal(s->u.sender.queue_map_size, 64u << 20);
+	assert_int_equal(s->u.sender.delivery_port, 25); /* default */
+	const struct hk_node_conf *i = hk_config_node(cfg, "i1");
+	assert_string_equal(i->u.ingress.routers[0], "tcp://127.0.0.1:7101");
+	assert_int_equal(i->u.ingress.listen_port, 2525);
+	assert_int_equal(i->u.ingress.n_relay_networks, 2);
+	hk_config_use_inproc(cfg);
+	assert_string_equal(i->u.ingress.routers[0], "inproc://r1.front");
+	assert_string_equal(s->u.sender.routers[0], "inproc://r1.back");
+	hk_config_free(&cfg);
+	assert_null(cfg);
+	unlink(path);
+}
+
+/* Each bad file must fail with an error naming the line and the key. */
+static void
+test_config_errors(void **state)
+{
+	static const struct { const char *text; const char *expect; } cases[] = {
+		{ "nodes:\n  r1:\n    role: router\n    front: tcp://a:1\n    back: tcp://a:2\n    bogus: 1\n",
+		  ":6: key 'bogus': unknown key" },
+		{ "nodes:\n  s1:\n    role: sender\n    routers: [r1]\n    queue: /q\n    retry_min: 5 weeks\n",
+		  ":6: key 'retry_min':" },
+		{ "nodes:\n  s1:\n    role: sender\n    queue: /q\n", ":2: key 'routers': required" },
+		{ "nodes:\n  s1:\n    role: sender\n    queue: /q\n    routers: [nope]\n",
+		  "key 'routers': node 's1' names 'nope'" },
+		{ "nodes:\n  x:\n    role: mailer\n", ":3: key 'role':" },
+		{ "nodes:\n  i:\n    role: ingress\n    listen: nowhere\n", ":4: key 'listen':" },
+		{ "nodes:\n  i:\n    role: ingress\n    relay_networks: [10.0.0.0/33]\n", ":4: key 'relay_networks': '10.0.0.0/33'" },
+		{ "nodes: [\n", "YAML syntax error" },
+		{ "other: 1\n", ":1: key 'other': unknown top-level key" },
+	};
+	(void)state;
+
+	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+		struct hk_config *cfg = (void *)1;
+		char err[512] = "";
+		char *path = write_tmp(cases[k].text);
+		assert_int_equal(hk_config_load(path, &cfg, err, sizeof(err)), -1);
+		assert_null(cfg);
+		if (strstr(err, cases[k].expect) == NULL || strstr(err, path) == NULL)
+			fail_msg("case %zu: error '%s' lacks '%s' or the path", k, err, cases[k].expect);
+		unlink(path);
+	}
+}
+
+static void
+test_ids(void **state)
+{
+	hk_idgen *g = hk_idgen_new();
+	char prev[HK_ID_LEN + 1], cur[HK_ID_LEN + 1];
+	(void)state;
+
+	assert_non_null(g);
+	hk_id_next(g, prev);
+	assert_int_equal(strlen(prev), HK_ID_LEN);
+	for (int i = 0; i < 10000; i++) {
+		hk_id_next(g, cur);
+		assert_true(strcmp(prev, cur) < 0); /* strictly increasing */
+		strcpy(prev, cur);
+	}
+	assert_true(hk_id_time_ms(cur) > 1700000000000LL);
+	assert_int_equal(hk_id_time_ms("short"), -1);
+	hk_idgen_destroy(&g);
+	assert_null(g);
+}
+
+static void
+test_domains(void **state)
+{
+	char out[HK_DOMAIN_MAX];
+	(void)state;
+
+	assert_int_equal(hk_domain_of("User@Example.COM", out), 0);
+	assert_string_equal(out, "example.com");
+	assert_int_equal(hk_domain_of("x@example.com.", out), 0);
+	assert_string_equal(out, "example.com");
+	assert_int_equal(hk_domain_of("x@bücher.example", out), 0);
+	assert_string_equal(out, "xn--bcher-kva.example");
+	assert_int_equal(hk_domain_of("x@docomo.ne.jp", out), 0);
+	assert_int_equal(hk_domain_of("no-at-sign", out), -1);
+	assert_int_equal(hk_domain_of("x@", out), -1);
+	assert_int_equal(hk_domain_of("x@a..b", out), -1);
+	assert_int_equal(hk_domain_of("x@-a.b", out), -1);
+	assert_int_equal(hk_domain_of("x@a_b.c", out), -1);
+}
+
+static void
+test_cidr(void **state)
+{
+	struct hk_cidr net;
+	struct sockaddr_in sin = { .sin_family = AF_INET };
+	struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6 };
+	(void)state;
+
+	assert_int_equal(hk_cidr_parse("127.0.0.0/8", &net), 0);
+	inet_pton(AF_INET, "127.1.2.3", &sin.sin_addr);
+	assert_true(hk_cidr_match(&net, (struct sockaddr *)&sin));
+	inet_pton(AF_INET, "128.0.0.1", &sin.sin_addr);
+	assert_false(hk_cidr_match(&net, (struct sockaddr *)&sin));
+	inet_pton(AF_INET6, "::ffff:127.0.0.9", &sin6.sin6_addr);
+	assert_true(hk_cidr_match(&net, (struct sockaddr *)&sin6));
+	assert_int_equal(hk_cidr_parse("::1", &net), 0);
+	inet_pton(AF_INET6, "::1", &sin6.sin6_addr);
+	assert_true(hk_cidr_match(&net, (struct sockaddr *)&sin6));
+	assert_int_equal(hk_cidr_parse("10.0.0.0/33", &net), -1);
+	assert_int_equal(hk_cidr_parse("not-an-ip", &net), -1);
+}
+
+static void
+test_u64map(void **state)
+{
+	hk_u64map *m = hk_u64map_new();
+	static int vals[5000];
+	(void)state;
+
+	for (uint64_t k = 1; k <= 5000; k++)
+		hk_u64map_put(m, k * 7919, &vals[k - 1]);
+	assert_int_equal(hk_u64map_count(m), 5000);
+	/* Remove every other key; the rest must stay reachable across shifts. */
+	for (uint64_t k = 1; k <= 5000; k += 2)
+		assert_ptr_equal(hk_u64map_pop(m, k * 7919), &vals[k - 1]);
+	for (uint64_t k = 1; k <= 5000; k++)
+		assert_ptr_equal(hk_u64map_get(m, k * 7919), k % 2 ? NULL : &vals[k - 1]);
+	assert_null(hk_u64map_pop(m, 12345));
+	assert_int_equal(hk_u64map_count(m), 2500);
+	hk_u64map_destroy(&m);
+	assert_null(m);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_config_good),
+		cmocka_unit_test(test_config_errors),
+		cmocka_unit_test(test_ids),
+		cmocka_unit_test(test_domains),
+		cmocka_unit_test(test_cidr),
+		cmocka_unit_test(test_u64map),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
