@@ -221,7 +221,7 @@ static void
 zlink_drain(hk_zlink *l)
 {
 	zmq_msg_t parts[ZLINK_MAX_PARTS];
-	int events, n;
+	int events, n = 0;
 	size_t elen = sizeof(events);
 
 	while (!l->closing) {

@@ -1,0 +1,221 @@
+/*
+ * ingress - the ingress role: ESMTP in, SubmitRequest out.
+ *
+ * One DEALER link (identity = node name) connects to every configured
+ * router; ZeroMQ spreads requests over the connected ones, and ZMQ_IMMEDIATE
+ * makes a send fail at once when none is connected, so the client gets its
+ * 451 without waiting for the submit timeout. Pending requests sit in a wait
+ * table (request id -> session). An answer whose id is not there (the
+ * session timed out or left, or the answer is from before a restart) is
+ * normal in a cluster and only logged at debug level.
+ */
+/* System */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Third-party */
+#include <jansson.h>
+#include <uv.h>
+#include <zmq.h>
+
+/* common/ */
+#include "hk_log.h"
+#include "hk_node.h"
+#include "hk_u64map.h"
+#include "hk_util.h"
+#include "hk_zlink.h"
+
+/* This role */
+#include "ingress_listener.h"
+#include "ingress_session.h"
+
+struct ingress {
+	struct hk_node *node;
+	struct ingress_env env;
+	hk_zlink *link;
+	hk_u64map *wait;        /* req_id -> ingress_session */
+	hk_idgen *idgen;
+	ingress_listener *listener;
+	uint64_t next_req_id;
+	bool stopping;
+};
+
+/* ingress_submit - env->submit: one SubmitRequest plus the body frame. */
+static int
+ingress_submit(void *arg, ingress_session *s, const struct ingress_txn *t, uint64_t *req_id)
+{
+	struct ingress *ing = arg;
+	Hk__Recipient *rv = xcalloc(t->n_rcpts ? t->n_rcpts : 1, sizeof(*rv));
+	Hk__Recipient **rp = xcalloc(t->n_rcpts ? t->n_rcpts : 1, sizeof(*rp));
+	Hk__Envelope env = HK__ENVELOPE__INIT;
+	Hk__Submission sub = HK__SUBMISSION__INIT;
+	Hk__SubmitRequest req = HK__SUBMIT_REQUEST__INIT;
+	Hk__Frame frame = HK__FRAME__INIT;
+	uint64_t id = ing->next_req_id++;
+	int rc;
+
+	/* protobuf-c wants non-const pointers; pack only reads them. */
+	for (size_t i = 0; i < t->n_rcpts; i++) {
+		hk__recipient__init(&rv[i]);
+		rv[i].address = t->rcpts[i].addr;
+		rv[i].n_params = t->rcpts[i].n_params;
+		rv[i].params = t->rcpts[i].params;
+		rp[i] = &rv[i];
+	}
+	env.mail_from = (char *)t->mail_from;
+	env.n_mail_params = t->n_mail_params;
+	env.mail_params = (char **)t->mail_params;
+	env.n_rcpts = t->n_rcpts;
+	env.rcpts = rp;
+	sub.id = (char *)t->id;
+	sub.tenant = (char *)t->tenant;
+	sub.envelope = &env;
+	sub.body_size = t->body_len;
+	sub.ingress_node = (char *)ing->env.node_name;
+	sub.received_at_ms = t->received_at_ms;
+	sub.client_address = (char *)t->client_address;
+	req.req_id = id;
+	req.msg = &sub;
+	frame.body_case = HK__FRAME__BODY_SUBMIT;
+	frame.submit = &req;
+
+	rc = hk_zlink_send(ing->link, NULL, 0, &frame, t->body ? t->body : "", t->body_len);
+	free(rp);
+	free(rv);
+	if (rc != 0) {
+		hk_log_warn("submit_failed", "{s:s, s:s}", "id", t->id, "error",
+		    rc == -EAGAIN ? "no router connected" : zmq_strerror(-rc));
+		return rc;
+	}
+	hk_u64map_put(ing->wait, id, s);
+	hk_log_debug("submit_sent", "{s:s, s:I}", "id", t->id, "req_id", (json_int_t)id);
+	*req_id = id;
+	return 0;
+}
+
+/* ingress_cancel - env->cancel: the session no longer waits for REQ_ID. */
+static void
+ingress_cancel(void *arg, uint64_t req_id)
+{
+	struct ingress *ing = arg;
+
+	hk_u64map_pop(ing->wait, req_id);
+}
+
+/* ingress_dispatch - a frame from a router. */
+static void
+ingress_dispatch(hk_zlink *link, const void *peer, size_t peer_len, const Hk__Frame *frame,
+    const uint8_t *body, size_t body_len, void *arg)
+{
+	struct ingress *ing = arg;
+	const Hk__SubmitReply *r;
+	ingress_session *s;
+
+	(void)link;
+	(void)peer;
+	(void)peer_len;
+	(void)body;
+	(void)body_len;
+	if (frame->body_case != HK__FRAME__BODY_SUBMIT_REPLY) {
+		hk_log_warn("unexpected_frame", "{s:s, s:s}", "type", hk_msg_name(frame),
+		    "from", frame->from_node ? frame->from_node : "");
+		return;
+	}
+	r = frame->submit_reply;
+	if ((s = hk_u64map_pop(ing->wait, r->req_id)) == NULL) {
+		hk_log_debug("late_reply", "{s:I, s:b, s:s}", "req_id", (json_int_t)r->req_id,
+		    "ok", r->ok, "from", frame->from_node ? frame->from_node : "");
+		return;
+	}
+	ingress_session_submitted(s, r->ok, r->reason);
+}
+
+static void
+ingress_free(struct ingress *ing)
+{
+	hk_u64map_destroy(&ing->wait);
+	hk_idgen_destroy(&ing->idgen);
+	free(ing);
+}
+
+/* The listener closed its last session: nothing refers to us any more. */
+static void
+on_listener_done(void *arg)
+{
+	struct ingress *ing = arg;
+
+	ing->node->role = NULL;
+	ingress_free(ing);
+}
+
+static void
+ingress_stop(struct hk_node *node)
+{
+	struct ingress *ing = node->role;
+
+	if (ing == NULL || ing->stopping)
+		return;
+	ing->stopping = true;
+	/* Sessions still waiting are closed below; no answer can reach them. */
+	hk_zlink_close(ing->link);
+	ing->link = NULL;
+	ingress_listener_close(ing->listener, on_listener_done, ing);
+}
+
+static int
+ingress_start(struct hk_node *node)
+{
+	const struct hk_ingress_conf *c = &node->conf->u.ingress;
+	struct ingress *ing;
+	int rc;
+
+	ing = xcalloc(1, sizeof(*ing));
+	ing->node = node;
+	ing->wait = hk_u64map_new();
+	if ((ing->idgen = hk_idgen_new()) == NULL) {
+		hk_log_error("ingress_start_failed", "{s:s}", "error", "cannot seed the id generator");
+		ingress_free(ing);
+		return -1;
+	}
+	/*
+	 * Request ids start from the clock so that a restarted node with the
+	 * same identity cannot take a late answer meant for its predecessor as
+	 * the answer to a new request (2^20 requests per millisecond of uptime
+	 * would be needed to catch up).
+	 */
+	ing->next_req_id = ((uint64_t)hk_now_ms() << 20) | 1;
+	ing->env = (struct ingress_env){
+		.conf = c,
+		.node_name = node->conf->name,
+		.idgen = ing->idgen,
+		.submit = ingress_submit,
+		.cancel = ingress_cancel,
+		.arg = ing,
+	};
+	rc = hk_zlink_new(&ing->link, node->loop, node->zctx, ZMQ_DEALER, node->conf->name,
+	    node->conf->name, ingress_dispatch, ing);
+	if (rc != 0) {
+		hk_log_error("ingress_start_failed", "{s:s}", "error", zmq_strerror(-rc));
+		ingress_free(ing);
+		return -1;
+	}
+	for (size_t i = 0; i < c->n_routers; i++) {
+		if ((rc = hk_zlink_connect(ing->link, c->routers[i])) != 0) {
+			hk_log_error("ingress_start_failed", "{s:s, s:s}", "router", c->routers[i],
+			    "error", zmq_strerror(-rc));
+			hk_zlink_close(ing->link);
+			ingress_free(ing);
+			return -1;
+		}
+	}
+	if (ingress_listener_new(&ing->listener, node->loop, &ing->env) != 0) {
+		hk_zlink_close(ing->link);
+		ingress_free(ing);
+		return -1;
+	}
+	node->role = ing;
+	return 0;
+}
+
+const struct hk_role_ops ingress_ops = { HK_ROLE_INGRESS, ingress_start, ingress_stop };

@@ -1,0 +1,887 @@
+/*
+ * ingress_session - the inbound ESMTP dialogue.
+ *
+ * States (ingress_enter_state() is the only place that changes s->state, and
+ * it also arms the timer that belongs to the new state):
+ *
+ *   NEW --HELO/EHLO--> HELO --MAIL--> MAIL --RCPT--> RCPT --DATA--> DATA
+ *   DATA --CRLF.CRLF--> SUBMIT (waiting for the router) --answer--> HELO
+ *   any --QUIT, timeout, too many errors--> QUIT (last replies drain) -> closed
+ *
+ * The order of NEW < HELO < MAIL < RCPT matters: the command table's
+ * "needs" flags compare against it.
+ *
+ * Input is read into a fixed buffer and executed in order (PIPELINING,
+ * RFC 2920): replies are collected and written when no complete command is
+ * left, after a command that must end a pipeline group, or when a command has
+ * to wait. While a submission is pending nothing more is executed; reading
+ * goes on only until the buffer is full, so that a client that hangs up is
+ * noticed. Replies that the client does not read stop execution at
+ * INGRESS_OUT_HIGH bytes, so a flood of commands cannot grow our memory.
+ */
+/* System */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Third-party */
+#include <jansson.h>
+#include <uv.h>
+
+/* common/ */
+#include "hk_log.h"
+#include "hk_util.h"
+
+/* This role */
+#include "ingress_parse.h"
+#include "ingress_session.h"
+
+#define INGRESS_IN_CAP (16 * 1024)   /* read buffer; > INGRESS_LINE_MAX */
+#define INGRESS_OUT_HIGH (64 * 1024) /* unsent replies that pause execution */
+#define INGRESS_ERROR_LIMIT 50       /* rejected commands before we hang up */
+#define INGRESS_QUIT_LINGER_MS 10000 /* time for the last replies to drain */
+#define INGRESS_HELO_MAX 255
+
+#define INGRESS_STATES(X)                                               \
+	X(NEW)    /* greeting sent, no HELO/EHLO yet */                 \
+	X(HELO)   /* greeted, no transaction */                         \
+	X(MAIL)   /* MAIL accepted */                                   \
+	X(RCPT)   /* at least one RCPT accepted */                      \
+	X(DATA)   /* reading the message */                             \
+	X(SUBMIT) /* message handed to a router, waiting for its answer */ \
+	X(QUIT)   /* last replies draining, then close */
+
+enum ingress_state {
+#define X(name) ST_##name,
+	INGRESS_STATES(X)
+#undef X
+};
+
+/* Orthogonal session flags. */
+enum {
+	SF_ESMTP = 1 << 0,      /* EHLO rather than HELO */
+	SF_RELAY = 1 << 1,      /* client address is in relay_networks */
+	SF_READING = 1 << 2,    /* uv_read_start is in effect */
+};
+
+struct ingress_session {
+	uv_tcp_t tcp;
+	uv_timer_t timer;
+	uv_shutdown_t shutdown;
+	int open_handles;
+	bool closing;
+	const struct ingress_env *env;
+	ingress_session_closed_cb closed_cb;
+	void *closed_arg;
+
+	enum ingress_state state;
+	unsigned flags;
+	unsigned errors;
+	char client_ip[INET6_ADDRSTRLEN];
+	char client_literal[INET6_ADDRSTRLEN + 8]; /* "[1.2.3.4]", "[IPv6:::1]" */
+	char helo[INGRESS_HELO_MAX + 1];
+
+	/* input: in[0..in_len), executed up to in_off while processing */
+	char in[INGRESS_IN_CAP];
+	size_t in_len;
+	size_t in_off;
+	struct ingress_linereader lines;
+	/* replies not yet handed to uv_write */
+	struct ingress_buf out;
+
+	/* the transaction */
+	char *mail_from;
+	char **mail_params;
+	size_t n_mail_params;
+	struct ingress_rcpt *rcpts;
+	size_t n_rcpts;
+	char id[HK_ID_LEN + 1];
+	int64_t received_at_ms;
+	struct ingress_buf msg;  /* Received header + message */
+	struct ingress_data data;
+	uint64_t req_id;         /* pending request, in state SUBMIT */
+	size_t body_size;        /* what was submitted, for the log */
+};
+
+struct ingress_write {
+	uv_write_t req;
+	ingress_session *s;
+	char data[];
+};
+
+static void session_process(ingress_session *s);
+static void session_flush(ingress_session *s);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+static void on_timer(uv_timer_t *t);
+static void on_shutdown(uv_shutdown_t *req, int status);
+
+/* --- states ------------------------------------------------------------- */
+
+static const char *
+ingress_strstate(enum ingress_state st)
+{
+	switch (st) {
+#define X(name) case ST_##name: return #name;
+	INGRESS_STATES(X)
+#undef X
+	}
+	return "?";
+}
+
+static void
+arm_timer(ingress_session *s)
+{
+	const struct hk_ingress_conf *c = s->env->conf;
+	uint64_t ms;
+
+	switch (s->state) {
+	case ST_DATA: ms = c->data_timeout_ms; break;
+	case ST_SUBMIT: ms = c->submit_timeout_ms; break;
+	case ST_QUIT: ms = INGRESS_QUIT_LINGER_MS; break;
+	default: ms = c->command_timeout_ms; break;
+	}
+	uv_timer_start(&s->timer, on_timer, ms, 0);
+}
+
+static void
+txn_reset(ingress_session *s)
+{
+	free(s->mail_from);
+	s->mail_from = NULL;
+	for (size_t i = 0; i < s->n_mail_params; i++)
+		free(s->mail_params[i]);
+	free(s->mail_params);
+	s->mail_params = NULL;
+	s->n_mail_params = 0;
+	for (size_t i = 0; i < s->n_rcpts; i++) {
+		free(s->rcpts[i].addr);
+		for (size_t j = 0; j < s->rcpts[i].n_params; j++)
+			free(s->rcpts[i].params[j]);
+		free(s->rcpts[i].params);
+	}
+	free(s->rcpts);
+	s->rcpts = NULL;
+	s->n_rcpts = 0;
+	s->id[0] = '\0';
+	s->req_id = 0;
+	ingress_buf_free(&s->msg);
+}
+
+static void
+format_date(int64_t ms, char *out, size_t len)
+{
+	static const char *days[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
+	static const char *months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+		"Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+	time_t t = (time_t)(ms / 1000);
+	struct tm tm;
+	long off;
+
+	localtime_r(&t, &tm);
+	off = tm.tm_gmtoff / 60;
+	snprintf(out, len, "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld", days[tm.tm_wday],
+	    tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec,
+	    off < 0 ? '-' : '+', labs(off) / 60, labs(off) % 60);
+}
+
+/* Start a message: its id, its time and the Received header (RFC 5321 4.4). */
+static void
+message_begin(ingress_session *s)
+{
+	char date[64], hdr[1024];
+	int n;
+
+	hk_id_next(s->env->idgen, s->id);
+	s->received_at_ms = hk_now_ms();
+	format_date(s->received_at_ms, date, sizeof(date));
+	if (s->n_rcpts == 1)
+		n = snprintf(hdr, sizeof(hdr),
+		    "Received: from %s (%s)\r\n\tby %s (Hikyaku) with %s id %s\r\n\tfor <%s>; %s\r\n",
+		    s->helo, s->client_literal, s->env->conf->hostname,
+		    s->flags & SF_ESMTP ? "ESMTP" : "SMTP", s->id, s->rcpts[0].addr, date);
+	else
+		n = snprintf(hdr, sizeof(hdr),
+		    "Received: from %s (%s)\r\n\tby %s (Hikyaku) with %s id %s;\r\n\t%s\r\n",
+		    s->helo, s->client_literal, s->env->conf->hostname,
+		    s->flags & SF_ESMTP ? "ESMTP" : "SMTP", s->id, date);
+	ingress_buf_free(&s->msg);
+	ingress_buf_append(&s->msg, hdr, n < (int)sizeof(hdr) ? (size_t)n : sizeof(hdr) - 1);
+	ingress_data_init(&s->data, &s->msg, s->env->conf->max_message_size);
+}
+
+/*
+ * ingress_enter_state - the one place that changes state. Entering a state
+ * arms its timer; entering DATA starts a message; entering QUIT stops input
+ * and closes once the replies are written.
+ */
+static void
+ingress_enter_state(ingress_session *s, enum ingress_state next)
+{
+	hk_log_debug("smtp_state", "{s:s, s:s, s:s}", "client", s->client_ip,
+	    "from", ingress_strstate(s->state), "to", ingress_strstate(next));
+	s->state = next;
+	switch (next) {
+	case ST_DATA:
+		message_begin(s);
+		break;
+	case ST_QUIT:
+		session_flush(s);
+		if (s->closing)
+			return;
+		if (uv_shutdown(&s->shutdown, (uv_stream_t *)&s->tcp, on_shutdown) != 0) {
+			ingress_session_close(s, "shutdown failed", NULL);
+			return;
+		}
+		break;
+	default:
+		break;
+	}
+	arm_timer(s);
+}
+
+/* --- output -------------------------------------------------------------- */
+
+static void
+reply(ingress_session *s, const char *fmt, ...)
+{
+	char line[INGRESS_LINE_MAX];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof(line) - 3)
+		n = (int)sizeof(line) - 3;
+	memcpy(line + n, "\r\n", 2);
+	ingress_buf_append(&s->out, line, (size_t)n + 2);
+}
+
+static bool
+output_full(ingress_session *s)
+{
+	return s->out.len + uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp) > INGRESS_OUT_HIGH;
+}
+
+static void
+on_write(uv_write_t *req, int status)
+{
+	struct ingress_write *w = (struct ingress_write *)req;
+	ingress_session *s = w->s;
+
+	free(w);
+	if (s->closing)
+		return;
+	if (status < 0) {
+		ingress_session_close(s, uv_strerror(status), NULL);
+		return;
+	}
+	/* Replies drained: execution or reading may have been waiting. */
+	if (s->state != ST_QUIT)
+		session_process(s);
+}
+
+static void
+session_flush(ingress_session *s)
+{
+	struct ingress_write *w;
+	uv_buf_t b;
+	int rc;
+
+	if (s->out.len == 0 || s->closing)
+		return;
+	w = xmalloc(sizeof(*w) + s->out.len);
+	w->s = s;
+	memcpy(w->data, s->out.data, s->out.len);
+	b = uv_buf_init(w->data, (unsigned)s->out.len);
+	s->out.len = 0;
+	if ((rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, on_write)) != 0) {
+		free(w);
+		ingress_session_close(s, uv_strerror(rc), NULL);
+	}
+}
+
+/* A rejected command: reply, and hang up on a client that keeps failing. */
+static void
+cmd_error(ingress_session *s, const char *text)
+{
+	reply(s, "%s", text);
+	if (++s->errors >= INGRESS_ERROR_LIMIT) {
+		hk_log_info("smtp_too_many_errors", "{s:s, s:i}", "client", s->client_ip,
+		    "errors", (int)s->errors);
+		reply(s, "421 4.7.0 %s Error: too many errors", s->env->conf->hostname);
+		ingress_enter_state(s, ST_QUIT);
+	}
+}
+
+/* --- commands ------------------------------------------------------------ */
+
+static void
+cmd_helo_common(ingress_session *s, const char *args, bool esmtp)
+{
+	const struct hk_ingress_conf *c = s->env->conf;
+	size_t n = strcspn(args, " \t");
+
+	if (n == 0) {
+		cmd_error(s, esmtp ? "501 5.5.4 Syntax: EHLO hostname" : "501 5.5.4 Syntax: HELO hostname");
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)args[i];
+		if (ch < 33 || ch > 126 || ch == '(' || ch == ')') {
+			cmd_error(s, "501 5.5.2 Invalid HELO/EHLO hostname");
+			return;
+		}
+	}
+	if (n > INGRESS_HELO_MAX) {
+		cmd_error(s, "501 5.5.2 HELO/EHLO hostname too long");
+		return;
+	}
+	memcpy(s->helo, args, n);
+	s->helo[n] = '\0';
+	txn_reset(s);
+	if (esmtp) {
+		s->flags |= SF_ESMTP;
+		reply(s, "250-%s", c->hostname);
+		reply(s, "250-PIPELINING");
+		reply(s, "250-SIZE %zu", c->max_message_size);
+		reply(s, "250-8BITMIME");
+		reply(s, "250 ENHANCEDSTATUSCODES");
+	} else {
+		s->flags &= ~(unsigned)SF_ESMTP;
+		reply(s, "250 %s", c->hostname);
+	}
+	ingress_enter_state(s, ST_HELO);
+}
+
+static void
+cmd_ehlo(ingress_session *s, const char *args)
+{
+	cmd_helo_common(s, args, true);
+}
+
+static void
+cmd_helo(ingress_session *s, const char *args)
+{
+	cmd_helo_common(s, args, false);
+}
+
+static char **
+copy_params(const struct ingress_path *p)
+{
+	char **v = xcalloc(p->n_params ? p->n_params : 1, sizeof(char *));
+
+	for (size_t i = 0; i < p->n_params; i++)
+		v[i] = xstrndup(p->params[i].text, p->params[i].len);
+	return v;
+}
+
+static void
+cmd_mail(ingress_session *s, const char *args)
+{
+	struct ingress_path p;
+	char err[INGRESS_REPLY_MAX];
+
+	if (ingress_parse_path(args, INGRESS_PATH_MAIL, &p, err) != 0) {
+		cmd_error(s, err);
+		return;
+	}
+	if (p.has_size && p.size > s->env->conf->max_message_size) {
+		reply(s, "552 5.3.4 Message size exceeds fixed limit");
+		return;
+	}
+	txn_reset(s);
+	s->mail_from = xstrdup(p.addr);
+	s->mail_params = copy_params(&p);
+	s->n_mail_params = p.n_params;
+	reply(s, "250 2.1.0 Ok");
+	ingress_enter_state(s, ST_MAIL);
+}
+
+/* same_address - one mailbox? Local parts are case-sensitive (RFC 5321
+ * 2.4), domains are not. */
+static bool
+same_address(const char *a, const char *b)
+{
+	const char *da = strrchr(a, '@'), *db = strrchr(b, '@');
+
+	if (da == NULL || db == NULL || da - a != db - b)
+		return false;
+	return memcmp(a, b, (size_t)(da - a)) == 0 && strcasecmp(da, db) == 0;
+}
+
+static void
+cmd_rcpt(ingress_session *s, const char *args)
+{
+	struct ingress_path p;
+	char err[INGRESS_REPLY_MAX];
+	struct ingress_rcpt *r;
+
+	if (ingress_parse_path(args, INGRESS_PATH_RCPT, &p, err) != 0) {
+		cmd_error(s, err);
+		return;
+	}
+	if (!(s->flags & SF_RELAY)) {
+		cmd_error(s, "554 5.7.1 Relay access denied");
+		return;
+	}
+	for (size_t i = 0; i < s->n_rcpts; i++) {
+		if (same_address(s->rcpts[i].addr, p.addr)) {
+			reply(s, "250 2.1.5 Ok"); /* a duplicate: delivered once */
+			return;
+		}
+	}
+	if (s->n_rcpts >= s->env->conf->max_recipients) {
+		reply(s, "452 4.5.3 Too many recipients");
+		return;
+	}
+	s->rcpts = xrealloc(s->rcpts, (s->n_rcpts + 1) * sizeof(*s->rcpts));
+	r = &s->rcpts[s->n_rcpts++];
+	r->addr = xstrdup(p.addr);
+	r->params = copy_params(&p);
+	r->n_params = p.n_params;
+	reply(s, "250 2.1.5 Ok");
+	ingress_enter_state(s, ST_RCPT);
+}
+
+static void
+cmd_data(ingress_session *s, const char *args)
+{
+	(void)args;
+	reply(s, "354 End data with <CR><LF>.<CR><LF>");
+	ingress_enter_state(s, ST_DATA);
+}
+
+static void
+cmd_rset(ingress_session *s, const char *args)
+{
+	(void)args;
+	txn_reset(s);
+	reply(s, "250 2.0.0 Ok");
+	ingress_enter_state(s, s->state >= ST_HELO ? ST_HELO : ST_NEW);
+}
+
+static void
+cmd_noop(ingress_session *s, const char *args)
+{
+	(void)args;
+	reply(s, "250 2.0.0 Ok");
+}
+
+static void
+cmd_quit(ingress_session *s, const char *args)
+{
+	(void)args;
+	reply(s, "221 2.0.0 Bye");
+	ingress_enter_state(s, ST_QUIT);
+}
+
+static void
+cmd_vrfy(ingress_session *s, const char *args)
+{
+	if (*args == '\0') {
+		cmd_error(s, "501 5.5.4 Syntax: VRFY address");
+		return;
+	}
+	reply(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
+}
+
+static void
+cmd_help(ingress_session *s, const char *args)
+{
+	(void)args;
+	reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP");
+}
+
+/* Command table flags. */
+enum {
+	CMD_NEED_HELO = 1 << 0, /* 503 before HELO/EHLO */
+	CMD_NEED_MAIL = 1 << 1, /* 503 before MAIL */
+	CMD_NEED_RCPT = 1 << 2, /* 503 before a successful RCPT */
+	CMD_NO_TXN = 1 << 3,    /* 503 inside a transaction (nested MAIL) */
+	CMD_NO_ARGS = 1 << 4,   /* 501 if arguments are given */
+	CMD_FLUSH = 1 << 5,     /* ends a pipeline group: reply at once (RFC 2920 3.1) */
+};
+
+static const struct ingress_cmd {
+	const char *verb;
+	unsigned flags;
+	void (*handler)(ingress_session *s, const char *args);
+} ingress_cmds[] = {
+	{ "EHLO", CMD_FLUSH, cmd_ehlo },
+	{ "HELO", CMD_FLUSH, cmd_helo },
+	{ "MAIL", CMD_NEED_HELO | CMD_NO_TXN, cmd_mail },
+	{ "RCPT", CMD_NEED_HELO | CMD_NEED_MAIL, cmd_rcpt },
+	{ "DATA", CMD_NEED_HELO | CMD_NEED_MAIL | CMD_NEED_RCPT | CMD_NO_ARGS | CMD_FLUSH, cmd_data },
+	{ "RSET", CMD_NO_ARGS, cmd_rset },
+	{ "NOOP", CMD_FLUSH, cmd_noop },
+	{ "QUIT", CMD_NO_ARGS | CMD_FLUSH, cmd_quit },
+	{ "VRFY", CMD_FLUSH, cmd_vrfy },
+	{ "HELP", CMD_FLUSH, cmd_help },
+};
+
+static void
+session_execute(ingress_session *s, const char *line, size_t len)
+{
+	char buf[INGRESS_LINE_MAX + 1], err[INGRESS_REPLY_MAX];
+	struct ingress_cmdline cl;
+	const struct ingress_cmd *cmd = NULL;
+
+	memcpy(buf, line, len);
+	buf[len] = '\0';
+	if (ingress_cmd_split(buf, len, &cl, err) != 0) {
+		cmd_error(s, err);
+		return;
+	}
+	for (size_t i = 0; i < sizeof(ingress_cmds) / sizeof(ingress_cmds[0]); i++) {
+		if (!strcmp(cl.verb, ingress_cmds[i].verb)) {
+			cmd = &ingress_cmds[i];
+			break;
+		}
+	}
+	if (cmd == NULL)
+		cmd_error(s, "500 5.5.1 Command unrecognized");
+	else if ((cmd->flags & CMD_NEED_HELO) && s->state < ST_HELO)
+		cmd_error(s, "503 5.5.1 Error: send HELO/EHLO first");
+	else if ((cmd->flags & CMD_NEED_MAIL) && s->state < ST_MAIL)
+		cmd_error(s, "503 5.5.1 Error: need MAIL command");
+	else if ((cmd->flags & CMD_NEED_RCPT) && s->state < ST_RCPT)
+		cmd_error(s, "503 5.5.1 Error: need RCPT command");
+	else if ((cmd->flags & CMD_NO_TXN) && s->state >= ST_MAIL)
+		cmd_error(s, "503 5.5.1 Error: nested MAIL command");
+	else if ((cmd->flags & CMD_NO_ARGS) && *cl.args != '\0') {
+		snprintf(err, sizeof(err), "501 5.5.4 Syntax: %s (no parameters allowed)", cmd->verb);
+		cmd_error(s, err);
+	} else
+		cmd->handler(s, cl.args);
+	if (cmd != NULL && (cmd->flags & CMD_FLUSH))
+		session_flush(s);
+}
+
+/* --- the end of a message ------------------------------------------------ */
+
+static void
+log_rejected(ingress_session *s, const char *reply_text)
+{
+	hk_log_info("rejected", "{s:s, s:s, s:s, s:i, s:s}", "id", s->id, "client", s->client_ip,
+	    "from", s->mail_from ? s->mail_from : "", "rcpts", (int)s->n_rcpts,
+	    "reason", reply_text);
+}
+
+/* End a transaction with REPLY_TEXT (a 4xx/5xx), logged as "rejected". */
+static void
+txn_fail(ingress_session *s, const char *reply_text)
+{
+	reply(s, "%s", reply_text);
+	log_rejected(s, reply_text);
+	txn_reset(s);
+	ingress_enter_state(s, ST_HELO);
+}
+
+static void
+data_end(ingress_session *s)
+{
+	char err[INGRESS_REPLY_MAX];
+	struct ingress_txn t;
+	uint64_t req_id = 0;
+	int rc;
+
+	if (ingress_data_failed(&s->data, err)) {
+		txn_fail(s, err);
+		return;
+	}
+	t = (struct ingress_txn){
+		.id = s->id,
+		.tenant = s->env->conf->network_tenant,
+		.mail_from = s->mail_from,
+		.mail_params = s->mail_params,
+		.n_mail_params = s->n_mail_params,
+		.rcpts = s->rcpts,
+		.n_rcpts = s->n_rcpts,
+		.body = s->msg.data,
+		.body_len = s->msg.len,
+		.received_at_ms = s->received_at_ms,
+		.client_address = s->client_ip,
+	};
+	rc = s->env->submit(s->env->arg, s, &t, &req_id);
+	if (rc != 0) {
+		snprintf(err, sizeof(err), "451 4.3.0 Queueing failed: %s, try again later",
+		    rc == -EAGAIN ? "no router available" : uv_strerror(rc));
+		txn_fail(s, err);
+		return;
+	}
+	/* The link copied the body: drop ours now rather than after the answer. */
+	s->req_id = req_id;
+	s->body_size = s->msg.len;
+	ingress_buf_free(&s->msg);
+	ingress_enter_state(s, ST_SUBMIT);
+}
+
+/* Keep only printable ASCII of a peer's text, for a reply line. */
+static void
+sanitize(char *out, size_t len, const char *in)
+{
+	size_t n = 0;
+
+	for (; in && *in && n + 1 < len; in++)
+		out[n++] = (*in >= 32 && *in <= 126) ? *in : ' ';
+	out[n] = '\0';
+}
+
+void
+ingress_session_submitted(ingress_session *s, bool ok, const char *reason)
+{
+	char why[200], text[INGRESS_REPLY_MAX];
+
+	if (s->closing || s->state != ST_SUBMIT) {
+		hk_log_debug("late_reply", "{s:s, s:s}", "client", s->client_ip,
+		    "state", ingress_strstate(s->state));
+		return;
+	}
+	if (ok) {
+		reply(s, "250 2.0.0 Ok: queued as %s", s->id);
+		hk_log_info("accepted", "{s:s, s:s, s:s, s:s, s:i, s:I}", "id", s->id,
+		    "client", s->client_ip, "tenant", s->env->conf->network_tenant,
+		    "from", s->mail_from, "rcpts", (int)s->n_rcpts, "size", (json_int_t)s->body_size);
+		txn_reset(s);
+		ingress_enter_state(s, ST_HELO);
+	} else {
+		sanitize(why, sizeof(why), reason);
+		snprintf(text, sizeof(text), "451 4.3.0 %s", why[0] ? why : "Queueing failed, try again later");
+		txn_fail(s, text);
+	}
+	session_process(s);
+}
+
+/* --- input ---------------------------------------------------------------- */
+
+static void
+update_reading(ingress_session *s)
+{
+	bool want = !s->closing && s->state != ST_QUIT && s->in_len < sizeof(s->in) && !output_full(s);
+
+	if (want && !(s->flags & SF_READING)) {
+		if (uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read) == 0)
+			s->flags |= SF_READING;
+	} else if (!want && (s->flags & SF_READING)) {
+		uv_read_stop((uv_stream_t *)&s->tcp);
+		s->flags &= ~(unsigned)SF_READING;
+	}
+}
+
+/*
+ * session_process - execute buffered input until it runs out or a command
+ * must wait, then write the collected replies and decide whether to read.
+ */
+static void
+session_process(ingress_session *s)
+{
+	while (!s->closing && s->state != ST_QUIT && s->state != ST_SUBMIT && !output_full(s)) {
+		const char *p = s->in + s->in_off, *line;
+		size_t n = s->in_len - s->in_off, used, line_len;
+		enum ingress_line_result r;
+
+		if (n == 0)
+			break;
+		if (s->state == ST_DATA) {
+			s->in_off += ingress_data_feed(&s->data, p, n);
+			if (ingress_data_done(&s->data))
+				data_end(s);
+			continue;
+		}
+		r = ingress_line_next(&s->lines, p, n, &used, &line, &line_len);
+		s->in_off += used;
+		if (r == INGRESS_LINE_MORE)
+			break;
+		if (r == INGRESS_LINE_TOO_LONG)
+			cmd_error(s, "500 5.5.2 Line too long");
+		else
+			session_execute(s, line, line_len);
+	}
+	if (s->closing)
+		return;
+	if (s->in_off > 0) {
+		memmove(s->in, s->in + s->in_off, s->in_len - s->in_off);
+		s->in_len -= s->in_off;
+		s->in_off = 0;
+	}
+	session_flush(s);
+	update_reading(s);
+}
+
+static void
+on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	ingress_session *s = h->data;
+
+	(void)suggested;
+	*buf = uv_buf_init(s->in + s->in_len, (unsigned)(sizeof(s->in) - s->in_len));
+}
+
+static void
+on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+	ingress_session *s = st->data;
+
+	(void)buf;
+	if (nread == 0 || s->closing)
+		return;
+	if (nread == UV_ENOBUFS) {
+		update_reading(s);
+		return;
+	}
+	if (nread < 0) {
+		ingress_session_close(s, nread == UV_EOF ? "client disconnected" : uv_strerror((int)nread), NULL);
+		return;
+	}
+	s->in_len += (size_t)nread;
+	if (s->state != ST_SUBMIT && s->state != ST_QUIT)
+		arm_timer(s); /* idle timeouts count from the last input */
+	session_process(s);
+}
+
+static void
+on_timer(uv_timer_t *t)
+{
+	ingress_session *s = t->data;
+
+	if (s->closing)
+		return;
+	switch (s->state) {
+	case ST_SUBMIT:
+		s->env->cancel(s->env->arg, s->req_id);
+		txn_fail(s, "451 4.3.0 Queueing timed out, try again later");
+		session_process(s);
+		break;
+	case ST_QUIT:
+		ingress_session_close(s, "replies not read in time", NULL);
+		break;
+	default:
+		hk_log_info("smtp_timeout", "{s:s, s:s}", "client", s->client_ip,
+		    "state", ingress_strstate(s->state));
+		reply(s, "421 4.4.2 %s Error: timeout exceeded", s->env->conf->hostname);
+		ingress_enter_state(s, ST_QUIT);
+		break;
+	}
+}
+
+/* --- lifetime ---------------------------------------------------------------- */
+
+static void
+on_shutdown(uv_shutdown_t *req, int status)
+{
+	ingress_session *s = req->data;
+
+	(void)status;
+	ingress_session_close(s, "quit", NULL);
+}
+
+static void
+on_closed(uv_handle_t *h)
+{
+	ingress_session *s = h->data;
+
+	if (--s->open_handles > 0)
+		return;
+	if (s->closed_cb)
+		s->closed_cb(s, s->closed_arg);
+	txn_reset(s);
+	ingress_buf_free(&s->out);
+	free(s);
+}
+
+ingress_session *
+ingress_session_new(uv_loop_t *loop, const struct ingress_env *env,
+    ingress_session_closed_cb closed, void *arg)
+{
+	ingress_session *s = xcalloc(1, sizeof(*s));
+
+	s->env = env;
+	s->closed_cb = closed;
+	s->closed_arg = arg;
+	s->state = ST_NEW;
+	uv_tcp_init(loop, &s->tcp);
+	uv_timer_init(loop, &s->timer);
+	s->tcp.data = s->timer.data = s->shutdown.data = s;
+	s->open_handles = 2;
+	strcpy(s->client_ip, "unknown");
+	strcpy(s->client_literal, "unknown");
+	return s;
+}
+
+uv_stream_t *
+ingress_session_stream(ingress_session *s)
+{
+	return (uv_stream_t *)&s->tcp;
+}
+
+static void
+peer_address(ingress_session *s)
+{
+	struct sockaddr_storage ss;
+	int len = sizeof(ss);
+	const struct hk_ingress_conf *c = s->env->conf;
+
+	if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) != 0)
+		return;
+	if (ss.ss_family == AF_INET) {
+		inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, s->client_ip, sizeof(s->client_ip));
+		snprintf(s->client_literal, sizeof(s->client_literal), "[%s]", s->client_ip);
+	} else if (ss.ss_family == AF_INET6) {
+		const struct in6_addr *a = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+		if (IN6_IS_ADDR_V4MAPPED(a)) {
+			inet_ntop(AF_INET, a->s6_addr + 12, s->client_ip, sizeof(s->client_ip));
+			snprintf(s->client_literal, sizeof(s->client_literal), "[%s]", s->client_ip);
+		} else {
+			inet_ntop(AF_INET6, a, s->client_ip, sizeof(s->client_ip));
+			snprintf(s->client_literal, sizeof(s->client_literal), "[IPv6:%s]", s->client_ip);
+		}
+	}
+	for (size_t i = 0; i < c->n_relay_networks; i++) {
+		if (hk_cidr_match(&c->relay_networks[i], (struct sockaddr *)&ss)) {
+			s->flags |= SF_RELAY;
+			break;
+		}
+	}
+}
+
+void
+ingress_session_start(ingress_session *s)
+{
+	peer_address(s);
+	hk_log_info("smtp_connect", "{s:s, s:b}", "client", s->client_ip, "relay",
+	    (s->flags & SF_RELAY) != 0);
+	reply(s, "220 %s ESMTP Hikyaku", s->env->conf->hostname);
+	ingress_enter_state(s, ST_NEW);
+	session_process(s);
+}
+
+void
+ingress_session_close(ingress_session *s, const char *reason, const char *goodbye)
+{
+	if (s->closing)
+		return;
+	if (goodbye != NULL) {
+		/* Best effort: the socket buffer takes it or it is lost. */
+		uv_buf_t b = uv_buf_init((char *)goodbye, (unsigned)strlen(goodbye));
+		uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+	}
+	s->closing = true;
+	if (s->state == ST_SUBMIT) {
+		/* The answer may still come; the node will find no one waiting. */
+		s->env->cancel(s->env->arg, s->req_id);
+		hk_log_info("abandoned", "{s:s, s:s, s:s, s:s}", "id", s->id, "client", s->client_ip,
+		    "reason", reason, "note", "closed before the router answered; may still be delivered");
+	}
+	hk_log_info("smtp_disconnect", "{s:s, s:s, s:s}", "client", s->client_ip,
+	    "state", ingress_strstate(s->state), "reason", reason);
+	uv_close((uv_handle_t *)&s->tcp, on_closed);
+	uv_close((uv_handle_t *)&s->timer, on_closed);
+}

@@ -1,0 +1,90 @@
+/*
+ * ingress_session - one inbound ESMTP dialogue, from the greeting to the
+ * close, as a state machine (see ingress_session.c for the states).
+ *
+ * A session owns its TCP handle and one timer. It talks to the rest of the
+ * node only through struct ingress_env: it hands a finished transaction to
+ * env->submit() and waits, without executing further commands, until the
+ * node calls ingress_session_submitted() or the submit timeout fires.
+ */
+#ifndef INGRESS_SESSION_H
+#define INGRESS_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "hk_config.h"
+#include "hk_id.h"
+
+typedef struct ingress_session ingress_session;
+
+struct ingress_rcpt {
+	char *addr;             /* local@domain, domain canonical */
+	char **params;          /* "KEY=VALUE", verbatim */
+	size_t n_params;
+};
+
+/* A transaction ready to be queued; everything points into the session and
+ * is valid only during the env->submit() call. */
+struct ingress_txn {
+	const char *id;
+	const char *tenant;
+	const char *mail_from;  /* "" for the null sender */
+	char *const *mail_params;
+	size_t n_mail_params;
+	const struct ingress_rcpt *rcpts;
+	size_t n_rcpts;
+	const char *body;       /* Received header + message, CRLF, not dot-stuffed */
+	size_t body_len;
+	int64_t received_at_ms;
+	const char *client_address;
+};
+
+/* What a session needs from its node. Owned by the node; outlives every
+ * session (the node waits for all of them to close before freeing it). */
+struct ingress_env {
+	const struct hk_ingress_conf *conf;
+	const char *node_name;
+	hk_idgen *idgen;
+	/* submit - send TXN to a router. On 0 the answer comes later through
+	 * ingress_session_submitted(s, ...) unless cancel(req_id) is called
+	 * first; otherwise a negative errno (-EAGAIN: no router connected). */
+	int (*submit)(void *arg, ingress_session *s, const struct ingress_txn *txn, uint64_t *req_id);
+	/* cancel - forget a pending request: the session gave up on it. */
+	void (*cancel)(void *arg, uint64_t req_id);
+	void *arg;
+};
+
+typedef void (*ingress_session_closed_cb)(ingress_session *s, void *arg);
+
+/*
+ * ingress_session_new - a session whose TCP handle is initialised on LOOP,
+ * ready for uv_accept(server, ingress_session_stream(s)). Call
+ * ingress_session_start() after a successful accept, or
+ * ingress_session_close() if it failed. CLOSED is called once, just before
+ * the session is freed.
+ */
+ingress_session *ingress_session_new(uv_loop_t *loop, const struct ingress_env *env,
+    ingress_session_closed_cb closed, void *arg);
+
+uv_stream_t *ingress_session_stream(ingress_session *s);
+
+/* ingress_session_start - send the greeting and start the dialogue. */
+void ingress_session_start(ingress_session *s);
+
+/* ingress_session_submitted - the router's answer to the pending request.
+ * The caller has already removed it from its wait table. */
+void ingress_session_submitted(ingress_session *s, bool ok, const char *reason);
+
+/*
+ * ingress_session_close - close every handle now, dropping unsent replies
+ * and cancelling a pending request; the session is freed from the last
+ * close callback. Safe to call more than once and from the session's own
+ * callbacks. If GOODBYE is not NULL it is written first, best effort.
+ */
+void ingress_session_close(ingress_session *s, const char *reason, const char *goodbye);
+
+#endif

@@ -1,0 +1,561 @@
+/*
+ * sender - the sender role: takes enqueues from routers, commits them to the
+ * LMDB queue with group commit, acks, and delivers through the scheduler.
+ *
+ * Group commit: queue operations (enqueues from routers, outcomes from the
+ * scheduler) collect in `next`. When no commit is running, `next` becomes
+ * `running` and is committed in ONE write transaction on a libuv worker
+ * thread; operations arriving meanwhile collect in the new `next`. When the
+ * commit returns (after_work, on the loop), its enqueues are acked (never
+ * before: the ack is the durability promise), its outcomes are logged as
+ * events and released from the scheduler, and the next batch starts. Only
+ * one write transaction exists at a time.
+ *
+ * Links: one DEALER per router (identity = node name), so that heartbeats
+ * reach every router; a reply goes back on the link its request came in on.
+ */
+
+/* System */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Third-party */
+#include <jansson.h>
+#include <uv.h>
+#include <zmq.h>
+
+/* common/ */
+#include "hk_domain.h"
+#include "hk_log.h"
+#include "hk_node.h"
+#include "hk_util.h"
+#include "hk_zlink.h"
+
+/* This role */
+#include "sender_queue.h"
+#include "sender_sched.h"
+
+#define OP_TRIES 3              /* commits an outcome may fail before we give up on it */
+
+/* One queue operation and what to do once it is committed. */
+struct sender_op {
+	struct sender_qop q;            /* first: the batch holds &op->q */
+	/* ENQUEUE: where the ack goes; the copies q points to */
+	hk_zlink *link;
+	uint64_t req_id;
+	Hk__Submission *msg;
+	uint8_t *body;
+	/* outcomes: the event to log */
+	enum sender_outcome_kind out;
+	char *id, *tenant, *rcpt, *domain, *mx, *mx_addr, *reply;
+	uint32_t attempts;
+	int tries;
+};
+
+struct batch {
+	struct sender_qop **ops;
+	size_t n, cap;
+};
+
+struct sender {
+	struct hk_node *node;
+	const struct hk_sender_conf *conf;
+	sender_queue *q;
+	sender_sched *sched;
+	hk_zlink **links;
+	size_t n_links;
+	uv_timer_t hb_timer;
+	uv_timer_t kick;                /* starts a commit on the next loop turn */
+	uv_work_t work;
+	struct batch next, running;
+	bool committing;
+	int commit_rc;
+	char commit_err[256];
+	int64_t commit_started_ms;
+	uint64_t hb_seq;
+	bool stopping, sched_done, finished;
+	int handles_open;
+};
+
+static void commit_start(struct sender *s);
+static void maybe_finish(struct sender *s);
+
+/* ---- operations and batches ---- */
+
+static void
+op_free(struct sender_op *op)
+{
+	if (op->msg)
+		hk__submission__free_unpacked(op->msg, NULL);
+	free(op->body);
+	free(op->id);
+	free(op->tenant);
+	free(op->rcpt);
+	free(op->domain);
+	free(op->mx);
+	free(op->mx_addr);
+	free(op->reply);
+	free(op);
+}
+
+static void
+batch_push(struct batch *b, struct sender_op *op)
+{
+	if (b->n == b->cap) {
+		b->cap = b->cap ? b->cap * 2 : 64;
+		b->ops = xrealloc(b->ops, b->cap * sizeof(*b->ops));
+	}
+	b->ops[b->n++] = &op->q;
+}
+
+static void
+on_kick(uv_timer_t *t)
+{
+	commit_start(t->data);
+}
+
+/* add_op - queue OP for the next commit; the commit starts on the next loop
+ * turn, so that everything arriving in this one shares the transaction. */
+static void
+add_op(struct sender *s, struct sender_op *op)
+{
+	batch_push(&s->next, op);
+	if (!s->committing)
+		uv_timer_start(&s->kick, on_kick, 0, 0);
+}
+
+/* ---- replies and events ---- */
+
+static void
+send_enqueue_reply(struct sender *s, hk_zlink *link, uint64_t req_id, bool ok, bool dup,
+    const char *reason)
+{
+	Hk__Frame f = HK__FRAME__INIT;
+	Hk__EnqueueReply r = HK__ENQUEUE_REPLY__INIT;
+	int rc;
+
+	r.req_id = req_id;
+	r.ok = ok;
+	r.duplicate = dup;
+	r.reason = (char *)(reason ? reason : "");
+	f.body_case = HK__FRAME__BODY_ENQUEUE_REPLY;
+	f.enqueue_reply = &r;
+	rc = hk_zlink_send(link, NULL, 0, &f, NULL, 0);
+	if (rc != 0)
+		/* The router times the request out and the client retries. */
+		hk_log_warn("enqueue_reply_failed", "{s:I, s:b, s:s}", "req_id", (json_int_t)req_id, "ok", ok,
+		    "error", strerror(-rc));
+	(void)s;
+}
+
+static const char *
+outcome_event(enum sender_outcome_kind k)
+{
+	switch (k) {
+	case SENDER_OUT_DELIVERED: return "delivered";
+	case SENDER_OUT_DEFERRED: return "deferred";
+	case SENDER_OUT_BOUNCED: return "bounced";
+	case SENDER_OUT_EXPIRED: return "expired";
+	}
+	return "unknown";
+}
+
+static void
+log_outcome(const struct sender_op *op)
+{
+	const char *ev = outcome_event(op->out);
+
+	if (op->out == SENDER_OUT_DEFERRED)
+		hk_log_info(ev, "{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:I}",
+		    "id", op->id, "tenant", op->tenant, "rcpt", op->rcpt, "domain", op->domain,
+		    "mx", op->mx, "mx_addr", op->mx_addr, "attempts", (int)op->attempts,
+		    "reply", op->reply, "next_attempt_ms", (json_int_t)op->q.next_attempt_ms);
+	else
+		hk_log_info(ev, "{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s}",
+		    "id", op->id, "tenant", op->tenant, "rcpt", op->rcpt, "domain", op->domain,
+		    "mx", op->mx, "mx_addr", op->mx_addr, "attempts", (int)op->attempts,
+		    "reply", op->reply);
+}
+
+/* ---- commit (the worker thread runs only commit_work) ---- */
+
+static void
+commit_work(uv_work_t *w)
+{
+	struct sender *s = w->data;
+
+	s->commit_rc = sender_queue_commit(s->q, s->running.ops, s->running.n,
+	    s->commit_err, sizeof(s->commit_err));
+}
+
+static void
+commit_enqueue_done(struct sender *s, struct sender_op *op, bool *stored)
+{
+	const Hk__Submission *m = op->msg;
+
+	if (s->commit_rc != 0) {
+		send_enqueue_reply(s, op->link, op->req_id, false, false, s->commit_err);
+		return;
+	}
+	switch (op->q.result) {
+	case SENDER_QR_DONE:
+		send_enqueue_reply(s, op->link, op->req_id, true, false, NULL);
+		hk_log_info("queued", "{s:s, s:s, s:i, s:i}", "id", m->id, "tenant", m->tenant,
+		    "shard", (int)op->q.shard, "rcpts", (int)op->q.n_rcpts);
+		*stored = true;
+		break;
+	case SENDER_QR_DUPLICATE:
+		send_enqueue_reply(s, op->link, op->req_id, true, true, NULL);
+		hk_log_info("queued_duplicate", "{s:s, s:i}", "id", m->id, "shard", (int)op->q.shard);
+		break;
+	case SENDER_QR_FAILED:
+		send_enqueue_reply(s, op->link, op->req_id, false, false, op->q.why);
+		hk_log_error("enqueue_failed", "{s:s, s:i, s:s}", "id", m->id,
+		    "shard", (int)op->q.shard, "error", op->q.why);
+		break;
+	default:
+		send_enqueue_reply(s, op->link, op->req_id, false, false, op->q.why);
+		hk_log_warn("enqueue_refused", "{s:s, s:i, s:s}", "id", m->id,
+		    "shard", (int)op->q.shard, "reason", op->q.why);
+		break;
+	}
+}
+
+/* commit_outcome_done - false if the op goes into the next batch again. */
+static bool
+commit_outcome_done(struct sender *s, struct sender_op *op)
+{
+	bool failed = s->commit_rc != 0 || op->q.result == SENDER_QR_FAILED;
+
+	if (failed) {
+		if (++op->tries < OP_TRIES) {
+			batch_push(&s->next, op);
+			return false;
+		}
+		/* Given up: the recipient stays due as it was and is tried again. */
+		hk_log_error("outcome_dropped", "{s:s, s:s, s:s, s:s}", "event",
+		    outcome_event(op->out), "id", op->id, "rcpt", op->rcpt, "error",
+		    s->commit_rc != 0 ? s->commit_err : op->q.why);
+	} else if (op->q.result == SENDER_QR_DONE) {
+		log_outcome(op);
+	} else {
+		hk_log_debug("outcome_stale", "{s:s, s:s, s:s}", "event", outcome_event(op->out),
+		    "id", op->id, "rcpt", op->rcpt);
+	}
+	sender_sched_release(s->sched, op->id, op->q.idx);
+	return true;
+}
+
+static void
+commit_done(uv_work_t *w, int status)
+{
+	struct sender *s = w->data;
+	struct batch b = s->running;
+	size_t n_enq = 0;
+	bool stored = false;
+
+	(void)status;   /* never cancelled */
+	s->committing = false;
+	memset(&s->running, 0, sizeof(s->running));
+	if (s->commit_rc != 0)
+		hk_log_error("queue_commit_failed", "{s:s, s:i}", "error", s->commit_err,
+		    "ops", (int)b.n);
+	else
+		hk_log_debug("queue_committed", "{s:i, s:I}", "ops", (int)b.n,
+		    "ms", (json_int_t)(hk_now_ms() - s->commit_started_ms));
+	for (size_t i = 0; i < b.n; i++) {
+		struct sender_op *op = (struct sender_op *)b.ops[i];
+		if (op->q.kind == SENDER_QOP_ENQUEUE) {
+			commit_enqueue_done(s, op, &stored);
+			n_enq++;
+		} else if (!commit_outcome_done(s, op)) {
+			continue;
+		}
+		op_free(op);
+	}
+	free(b.ops);
+	if (stored)
+		sender_sched_kick(s->sched);
+	/* Whatever collected while this commit ran goes now, together. */
+	commit_start(s);
+	maybe_finish(s);
+}
+
+static void
+commit_start(struct sender *s)
+{
+	if (s->committing || s->next.n == 0)
+		return;
+	s->running = s->next;
+	memset(&s->next, 0, sizeof(s->next));
+	s->committing = true;
+	s->commit_started_ms = hk_now_ms();
+	s->work.data = s;
+	uv_queue_work(s->node->loop, &s->work, commit_work, commit_done);
+}
+
+/* ---- scheduler outcomes ---- */
+
+static void
+on_outcome(const struct sender_outcome *o, void *arg)
+{
+	struct sender *s = arg;
+	struct sender_op *op = xcalloc(1, sizeof(*op));
+
+	op->out = o->kind;
+	op->id = xstrdup(o->id);
+	op->tenant = xstrdup(o->tenant);
+	op->rcpt = xstrdup(o->rcpt);
+	op->domain = xstrdup(o->domain);
+	op->mx = xstrdup(o->mx);
+	op->mx_addr = xstrdup(o->mx_addr);
+	op->reply = xstrdup(o->reply);
+	op->attempts = o->attempts;
+	op->q.id = op->id;
+	op->q.idx = o->idx;
+	op->q.reply = op->reply;
+	switch (o->kind) {
+	case SENDER_OUT_DELIVERED: op->q.kind = SENDER_QOP_DELIVERED; break;
+	case SENDER_OUT_DEFERRED:
+		op->q.kind = SENDER_QOP_DEFERRED;
+		op->q.attempt_ms = o->attempt_ms;
+		op->q.next_attempt_ms = o->next_attempt_ms;
+		break;
+	case SENDER_OUT_BOUNCED:
+	case SENDER_OUT_EXPIRED:
+		/* XXX the DSN to the sender is a later issue: logged only. */
+		op->q.kind = SENDER_QOP_BOUNCED;
+		break;
+	}
+	add_op(s, op);
+}
+
+/* ---- router links ---- */
+
+static bool
+enqueue_valid(const Hk__EnqueueRequest *e, const uint8_t *body, size_t body_len,
+    char *why, size_t whylen)
+{
+	const Hk__Submission *m = e->msg;
+	char dom[HK_DOMAIN_MAX];
+
+	if (m == NULL || m->id == NULL || m->id[0] == '\0')
+		return snprintf(why, whylen, "no message id"), false;
+	if (strlen(m->id) > SENDER_QUEUE_ID_MAX)
+		return snprintf(why, whylen, "message id longer than %d bytes", SENDER_QUEUE_ID_MAX), false;
+	if (m->envelope == NULL || m->envelope->n_rcpts == 0)
+		return snprintf(why, whylen, "no recipients"), false;
+	if (m->body_size != body_len || (body == NULL && body_len > 0))
+		return snprintf(why, whylen, "body is %zu bytes, body_size says %llu", body_len,
+		    (unsigned long long)m->body_size), false;
+	for (size_t i = 0; i < m->envelope->n_rcpts; i++)
+		if (hk_domain_of(m->envelope->rcpts[i]->address, dom) != 0)
+			return snprintf(why, whylen, "recipient %zu has no valid domain", i), false;
+	return true;
+}
+
+static void
+on_enqueue(struct sender *s, hk_zlink *link, const Hk__EnqueueRequest *e,
+    const uint8_t *body, size_t body_len)
+{
+	char why[160];
+	struct sender_op *op;
+	size_t len;
+	uint8_t *buf;
+
+	if (s->stopping) {
+		send_enqueue_reply(s, link, e->req_id, false, false, "sender shutting down");
+		return;
+	}
+	if (!enqueue_valid(e, body, body_len, why, sizeof(why))) {
+		hk_log_warn("enqueue_invalid", "{s:s, s:s}", "id",
+		    e->msg && e->msg->id ? e->msg->id : "", "reason", why);
+		send_enqueue_reply(s, link, e->req_id, false, false, why);
+		return;
+	}
+	/* The frame dies with this callback: keep a copy until the commit. */
+	op = xcalloc(1, sizeof(*op));
+	len = hk__submission__get_packed_size(e->msg);
+	buf = xmalloc(len ? len : 1);
+	hk__submission__pack(e->msg, buf);
+	op->msg = hk__submission__unpack(NULL, len, buf);
+	free(buf);
+	if (op->msg == NULL) {
+		op_free(op);
+		send_enqueue_reply(s, link, e->req_id, false, false, "out of memory");
+		return;
+	}
+	if (body_len > 0) {
+		op->body = xmalloc(body_len);
+		memcpy(op->body, body, body_len);
+	}
+	op->link = link;
+	op->req_id = e->req_id;
+	op->q.kind = SENDER_QOP_ENQUEUE;
+	op->q.msg = op->msg;
+	op->q.shard = e->shard;
+	op->q.body = op->body;
+	op->q.body_len = body_len;
+	op->q.now_ms = hk_now_ms();
+	add_op(s, op);
+}
+
+static void
+on_frame(hk_zlink *link, const void *peer, size_t peer_len, const Hk__Frame *f,
+    const uint8_t *body, size_t body_len, void *arg)
+{
+	struct sender *s = arg;
+
+	(void)peer;
+	(void)peer_len;
+	switch (f->body_case) {
+	case HK__FRAME__BODY_ENQUEUE:
+		on_enqueue(s, link, f->enqueue, body, body_len);
+		break;
+	default:
+		hk_log_debug("frame_ignored", "{s:s, s:s}", "kind", hk_msg_name(f),
+		    "from", f->from_node ? f->from_node : "");
+		break;
+	}
+}
+
+static void
+on_heartbeat(uv_timer_t *t)
+{
+	struct sender *s = t->data;
+	Hk__Frame f = HK__FRAME__INIT;
+	Hk__Heartbeat hb = HK__HEARTBEAT__INIT;
+
+	hb.node_id = s->node->conf->name;
+	hb.role = HK__ROLE__ROLE_SENDER;
+	hb.endpoint = "";
+	hb.weight = s->conf->weight;
+	hb.queue_depth = sender_queue_depth(s->q);
+	hb.draining = false;
+	hb.seq = ++s->hb_seq;
+	f.body_case = HK__FRAME__BODY_HEARTBEAT;
+	f.heartbeat = &hb;
+	for (size_t i = 0; i < s->n_links; i++) {
+		int rc = hk_zlink_send(s->links[i], NULL, 0, &f, NULL, 0);
+		if (rc != 0)
+			/* Usually: that router is not connected (yet). */
+			hk_log_debug("heartbeat_not_sent", "{s:s, s:s}", "router",
+			    s->conf->routers[i], "error", strerror(-rc));
+	}
+}
+
+/* ---- start / stop ---- */
+
+static void
+on_handle_closed(uv_handle_t *h)
+{
+	struct sender *s = h->data;
+
+	if (--s->handles_open == 0) {
+		free(s->next.ops);
+		free(s);
+	}
+}
+
+/* maybe_finish - once stopping, no job runs and no commit is running or
+ * waiting, close the rest. */
+static void
+maybe_finish(struct sender *s)
+{
+	if (!s->stopping || !s->sched_done || s->committing || s->next.n > 0 || s->finished)
+		return;
+	s->finished = true;
+	for (size_t i = 0; i < s->n_links; i++)
+		hk_zlink_close(s->links[i]);
+	free(s->links);
+	s->links = NULL;
+	sender_sched_free(&s->sched);
+	sender_queue_close(&s->q);
+	s->node->role = NULL;
+	hk_log_info("sender_stopped", NULL);
+	s->handles_open = 2;
+	uv_close((uv_handle_t *)&s->hb_timer, on_handle_closed);
+	uv_close((uv_handle_t *)&s->kick, on_handle_closed);
+}
+
+static void
+on_sched_done(void *arg)
+{
+	struct sender *s = arg;
+
+	s->sched_done = true;
+	maybe_finish(s);
+}
+
+static void
+sender_stop(struct hk_node *node)
+{
+	struct sender *s = node->role;
+
+	if (s == NULL || s->stopping)
+		return;
+	s->stopping = true;
+	uv_timer_stop(&s->hb_timer);
+	/* Jobs end through their callbacks; final outcomes are still committed,
+	 * and a running commit is always waited for (maybe_finish). */
+	sender_sched_stop(s->sched, on_sched_done, s);
+}
+
+static int
+sender_start(struct hk_node *node)
+{
+	const struct hk_sender_conf *c = &node->conf->u.sender;
+	struct sender *s = xcalloc(1, sizeof(*s));
+	char err[512];
+	int rc;
+
+	s->node = node;
+	s->conf = c;
+	if (sender_queue_open(&s->q, c->queue_path, c->queue_map_size, c->queue_sync,
+	    err, sizeof(err)) != 0) {
+		hk_log_error("queue_open_failed", "{s:s, s:s}", "path",
+		    c->queue_path ? c->queue_path : "", "error", err);
+		free(s);
+		return -1;
+	}
+	s->links = xcalloc(c->n_routers ? c->n_routers : 1, sizeof(*s->links));
+	for (size_t i = 0; i < c->n_routers; i++) {
+		rc = hk_zlink_new(&s->links[i], node->loop, node->zctx, ZMQ_DEALER,
+		    node->conf->name, node->conf->name, on_frame, s);
+		if (rc == 0 && (rc = hk_zlink_connect(s->links[i], c->routers[i])) != 0) {
+			hk_zlink_close(s->links[i]);
+			s->links[i] = NULL;
+		}
+		if (rc != 0) {
+			hk_log_error("router_connect_failed", "{s:s, s:s}", "endpoint", c->routers[i],
+			    "error", zmq_strerror(-rc));
+			goto fail;
+		}
+		s->n_links++;
+	}
+	if (sender_sched_new(&s->sched, node->loop, s->q, c, on_outcome, s, err, sizeof(err)) != 0) {
+		hk_log_error("sender_dns_failed", "{s:s}", "error", err);
+		goto fail;
+	}
+	uv_timer_init(node->loop, &s->hb_timer);
+	uv_timer_init(node->loop, &s->kick);
+	s->hb_timer.data = s;
+	s->kick.data = s;
+	uv_timer_start(&s->hb_timer, on_heartbeat, 0, c->heartbeat_interval_ms);
+	node->role = s;
+	hk_log_info("sender_ready", "{s:I, s:s, s:i}", "queue_depth",
+	    (json_int_t)sender_queue_depth(s->q), "queue", c->queue_path, "routers", (int)s->n_links);
+	return 0;
+
+fail:
+	for (size_t i = 0; i < s->n_links; i++)
+		hk_zlink_close(s->links[i]);
+	free(s->links);
+	sender_queue_close(&s->q);
+	free(s);
+	return -1;
+}
+
+const struct hk_role_ops sender_ops = { HK_ROLE_SENDER, sender_start, sender_stop };

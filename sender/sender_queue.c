@@ -1,0 +1,963 @@
+/*
+ * sender_queue - the sender's durable queue, in LMDB (see sender_queue.h for
+ * the databases and their keys).
+ *
+ * A recipient record (rcpt value), format 1, integers big-endian:
+ *
+ *   u8  1
+ *   u64 queued_at_ms, first_attempt_ms, last_attempt_ms, next_attempt_ms
+ *   u32 attempts, shard
+ *   str address, str domain           str = u16 length, bytes, NUL
+ *   u16 n_params, u32 params_len, params (each NUL-terminated, back to back)
+ *   str reply
+ *
+ * Strings keep their NUL in the record so that readers can point into LMDB's
+ * memory without copying. Every decoder checks lengths and terminators: a
+ * record it cannot read is reported, never trusted.
+ */
+
+/* System */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* Third-party */
+#include <lmdb.h>
+
+/* common/ */
+#include "hk_domain.h"
+#include "hk_log.h"
+#include "hk_util.h"
+
+/* This role */
+#include "sender_queue.h"
+
+#define QFORMAT 1               /* the queue's overall format (info/"format") */
+#define REC_V1 1                /* version byte of every value written */
+#define RKEY_MAX (SENDER_QUEUE_ID_MAX + 1 + 4)
+#define SKEY_MAX (8 + RKEY_MAX)
+
+struct sender_queue {
+	MDB_env *env;
+	MDB_dbi info, msg, body, rcpt, sched, shard;
+	char *path;
+};
+
+/* ---- byte encoding ---- */
+
+struct wbuf {
+	uint8_t *p;
+	size_t len, cap;
+};
+
+static void
+w_need(struct wbuf *w, size_t n)
+{
+	if (w->len + n > w->cap) {
+		w->cap = (w->len + n) * 2 + 64;
+		w->p = xrealloc(w->p, w->cap);
+	}
+}
+
+static void
+w_bytes(struct wbuf *w, const void *b, size_t n)
+{
+	w_need(w, n);
+	if (n)
+		memcpy(w->p + w->len, b, n);
+	w->len += n;
+}
+
+static void
+w_u8(struct wbuf *w, uint8_t v)
+{
+	w_bytes(w, &v, 1);
+}
+
+static void
+put_be(uint8_t *p, uint64_t v, int n)
+{
+	for (int i = n - 1; i >= 0; i--, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+static uint64_t
+get_be(const uint8_t *p, int n)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < n; i++)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static void
+w_be(struct wbuf *w, uint64_t v, int n)
+{
+	w_need(w, n);
+	put_be(w->p + w->len, v, n);
+	w->len += n;
+}
+
+static void
+w_str(struct wbuf *w, const char *s, size_t n)
+{
+	w_be(w, n, 2);
+	w_bytes(w, s, n);
+	w_u8(w, 0);
+}
+
+struct rbuf {
+	const uint8_t *p;
+	size_t len, off;
+	bool bad;
+};
+
+static uint64_t
+r_be(struct rbuf *r, int n)
+{
+	if (r->bad || r->len - r->off < (size_t)n) {
+		r->bad = true;
+		return 0;
+	}
+	uint64_t v = get_be(r->p + r->off, n);
+	r->off += n;
+	return v;
+}
+
+static const char *
+r_str(struct rbuf *r)
+{
+	size_t n = r_be(r, 2);
+	if (r->bad || r->len - r->off < n + 1 || r->p[r->off + n] != 0 ||
+	    memchr(r->p + r->off, 0, n) != NULL) {
+		r->bad = true;
+		return "";
+	}
+	const char *s = (const char *)r->p + r->off;
+	r->off += n + 1;
+	return s;
+}
+
+/* Times before the epoch cannot be ordered as unsigned keys: clamp. */
+static uint64_t
+ms_key(int64_t ms)
+{
+	return ms < 0 ? 0 : (uint64_t)ms;
+}
+
+/* rkey - "id \0 be32 idx"; the id part (with its NUL) is the message prefix. */
+static size_t
+rkey(uint8_t *k, const char *id, uint32_t idx)
+{
+	size_t n = strlen(id);
+	memcpy(k, id, n + 1);
+	put_be(k + n + 1, idx, 4);
+	return n + 5;
+}
+
+static size_t
+skey(uint8_t *k, int64_t when, const char *id, uint32_t idx)
+{
+	put_be(k, ms_key(when), 8);
+	return 8 + rkey(k + 8, id, idx);
+}
+
+static void
+rcpt_encode(struct wbuf *w, const struct sender_qrcpt *r)
+{
+	w->len = 0;
+	w_u8(w, REC_V1);
+	w_be(w, ms_key(r->queued_at_ms), 8);
+	w_be(w, ms_key(r->first_attempt_ms), 8);
+	w_be(w, ms_key(r->last_attempt_ms), 8);
+	w_be(w, ms_key(r->next_attempt_ms), 8);
+	w_be(w, r->attempts, 4);
+	w_be(w, r->shard, 4);
+	w_str(w, r->address, strlen(r->address));
+	w_str(w, r->domain, strlen(r->domain));
+	w_be(w, r->n_params, 2);
+	w_be(w, r->params_len, 4);
+	w_bytes(w, r->params, r->params_len);
+	w_str(w, r->reply, strlen(r->reply));
+}
+
+/* rcpt_decode - fill R from a record; strings point into V. 0 or -1. */
+static int
+rcpt_decode(const uint8_t *v, size_t len, struct sender_qrcpt *r)
+{
+	struct rbuf b = { v, len, 0, false };
+
+	if (len < 1 || v[0] != REC_V1)
+		return -1;
+	b.off = 1;
+	r->queued_at_ms = (int64_t)r_be(&b, 8);
+	r->first_attempt_ms = (int64_t)r_be(&b, 8);
+	r->last_attempt_ms = (int64_t)r_be(&b, 8);
+	r->next_attempt_ms = (int64_t)r_be(&b, 8);
+	r->attempts = (uint32_t)r_be(&b, 4);
+	r->shard = (uint32_t)r_be(&b, 4);
+	r->address = r_str(&b);
+	r->domain = r_str(&b);
+	r->n_params = (uint16_t)r_be(&b, 2);
+	r->params_len = r_be(&b, 4);
+	if (b.bad || b.len - b.off < r->params_len)
+		return -1;
+	r->params = (const char *)v + b.off;
+	/* The params must be exactly n_params NUL-terminated strings. */
+	size_t nuls = 0;
+	for (size_t i = 0; i < r->params_len; i++)
+		nuls += r->params[i] == 0;
+	if (nuls != r->n_params || (r->params_len > 0 && r->params[r->params_len - 1] != 0))
+		return -1;
+	b.off += r->params_len;
+	r->reply = r_str(&b);
+	return b.bad ? -1 : 0;
+}
+
+static MDB_val
+mv(const void *p, size_t n)
+{
+	MDB_val v = { n, (void *)p };
+	return v;
+}
+
+/* ---- open / close ---- */
+
+static int
+mkdir_p(const char *path, char *err, size_t errlen)
+{
+	char *p = xstrdup(path);
+	int rc = 0;
+
+	for (char *s = p + 1; ; s++) {
+		if (*s != '/' && *s != '\0')
+			continue;
+		char c = *s;
+		*s = '\0';
+		if (mkdir(p, 0700) != 0 && errno != EEXIST) {
+			snprintf(err, errlen, "queue %s: mkdir %s: %s", path, p, strerror(errno));
+			rc = -1;
+			break;
+		}
+		*s = c;
+		if (c == '\0')
+			break;
+	}
+	free(p);
+	return rc;
+}
+
+int
+sender_queue_open(sender_queue **out, const char *path, size_t map_size, bool sync,
+    char *err, size_t errlen)
+{
+	sender_queue *q = xcalloc(1, sizeof(*q));
+	MDB_txn *txn = NULL;
+	const char *step;
+	int rc, dead = 0;
+
+	*out = NULL;
+	if (path == NULL || *path == '\0') {
+		snprintf(err, errlen, "queue: no path");
+		free(q);
+		return -1;
+	}
+	if (mkdir_p(path, err, errlen) != 0) {
+		free(q);
+		return -1;
+	}
+	q->path = xstrdup(path);
+	step = "mdb_env_create";
+	if ((rc = mdb_env_create(&q->env)) != 0)
+		goto fail;
+	mdb_env_set_maxdbs(q->env, 8);
+	step = "mdb_env_set_mapsize";
+	if ((rc = mdb_env_set_mapsize(q->env, map_size)) != 0)
+		goto fail;
+	/* NOTLS: write transactions run on a libuv worker thread, and read
+	 * transactions on the loop thread, so they must not be tied to threads. */
+	step = "mdb_env_open";
+	if ((rc = mdb_env_open(q->env, path, MDB_NOTLS | (sync ? 0 : MDB_NOSYNC), 0600)) != 0)
+		goto fail;
+	/* A killed process leaves its reader slots behind. */
+	mdb_reader_check(q->env, &dead);
+
+	step = "mdb_txn_begin";
+	if ((rc = mdb_txn_begin(q->env, NULL, 0, &txn)) != 0)
+		goto fail;
+	step = "mdb_dbi_open";
+	if ((rc = mdb_dbi_open(txn, "info", MDB_CREATE, &q->info)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "msg", MDB_CREATE, &q->msg)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "body", MDB_CREATE, &q->body)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "rcpt", MDB_CREATE, &q->rcpt)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "sched", MDB_CREATE, &q->sched)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "shard", MDB_CREATE, &q->shard)) != 0)
+		goto fail;
+
+	MDB_val k = mv("format", 6), v;
+	rc = mdb_get(txn, q->info, &k, &v);
+	if (rc == 0) {
+		if (v.mv_size < 1 || ((uint8_t *)v.mv_data)[0] != QFORMAT) {
+			snprintf(err, errlen, "queue %s: unknown queue format %d", path,
+			    v.mv_size ? ((uint8_t *)v.mv_data)[0] : -1);
+			mdb_txn_abort(txn);
+			mdb_env_close(q->env);
+			free(q->path);
+			free(q);
+			return -1;
+		}
+	} else if (rc == MDB_NOTFOUND) {
+		uint8_t f = QFORMAT;
+		v = mv(&f, 1);
+		step = "mdb_put(info)";
+		if ((rc = mdb_put(txn, q->info, &k, &v, 0)) != 0)
+			goto fail;
+	} else {
+		step = "mdb_get(info)";
+		goto fail;
+	}
+	step = "mdb_txn_commit";
+	rc = mdb_txn_commit(txn);
+	txn = NULL;
+	if (rc != 0)
+		goto fail;
+	if (dead > 0)
+		hk_log_info("queue_stale_readers", "{s:s, s:i}", "path", path, "cleared", dead);
+	*out = q;
+	return 0;
+
+fail:
+	snprintf(err, errlen, "queue %s: %s: %s", path, step, mdb_strerror(rc));
+	if (txn)
+		mdb_txn_abort(txn);
+	if (q->env)
+		mdb_env_close(q->env);
+	free(q->path);
+	free(q);
+	return -1;
+}
+
+void
+sender_queue_close(sender_queue **qp)
+{
+	sender_queue *q = *qp;
+
+	if (q == NULL)
+		return;
+	mdb_env_close(q->env);
+	free(q->path);
+	free(q);
+	*qp = NULL;
+}
+
+/* ---- write operations (inside the batch's transaction) ---- */
+
+/* first_with_prefix - move C to the first key starting with PFX: 1, 0 if none, or -rc. */
+static int
+first_with_prefix(MDB_cursor *c, const uint8_t *pfx, size_t n)
+{
+	MDB_val k = mv(pfx, n), v;
+	int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc != 0)
+		return -rc;
+	return k.mv_size >= n && memcmp(k.mv_data, pfx, n) == 0;
+}
+
+static int
+any_with_prefix(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pfx, size_t n)
+{
+	MDB_cursor *c;
+	int rc = mdb_cursor_open(txn, dbi, &c);
+	if (rc != 0)
+		return -rc;
+	rc = first_with_prefix(c, pfx, n);
+	mdb_cursor_close(c);
+	return rc;
+}
+
+static int
+del_with_prefix(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pfx, size_t n)
+{
+	MDB_cursor *c;
+	int rc = mdb_cursor_open(txn, dbi, &c);
+
+	if (rc != 0)
+		return rc;
+	while ((rc = first_with_prefix(c, pfx, n)) == 1)
+		if ((rc = mdb_cursor_del(c, 0)) != 0)
+			break;
+	mdb_cursor_close(c);
+	return rc < 0 ? -rc : rc;
+}
+
+static int
+op_enqueue(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
+{
+	const Hk__Submission *m = op->msg;
+	const char *id = m ? m->id : NULL;
+	size_t idlen = id ? strlen(id) : 0, n;
+	uint8_t k[RKEY_MAX], sk[SKEY_MAX];
+	char (*domains)[HK_DOMAIN_MAX] = NULL;
+	struct wbuf w = { 0 };
+	uint32_t next_idx = 0;
+	MDB_val key, val;
+	int rc = 0;
+
+#define REFUSE(...) do { snprintf(op->why, sizeof(op->why), __VA_ARGS__); \
+	op->result = SENDER_QR_INVALID; goto out; } while (0)
+	if (idlen == 0 || idlen > SENDER_QUEUE_ID_MAX)
+		REFUSE("message id empty or longer than %d bytes", SENDER_QUEUE_ID_MAX);
+	if (m->envelope == NULL || m->envelope->n_rcpts == 0)
+		REFUSE("no recipients");
+	if (op->body_len > 0 && op->body == NULL)
+		REFUSE("no body");
+	n = m->envelope->n_rcpts;
+	domains = xmalloc(n * sizeof(*domains));
+	for (size_t i = 0; i < n; i++) {
+		const Hk__Recipient *r = m->envelope->rcpts[i];
+		size_t plen = 0;
+		if (r == NULL || r->address == NULL || strlen(r->address) > 0xfff0)
+			REFUSE("recipient %zu: no address or too long", i);
+		if (hk_domain_of(r->address, domains[i]) != 0)
+			REFUSE("recipient %zu: no valid domain in '%.60s'", i, r->address);
+		if (r->n_params > 0xffff)
+			REFUSE("recipient %zu: too many parameters", i);
+		for (size_t j = 0; j < r->n_params; j++)
+			plen += strlen(r->params[j]) + 1;
+		if (plen > 0xffff)
+			REFUSE("recipient %zu: parameters too long", i);
+	}
+#undef REFUSE
+
+	/* Dedup: a retried enqueue of the same (id, shard) stores nothing. */
+	memcpy(k, id, idlen + 1);
+	put_be(k + idlen + 1, op->shard, 4);
+	key = mv(k, idlen + 5);
+	rc = mdb_get(txn, q->shard, &key, &val);
+	if (rc == 0) {
+		op->result = SENDER_QR_DUPLICATE;
+		if (val.mv_size >= 9 && ((uint8_t *)val.mv_data)[0] == REC_V1) {
+			op->first_idx = (uint32_t)get_be((uint8_t *)val.mv_data + 1, 4);
+			op->n_rcpts = (uint32_t)get_be((uint8_t *)val.mv_data + 5, 4);
+		}
+		goto out;
+	}
+	if (rc != MDB_NOTFOUND)
+		goto out;
+
+	/* Another shard of a message held already shares its body. */
+	key = mv(id, idlen);
+	rc = mdb_get(txn, q->msg, &key, &val);
+	if (rc == 0) {
+		if (val.mv_size < 5 || ((uint8_t *)val.mv_data)[0] != REC_V1) {
+			rc = MDB_CORRUPTED;
+			goto out;
+		}
+		next_idx = (uint32_t)get_be((uint8_t *)val.mv_data + 1, 4);
+	} else if (rc == MDB_NOTFOUND) {
+		val.mv_size = 1 + op->body_len;
+		if ((rc = mdb_put(txn, q->body, &key, &val, MDB_RESERVE)) != 0)
+			goto out;
+		((uint8_t *)val.mv_data)[0] = REC_V1;
+		if (op->body_len)
+			memcpy((uint8_t *)val.mv_data + 1, op->body, op->body_len);
+	} else {
+		goto out;
+	}
+
+	for (size_t i = 0; i < n; i++) {
+		const Hk__Recipient *r = m->envelope->rcpts[i];
+		struct wbuf pw = { 0 };
+		for (size_t j = 0; j < r->n_params; j++)
+			w_bytes(&pw, r->params[j], strlen(r->params[j]) + 1);
+		struct sender_qrcpt st = {
+			.shard = op->shard, .address = r->address, .domain = domains[i],
+			.params = (const char *)pw.p, .params_len = pw.len,
+			.n_params = (uint16_t)r->n_params, .reply = "",
+			.queued_at_ms = op->now_ms, .next_attempt_ms = op->now_ms,
+		};
+		rcpt_encode(&w, &st);
+		free(pw.p);
+		uint32_t idx = next_idx + (uint32_t)i;
+		key = mv(k, rkey(k, id, idx));
+		val = mv(w.p, w.len);
+		if ((rc = mdb_put(txn, q->rcpt, &key, &val, 0)) != 0)
+			goto out;
+		key = mv(sk, skey(sk, op->now_ms, id, idx));
+		val = mv("\1", 1);
+		if ((rc = mdb_put(txn, q->sched, &key, &val, 0)) != 0)
+			goto out;
+	}
+
+	/* Meta: the Submission without its recipients (they live in rcpt). */
+	Hk__Submission meta = *m;
+	Hk__Envelope env = *m->envelope;
+	env.n_rcpts = 0;
+	env.rcpts = NULL;
+	meta.envelope = &env;
+	w.len = 0;
+	w_u8(&w, REC_V1);
+	w_be(&w, next_idx + n, 4);
+	w_need(&w, hk__submission__get_packed_size(&meta));
+	w.len += hk__submission__pack(&meta, w.p + w.len);
+	key = mv(id, idlen);
+	val = mv(w.p, w.len);
+	if ((rc = mdb_put(txn, q->msg, &key, &val, 0)) != 0)
+		goto out;
+
+	uint8_t sv[9] = { REC_V1 };
+	put_be(sv + 1, next_idx, 4);
+	put_be(sv + 5, n, 4);
+	memcpy(k, id, idlen + 1);
+	put_be(k + idlen + 1, op->shard, 4);
+	key = mv(k, idlen + 5);
+	val = mv(sv, sizeof(sv));
+	if ((rc = mdb_put(txn, q->shard, &key, &val, 0)) != 0)
+		goto out;
+	op->result = SENDER_QR_DONE;
+	op->first_idx = next_idx;
+	op->n_rcpts = (uint32_t)n;
+out:
+	free(domains);
+	free(w.p);
+	return rc;
+}
+
+/* rcpt_get - the record of (id, idx) decoded into R (pointing into LMDB). */
+static int
+rcpt_get(sender_queue *q, MDB_txn *txn, const char *id, uint32_t idx, struct sender_qrcpt *r)
+{
+	uint8_t k[RKEY_MAX];
+	MDB_val key = mv(k, rkey(k, id, idx)), val;
+	int rc = mdb_get(txn, q->rcpt, &key, &val);
+
+	if (rc != 0)
+		return rc;
+	if (rcpt_decode(val.mv_data, val.mv_size, r) != 0)
+		return MDB_CORRUPTED;
+	r->id = id;
+	r->idx = idx;
+	return 0;
+}
+
+/* op_remove - delivered or bounced: the recipient leaves the queue, and the
+ * message with its last recipient. */
+static int
+op_remove(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
+{
+	uint8_t k[RKEY_MAX], sk[SKEY_MAX];
+	struct sender_qrcpt r;
+	size_t idlen;
+	MDB_val key;
+	int rc;
+
+	if (op->id == NULL || (idlen = strlen(op->id)) == 0 || idlen > SENDER_QUEUE_ID_MAX) {
+		op->result = SENDER_QR_NOTFOUND;
+		return 0;
+	}
+	rc = rcpt_get(q, txn, op->id, op->idx, &r);
+	if (rc == MDB_NOTFOUND) {
+		op->result = SENDER_QR_NOTFOUND;
+		return 0;
+	}
+	if (rc == MDB_CORRUPTED) {
+		/* The schedule key is unknown: leave it; the scan skips orphans. */
+		hk_log_error("queue_corrupt", "{s:s, s:i, s:s}", "id", op->id, "idx", (int)op->idx,
+		    "what", "recipient record");
+	} else if (rc != 0) {
+		return rc;
+	} else {
+		key = mv(sk, skey(sk, r.next_attempt_ms, op->id, op->idx));
+		if ((rc = mdb_del(txn, q->sched, &key, NULL)) != 0 && rc != MDB_NOTFOUND)
+			return rc;
+	}
+	key = mv(k, rkey(k, op->id, op->idx));
+	if ((rc = mdb_del(txn, q->rcpt, &key, NULL)) != 0)
+		return rc;
+	op->result = SENDER_QR_DONE;
+
+	rc = any_with_prefix(txn, q->rcpt, k, idlen + 1);
+	if (rc < 0)
+		return -rc;
+	if (rc == 1)
+		return 0;
+	key = mv(op->id, idlen);
+	if ((rc = mdb_del(txn, q->msg, &key, NULL)) != 0 && rc != MDB_NOTFOUND)
+		return rc;
+	if ((rc = mdb_del(txn, q->body, &key, NULL)) != 0 && rc != MDB_NOTFOUND)
+		return rc;
+	return del_with_prefix(txn, q->shard, k, idlen + 1);
+}
+
+static int
+op_defer(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
+{
+	uint8_t k[RKEY_MAX], sk[SKEY_MAX];
+	struct sender_qrcpt r;
+	struct wbuf w = { 0 };
+	uint8_t *copy;
+	char reply[SENDER_QUEUE_REPLY_MAX + 1];
+	size_t idlen;
+	MDB_val key, val;
+	int rc;
+
+	if (op->id == NULL || (idlen = strlen(op->id)) == 0 || idlen > SENDER_QUEUE_ID_MAX) {
+		op->result = SENDER_QR_NOTFOUND;
+		return 0;
+	}
+	/* Work on a copy: LMDB's pointers die with the next update. */
+	key = mv(k, rkey(k, op->id, op->idx));
+	rc = mdb_get(txn, q->rcpt, &key, &val);
+	if (rc == MDB_NOTFOUND) {
+		op->result = SENDER_QR_NOTFOUND;
+		return 0;
+	}
+	if (rc != 0)
+		return rc;
+	copy = xmalloc(val.mv_size);
+	memcpy(copy, val.mv_data, val.mv_size);
+	if (rcpt_decode(copy, val.mv_size, &r) != 0) {
+		free(copy);
+		return MDB_CORRUPTED;
+	}
+	key = mv(sk, skey(sk, r.next_attempt_ms, op->id, op->idx));
+	if ((rc = mdb_del(txn, q->sched, &key, NULL)) != 0 && rc != MDB_NOTFOUND) {
+		free(copy);
+		return rc;
+	}
+
+	snprintf(reply, sizeof(reply), "%s", op->reply ? op->reply : "");
+	r.attempts++;
+	if (r.first_attempt_ms == 0)
+		r.first_attempt_ms = op->attempt_ms;
+	r.last_attempt_ms = op->attempt_ms;
+	r.next_attempt_ms = op->next_attempt_ms;
+	r.reply = reply;
+	rcpt_encode(&w, &r);
+	free(copy);
+	key = mv(k, rkey(k, op->id, op->idx));
+	val = mv(w.p, w.len);
+	rc = mdb_put(txn, q->rcpt, &key, &val, 0);
+	free(w.p);
+	if (rc != 0)
+		return rc;
+	key = mv(sk, skey(sk, op->next_attempt_ms, op->id, op->idx));
+	val = mv("\1", 1);
+	if ((rc = mdb_put(txn, q->sched, &key, &val, 0)) != 0)
+		return rc;
+	op->result = SENDER_QR_DONE;
+	return 0;
+}
+
+static const char *
+op_name(enum sender_qop_kind k)
+{
+	switch (k) {
+	case SENDER_QOP_ENQUEUE: return "enqueue";
+	case SENDER_QOP_DELIVERED: return "delivered";
+	case SENDER_QOP_DEFERRED: return "deferred";
+	case SENDER_QOP_BOUNCED: return "bounced";
+	}
+	return "unknown";
+}
+
+static int
+op_apply(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
+{
+	switch (op->kind) {
+	case SENDER_QOP_ENQUEUE: return op_enqueue(q, txn, op);
+	case SENDER_QOP_DELIVERED:
+	case SENDER_QOP_BOUNCED: return op_remove(q, txn, op);
+	case SENDER_QOP_DEFERRED: return op_defer(q, txn, op);
+	}
+	return EINVAL;
+}
+
+static const char *
+op_id(const struct sender_qop *op)
+{
+	if (op->kind == SENDER_QOP_ENQUEUE)
+		return op->msg && op->msg->id ? op->msg->id : "";
+	return op->id ? op->id : "";
+}
+
+/*
+ * batch_apply - apply OPS in TXN. Not isolated: the first storage error
+ * stops (returns it). Isolated: each op runs in a child transaction, so an
+ * op that fails (MDB_MAP_FULL for a big body, say) is marked FAILED and
+ * rolled back alone while the others go on; only an error of TXN itself
+ * stops.
+ */
+static int
+batch_apply(sender_queue *q, MDB_txn *txn, struct sender_qop *const *ops, size_t n,
+    bool isolated, size_t *failed_at)
+{
+	int rc;
+
+	for (size_t i = 0; i < n; i++) {
+		struct sender_qop *op = ops[i];
+		MDB_txn *child = txn;
+
+		op->result = SENDER_QR_NONE;
+		op->why[0] = '\0';
+		if (isolated && (rc = mdb_txn_begin(q->env, txn, 0, &child)) != 0) {
+			*failed_at = i;
+			return rc;
+		}
+		rc = op_apply(q, child, op);
+		if (!isolated) {
+			if (rc != 0) {
+				*failed_at = i;
+				return rc;
+			}
+			continue;
+		}
+		if (rc == 0)
+			rc = mdb_txn_commit(child);
+		else
+			mdb_txn_abort(child);
+		if (rc != 0) {
+			op->result = SENDER_QR_FAILED;
+			snprintf(op->why, sizeof(op->why), "queue: %s: %s", op_name(op->kind),
+			    mdb_strerror(rc));
+		}
+	}
+	return 0;
+}
+
+int
+sender_queue_commit(sender_queue *q, struct sender_qop *const *ops, size_t n,
+    char *err, size_t errlen)
+{
+	MDB_txn *txn;
+	size_t at = 0;
+	int rc;
+
+	/* Fast path: the whole batch in one transaction. If an op fails, redo
+	 * the batch with each op isolated, so one op cannot sink the others. */
+	for (int isolated = 0; isolated < 2; isolated++) {
+		if ((rc = mdb_txn_begin(q->env, NULL, 0, &txn)) != 0) {
+			snprintf(err, errlen, "queue: mdb_txn_begin: %s", mdb_strerror(rc));
+			break;
+		}
+		rc = batch_apply(q, txn, ops, n, isolated, &at);
+		if (rc == 0) {
+			if ((rc = mdb_txn_commit(txn)) == 0)
+				return 0;
+			snprintf(err, errlen, "queue: commit: %s", mdb_strerror(rc));
+			break;
+		}
+		snprintf(err, errlen, "queue: %s %.40s: %s", op_name(ops[at]->kind), op_id(ops[at]),
+		    mdb_strerror(rc));
+		mdb_txn_abort(txn);
+	}
+	for (size_t i = 0; i < n; i++)
+		ops[i]->result = SENDER_QR_NONE;
+	return -1;
+}
+
+/* ---- reads ---- */
+
+static int
+read_begin(sender_queue *q, MDB_txn **txn, const char *what)
+{
+	int rc = mdb_txn_begin(q->env, NULL, MDB_RDONLY, txn);
+	if (rc != 0)
+		hk_log_error("queue_read_failed", "{s:s, s:s, s:s}", "path", q->path, "what", what,
+		    "error", mdb_strerror(rc));
+	return rc;
+}
+
+int
+sender_queue_scan_due(sender_queue *q, int64_t now_ms, sender_queue_skip_fn skip,
+    sender_queue_scan_fn cb, void *arg)
+{
+	MDB_txn *txn;
+	MDB_cursor *c;
+	MDB_val key, val;
+	int rc;
+	uint64_t now = ms_key(now_ms);
+
+	if (read_begin(q, &txn, "scan") != 0)
+		return -1;
+	if ((rc = mdb_cursor_open(txn, q->sched, &c)) != 0) {
+		mdb_txn_abort(txn);
+		return -1;
+	}
+	for (rc = mdb_cursor_get(c, &key, &val, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(c, &key, &val, MDB_NEXT)) {
+		const uint8_t *kp = key.mv_data;
+		struct sender_qrcpt r;
+
+		/* be64 time, id, NUL, be32 idx: the id inside is a C string. */
+		if (key.mv_size < 8 + 2 + 4 || kp[key.mv_size - 5] != 0 ||
+		    memchr(kp + 8, 0, key.mv_size - 13) != NULL) {
+			hk_log_error("queue_corrupt", "{s:s}", "what", "schedule key");
+			continue;
+		}
+		if (get_be(kp, 8) > now)
+			break;
+		const char *id = (const char *)kp + 8;
+		uint32_t idx = (uint32_t)get_be(kp + key.mv_size - 4, 4);
+		if (skip && skip(id, idx, arg))
+			continue;
+		int grc = rcpt_get(q, txn, id, idx, &r);
+		if (grc == MDB_NOTFOUND)
+			continue;       /* an orphan schedule key (see op_remove) */
+		if (grc != 0) {
+			hk_log_error("queue_corrupt", "{s:s, s:i, s:s}", "id", id, "idx", (int)idx,
+			    "what", mdb_strerror(grc));
+			continue;
+		}
+		if (cb(&r, arg) != 0)
+			break;
+	}
+	mdb_cursor_close(c);
+	mdb_txn_abort(txn);
+	return 0;
+}
+
+int
+sender_queue_rcpt_load(sender_queue *q, const char *id, uint32_t idx, struct sender_qrcpt **out)
+{
+	uint8_t k[RKEY_MAX];
+	MDB_txn *txn;
+	MDB_val key, val;
+	size_t idlen = id ? strlen(id) : 0;
+	int rc;
+
+	*out = NULL;
+	if (idlen == 0 || idlen > SENDER_QUEUE_ID_MAX)
+		return -ENOENT;
+	if (read_begin(q, &txn, "rcpt") != 0)
+		return -EIO;
+	key = mv(k, rkey(k, id, idx));
+	rc = mdb_get(txn, q->rcpt, &key, &val);
+	if (rc == 0) {
+		/* One allocation: the struct, the record, the id. */
+		struct sender_qrcpt *r = xmalloc(sizeof(*r) + val.mv_size + idlen + 1);
+		uint8_t *rec = (uint8_t *)(r + 1);
+		memcpy(rec, val.mv_data, val.mv_size);
+		memcpy(rec + val.mv_size, id, idlen + 1);
+		if (rcpt_decode(rec, val.mv_size, r) != 0) {
+			hk_log_error("queue_corrupt", "{s:s, s:i, s:s}", "id", id, "idx", (int)idx,
+			    "what", "recipient record");
+			free(r);
+			rc = -EIO;
+		} else {
+			r->id = (const char *)rec + val.mv_size;
+			r->idx = idx;
+			*out = r;
+		}
+	} else {
+		if (rc != MDB_NOTFOUND)
+			hk_log_error("queue_read_failed", "{s:s, s:s}", "what", "rcpt", "error",
+			    mdb_strerror(rc));
+		rc = rc == MDB_NOTFOUND ? -ENOENT : -EIO;
+	}
+	mdb_txn_abort(txn);
+	return rc;
+}
+
+int
+sender_queue_msg_load(sender_queue *q, const char *id, Hk__Submission **meta,
+    uint8_t **body, size_t *body_len)
+{
+	size_t idlen = id ? strlen(id) : 0;
+	Hk__Submission *m = NULL;
+	MDB_txn *txn;
+	MDB_val key, val;
+	const char *what = "";
+	int rc;
+
+	if (meta)
+		*meta = NULL;
+	if (body)
+		*body = NULL;
+	if (body_len)
+		*body_len = 0;
+	if (idlen == 0 || idlen > SENDER_QUEUE_ID_MAX)
+		return -ENOENT;
+	if (read_begin(q, &txn, "msg") != 0)
+		return -EIO;
+	key = mv(id, idlen);
+	if ((rc = mdb_get(txn, q->msg, &key, &val)) != 0) {
+		what = "msg";
+		goto out;
+	}
+	if (meta) {
+		const uint8_t *p = val.mv_data;
+		if (val.mv_size < 5 || p[0] != REC_V1 ||
+		    (m = hk__submission__unpack(NULL, val.mv_size - 5, p + 5)) == NULL) {
+			rc = MDB_CORRUPTED;
+			what = "message record";
+			goto out;
+		}
+	}
+	if (body || body_len) {
+		if ((rc = mdb_get(txn, q->body, &key, &val)) != 0 ||
+		    val.mv_size < 1 || ((uint8_t *)val.mv_data)[0] != REC_V1) {
+			rc = rc ? rc : MDB_CORRUPTED;
+			/* A message without its body is damage, not absence. */
+			if (rc == MDB_NOTFOUND)
+				rc = MDB_CORRUPTED;
+			what = "body record";
+			goto out;
+		}
+		if (body) {
+			*body = xmalloc(val.mv_size > 1 ? val.mv_size - 1 : 1);
+			memcpy(*body, (uint8_t *)val.mv_data + 1, val.mv_size - 1);
+		}
+		if (body_len)
+			*body_len = val.mv_size - 1;
+	}
+	if (meta)
+		*meta = m;
+	m = NULL;
+out:
+	mdb_txn_abort(txn);
+	if (m)
+		hk__submission__free_unpacked(m, NULL);
+	if (rc == 0)
+		return 0;
+	if (rc == MDB_NOTFOUND)
+		return -ENOENT;
+	hk_log_error("queue_read_failed", "{s:s, s:s, s:s}", "id", id, "what", what,
+	    "error", mdb_strerror(rc));
+	return -EIO;
+}
+
+int
+sender_queue_stats(sender_queue *q, struct sender_queue_stats *st)
+{
+	MDB_txn *txn;
+	MDB_stat s;
+	const MDB_dbi dbis[] = { q->msg, q->body, q->rcpt, q->sched, q->shard };
+	uint64_t *outs[] = { &st->msgs, &st->bodies, &st->rcpts, &st->sched, &st->shards };
+	int rc = 0;
+
+	memset(st, 0, sizeof(*st));
+	if (read_begin(q, &txn, "stats") != 0)
+		return -1;
+	for (size_t i = 0; i < sizeof(dbis) / sizeof(dbis[0]); i++) {
+		if (mdb_stat(txn, dbis[i], &s) != 0) {
+			rc = -1;
+			break;
+		}
+		*outs[i] = s.ms_entries;
+	}
+	mdb_txn_abort(txn);
+	return rc;
+}
+
+uint64_t
+sender_queue_depth(sender_queue *q)
+{
+	struct sender_queue_stats st;
+	return sender_queue_stats(q, &st) == 0 ? st.rcpts : 0;
+}

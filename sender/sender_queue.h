@@ -1,0 +1,143 @@
+/*
+ * sender_queue - the sender's durable queue, in LMDB.
+ *
+ * One environment directory, named databases (every value starts with a
+ * format version byte; keys and values are permanent formats):
+ *
+ *   info   "format"                      -> [1]           queue format version
+ *   msg    id                            -> [1][u32 next_idx][Submission, no rcpts]
+ *   body   id                            -> [1][raw body]  stored once per message
+ *   rcpt   id \0 be32 idx                -> [1][recipient state, see sender_queue.c]
+ *   sched  be64 next_attempt_ms id \0 be32 idx -> [1]     the ready order
+ *   shard  id \0 be32 shard              -> [1][be32 first_idx][be32 n_rcpts]
+ *
+ * Writes come as a batch of operations committed in ONE write transaction
+ * (group commit): sender_queue_commit() may run on any thread (MDB_NOTLS),
+ * but only one commit at a time. Reads (scan, loads, counts) use their own
+ * read transactions and may run on another thread while a commit runs.
+ * All times are Unix epoch milliseconds given by the caller.
+ */
+#ifndef SENDER_QUEUE_H
+#define SENDER_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "hikyaku.pb-c.h"
+
+#define SENDER_QUEUE_ID_MAX 128         /* longest message id accepted (bytes) */
+#define SENDER_QUEUE_REPLY_MAX 1024     /* replies are truncated to this */
+
+typedef struct sender_queue sender_queue;
+
+enum sender_qop_kind {
+	SENDER_QOP_ENQUEUE = 1,
+	SENDER_QOP_DELIVERED,
+	SENDER_QOP_DEFERRED,
+	SENDER_QOP_BOUNCED,
+};
+
+enum sender_qresult {
+	SENDER_QR_NONE = 0,     /* not applied (the commit failed) */
+	SENDER_QR_DONE,         /* applied */
+	SENDER_QR_DUPLICATE,    /* enqueue: (id, shard) already held, nothing stored */
+	SENDER_QR_NOTFOUND,     /* delivered/deferred/bounced: no such recipient */
+	SENDER_QR_INVALID,      /* enqueue: refused, see why */
+	SENDER_QR_FAILED,       /* a storage error for this op alone (e.g. map
+	                         * full), see why; nothing of it stored */
+};
+
+/* One operation of a batch. The caller owns everything it points to; the
+ * commit only reads the inputs and fills the outputs. */
+struct sender_qop {
+	enum sender_qop_kind kind;
+	/* ENQUEUE */
+	const Hk__Submission *msg;      /* id, envelope with recipients, ... */
+	uint32_t shard;
+	const uint8_t *body;
+	size_t body_len;
+	int64_t now_ms;                 /* queued at; first attempt due at */
+	/* DELIVERED, DEFERRED, BOUNCED */
+	const char *id;
+	uint32_t idx;
+	/* DEFERRED */
+	int64_t attempt_ms;             /* when the attempt ended */
+	int64_t next_attempt_ms;
+	/* DEFERRED, BOUNCED: the reply that decided it (kept in the record) */
+	const char *reply;
+	/* out */
+	enum sender_qresult result;
+	uint32_t first_idx, n_rcpts;    /* ENQUEUE done: the recipients stored */
+	char why[128];                  /* INVALID, FAILED: what was wrong */
+};
+
+/* A recipient's state. Strings are NUL-terminated; params holds n_params
+ * NUL-terminated strings back to back (params_len bytes). */
+struct sender_qrcpt {
+	const char *id;
+	uint32_t idx;
+	uint32_t shard;
+	const char *address;
+	const char *domain;             /* canonical (hk_domain_of) */
+	const char *params;
+	size_t params_len;
+	uint16_t n_params;
+	const char *reply;              /* last reply, "" before any attempt */
+	uint32_t attempts;              /* attempts made so far */
+	int64_t queued_at_ms;
+	int64_t first_attempt_ms;       /* 0 before any attempt */
+	int64_t last_attempt_ms;
+	int64_t next_attempt_ms;
+};
+
+struct sender_queue_stats {
+	uint64_t msgs, bodies, rcpts, sched, shards;
+};
+
+/* sender_queue_open - create PATH (mkdir -p) and open the queue in it.
+ * sync=false trades durability for speed (MDB_NOSYNC). Returns 0 and *out,
+ * or -1 with the reason in err. */
+int sender_queue_open(sender_queue **out, const char *path, size_t map_size, bool sync,
+    char *err, size_t errlen);
+
+/* sender_queue_close - close and free; NULLs the caller's pointer. No commit
+ * may be running. */
+void sender_queue_close(sender_queue **q);
+
+/* sender_queue_commit - apply OPS in order in one write transaction and
+ * commit it (synced unless opened with sync=false). Each op's result says what
+ * happened to it; neither refusals (INVALID, NOTFOUND, DUPLICATE) nor an
+ * op's own storage error (FAILED: it is rolled back alone) fail the batch.
+ * Returns 0, or -1 with the reason in err: then nothing was stored. */
+int sender_queue_commit(sender_queue *q, struct sender_qop *const *ops, size_t n,
+    char *err, size_t errlen);
+
+/*
+ * sender_queue_scan_due - walk the schedule in order, every recipient due at
+ * or before NOW. skip (may be NULL) is asked first for each (id, idx) and
+ * true skips it without loading it; cb gets the loaded state (valid during
+ * the call) and returns nonzero to stop. Returns 0 or -1 (logged).
+ */
+typedef bool (*sender_queue_skip_fn)(const char *id, uint32_t idx, void *arg);
+typedef int (*sender_queue_scan_fn)(const struct sender_qrcpt *r, void *arg);
+int sender_queue_scan_due(sender_queue *q, int64_t now_ms, sender_queue_skip_fn skip,
+    sender_queue_scan_fn cb, void *arg);
+
+/* sender_queue_rcpt_load - a copy of one recipient's state in *out (one
+ * allocation: free(*out)). 0, -ENOENT, or -EIO (logged). */
+int sender_queue_rcpt_load(sender_queue *q, const char *id, uint32_t idx,
+    struct sender_qrcpt **out);
+
+/* sender_queue_msg_load - copies of a message's meta (the Submission without
+ * recipients; free with hk__submission__free_unpacked(m, NULL)) and body
+ * (free()). Either out pointer may be NULL. 0, -ENOENT, or -EIO (logged). */
+int sender_queue_msg_load(sender_queue *q, const char *id, Hk__Submission **meta,
+    uint8_t **body, size_t *body_len);
+
+/* sender_queue_depth - recipients queued (0 on error). */
+uint64_t sender_queue_depth(sender_queue *q);
+
+/* sender_queue_stats - entry counts of every database. 0 or -1. */
+int sender_queue_stats(sender_queue *q, struct sender_queue_stats *st);
+
+#endif

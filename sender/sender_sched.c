@@ -1,0 +1,576 @@
+/*
+ * sender_sched - the delivery scheduler: due recipients -> jobs (one message,
+ * one domain) -> MX lookup -> SMTP -> one outcome per recipient.
+ *
+ * A job's life: picked (its recipients enter the in-flight set) -> DNS ->
+ * SMTP -> ended (outcomes reported, job freed). The in-flight set outlives
+ * the job: an entry leaves it only when the owner has committed the outcome
+ * (sender_sched_release), because until then the queue still shows the
+ * recipient due and the next scan would pick it twice.
+ */
+
+/* System */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* common/ */
+#include "hk_log.h"
+#include "hk_util.h"
+
+/* This role */
+#include "sender_dns.h"
+#include "sender_sched.h"
+#include "sender_smtp.h"
+
+/* ---- the in-flight set: (id, idx), open addressing ---- */
+
+struct iset_ent {
+	char *id;               /* NULL: empty; &tomb: deleted */
+	uint32_t idx;
+};
+
+struct iset {
+	struct iset_ent *e;
+	size_t cap, n, used;    /* used = live + tombstones */
+};
+
+static char tomb;
+
+static uint64_t
+iset_hash(const char *id, uint32_t idx)
+{
+	uint64_t h = 1469598103934665603ULL;
+	for (const unsigned char *p = (const unsigned char *)id; *p; p++)
+		h = (h ^ *p) * 1099511628211ULL;
+	for (int i = 0; i < 4; i++, idx >>= 8)
+		h = (h ^ (idx & 0xff)) * 1099511628211ULL;
+	return h;
+}
+
+/* iset_slot - where (id, idx) is, or where it would go (first free slot). */
+static struct iset_ent *
+iset_slot(struct iset *s, const char *id, uint32_t idx, bool *found)
+{
+	size_t mask = s->cap - 1, i = iset_hash(id, idx) & mask;
+	struct iset_ent *free_slot = NULL;
+
+	*found = false;
+	for (;; i = (i + 1) & mask) {
+		struct iset_ent *e = &s->e[i];
+		if (e->id == NULL)
+			return free_slot ? free_slot : e;
+		if (e->id == &tomb) {
+			if (free_slot == NULL)
+				free_slot = e;
+		} else if (e->idx == idx && strcmp(e->id, id) == 0) {
+			*found = true;
+			return e;
+		}
+	}
+}
+
+static void
+iset_grow(struct iset *s)
+{
+	struct iset old = *s;
+	bool found;
+
+	s->cap = old.cap ? (old.n * 4 > old.cap ? old.cap * 2 : old.cap) : 64;
+	s->e = xcalloc(s->cap, sizeof(*s->e));
+	s->n = s->used = 0;
+	for (size_t i = 0; i < old.cap; i++) {
+		if (old.e[i].id == NULL || old.e[i].id == &tomb)
+			continue;
+		*iset_slot(s, old.e[i].id, old.e[i].idx, &found) = old.e[i];
+		s->n++;
+		s->used++;
+	}
+	free(old.e);
+}
+
+static bool
+iset_has(struct iset *s, const char *id, uint32_t idx)
+{
+	bool found;
+	if (s->n == 0)
+		return false;
+	iset_slot(s, id, idx, &found);
+	return found;
+}
+
+static void
+iset_add(struct iset *s, const char *id, uint32_t idx)
+{
+	bool found;
+
+	/* Keep at least half the slots empty so that probes end quickly. */
+	if ((s->used + 1) * 2 > s->cap)
+		iset_grow(s);
+	struct iset_ent *e = iset_slot(s, id, idx, &found);
+	if (found)
+		return;
+	if (e->id == NULL)
+		s->used++;
+	e->id = xstrdup(id);
+	e->idx = idx;
+	s->n++;
+}
+
+static bool
+iset_del(struct iset *s, const char *id, uint32_t idx)
+{
+	bool found;
+	if (s->n == 0)
+		return false;
+	struct iset_ent *e = iset_slot(s, id, idx, &found);
+	if (!found)
+		return false;
+	free(e->id);
+	e->id = &tomb;
+	s->n--;
+	return true;
+}
+
+static void
+iset_free(struct iset *s)
+{
+	for (size_t i = 0; i < s->cap; i++)
+		if (s->e[i].id != NULL && s->e[i].id != &tomb)
+			free(s->e[i].id);
+	free(s->e);
+	memset(s, 0, sizeof(*s));
+}
+
+/* ---- jobs ---- */
+
+struct job_rcpt {
+	uint32_t idx;
+	uint32_t attempts;              /* before this one */
+	int64_t first_attempt_ms;
+	char *address;
+};
+
+struct job {
+	sender_sched *s;
+	struct job *prev, *next;
+	char *id;
+	char *domain;
+	Hk__Submission *meta;           /* tenant, mail_from */
+	uint8_t *body;
+	size_t body_len;
+	struct job_rcpt *r;
+	struct sender_smtp_rcpt *sr;    /* codes and replies, parallel to r */
+	size_t n, cap;
+	struct sender_smtp_job sj;
+	sender_smtp *smtp;              /* while SMTP runs */
+	bool dns_pending;
+	int64_t start_ms;
+};
+
+struct sender_sched {
+	uv_loop_t *loop;
+	sender_queue *q;
+	const struct hk_sender_conf *conf;
+	sender_dns *dns;
+	uv_timer_t timer;
+	sender_outcome_cb cb;
+	void *arg;
+	struct iset inflight;
+	struct job *jobs;               /* running, doubly linked */
+	size_t n_jobs;
+	uint64_t rng;
+	bool stopping, timer_closed;
+	sender_sched_done_cb done;
+	void *done_arg;
+};
+
+uint64_t
+sender_retry_delay(uint32_t min_ms, uint32_t max_ms, uint32_t attempts, double u)
+{
+	uint64_t d = min_ms;
+
+	for (uint32_t i = 1; i < attempts && d < max_ms; i++)
+		d *= 2;
+	if (d > max_ms)
+		d = max_ms;
+	if (u < 0)
+		u = 0;
+	if (u >= 1)
+		u = 0.999999;
+	return (uint64_t)((double)d * (0.9 + 0.2 * u));
+}
+
+/* rng_unit - xorshift64*, in [0, 1): jitter needs spread, not secrecy. */
+static double
+rng_unit(sender_sched *s)
+{
+	s->rng ^= s->rng >> 12;
+	s->rng ^= s->rng << 25;
+	s->rng ^= s->rng >> 27;
+	return (double)((s->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
+}
+
+static void
+job_free(struct job *j)
+{
+	for (size_t i = 0; i < j->n; i++)
+		free(j->r[i].address);
+	free(j->r);
+	free(j->sr);
+	free(j->id);
+	free(j->domain);
+	free(j->body);
+	if (j->meta)
+		hk__submission__free_unpacked(j->meta, NULL);
+	free(j);
+}
+
+static void sched_maybe_done(sender_sched *s);
+
+/* job_end - report each recipient's outcome and free the job. */
+static void
+job_end(struct job *j)
+{
+	sender_sched *s = j->s;
+	int64_t now = hk_now_ms();
+	const char *tenant = j->meta && j->meta->tenant ? j->meta->tenant : "";
+
+	for (size_t i = 0; i < j->n; i++) {
+		struct job_rcpt *r = &j->r[i];
+		struct sender_smtp_rcpt *sr = &j->sr[i];
+		int cls = sr->code / 100;
+		struct sender_outcome o = {
+			.id = j->id, .idx = r->idx, .tenant = tenant, .rcpt = r->address,
+			.domain = j->domain, .mx = j->sj.mx_host, .mx_addr = j->sj.mx_addr,
+			.reply = sr->reply, .attempts = r->attempts + 1, .attempt_ms = now,
+		};
+
+		if (cls == 2) {
+			o.kind = SENDER_OUT_DELIVERED;
+		} else if (cls == 5) {
+			o.kind = SENDER_OUT_BOUNCED;
+		} else if (s->stopping) {
+			/* Aborted by the shutdown, not a real attempt: the recipient
+			 * stays due as it is and is retried after the restart. */
+			iset_del(&s->inflight, j->id, r->idx);
+			continue;
+		} else {
+			int64_t first = r->first_attempt_ms ? r->first_attempt_ms : j->start_ms;
+			if (now - first >= (int64_t)s->conf->max_lifetime_ms) {
+				o.kind = SENDER_OUT_EXPIRED;
+			} else {
+				o.kind = SENDER_OUT_DEFERRED;
+				o.next_attempt_ms = now + (int64_t)sender_retry_delay(s->conf->retry_min_ms,
+				    s->conf->retry_max_ms, o.attempts, rng_unit(s));
+			}
+		}
+		s->cb(&o, s->arg);
+	}
+	if (j->prev)
+		j->prev->next = j->next;
+	else
+		s->jobs = j->next;
+	if (j->next)
+		j->next->prev = j->prev;
+	s->n_jobs--;
+	job_free(j);
+	sched_maybe_done(s);
+}
+
+/* job_fail - every recipient gets CODE and the reply text; the job ends. */
+static void __attribute__((format(printf, 3, 4)))
+job_fail(struct job *j, int code, const char *fmt, ...)
+{
+	char text[sizeof(j->sr[0].reply)];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	for (size_t i = 0; i < j->n; i++) {
+		j->sr[i].code = code;
+		snprintf(j->sr[i].reply, sizeof(j->sr[i].reply), "%s", text);
+	}
+	job_end(j);
+}
+
+static void
+on_smtp(struct sender_smtp_job *sj, void *arg)
+{
+	struct job *j = arg;
+
+	(void)sj;
+	j->smtp = NULL;
+	job_end(j);
+}
+
+static void
+on_dns(const struct sender_dns_result *res, void *arg)
+{
+	struct job *j = arg;
+	sender_sched *s = j->s;
+	int rc;
+
+	j->dns_pending = false;
+	if (s->stopping) {
+		job_fail(j, 451, "451 4.3.2 shutting down");
+		return;
+	}
+	switch (res->status) {
+	case SENDER_DNS_OK:
+		j->sj.addrs = res->addrs;       /* copied by sender_smtp_deliver */
+		j->sj.n_addrs = res->n_addrs;
+		rc = sender_smtp_deliver(&j->smtp, s->loop, &j->sj, on_smtp, j);
+		j->sj.addrs = NULL;
+		if (rc != 0) {
+			j->smtp = NULL;
+			job_fail(j, 451, "451 4.4.0 cannot start an SMTP session: %s", strerror(-rc));
+		}
+		return;
+	case SENDER_DNS_NULLMX:
+		job_fail(j, 550, "550 5.1.10 domain %s accepts no mail (null MX)", j->domain);
+		return;
+	case SENDER_DNS_NXDOMAIN:
+		job_fail(j, 550, "550 5.1.2 domain %s does not exist: %s", j->domain, res->error);
+		return;
+	case SENDER_DNS_NOHOST:
+		job_fail(j, 451, "451 4.4.4 no address for the mail exchangers of %s: %s",
+		    j->domain, res->error);
+		return;
+	case SENDER_DNS_TEMPFAIL:
+	default:
+		job_fail(j, 451, "451 4.4.3 DNS lookup for %s failed: %s", j->domain, res->error);
+		return;
+	}
+}
+
+/* job_start - load the message, resolve the domain. The job is running
+ * (linked) from here on and ends through job_end. */
+static void
+job_start(sender_sched *s, struct job *j)
+{
+	const struct hk_sender_conf *c = s->conf;
+	int rc;
+
+	j->start_ms = hk_now_ms();
+	j->prev = NULL;
+	j->next = s->jobs;
+	if (s->jobs)
+		s->jobs->prev = j;
+	s->jobs = j;
+	s->n_jobs++;
+
+	rc = sender_queue_msg_load(s->q, j->id, &j->meta, &j->body, &j->body_len);
+	if (rc == -ENOENT) {
+		job_fail(j, 554, "554 5.3.0 message data missing from the queue");
+		return;
+	}
+	if (rc != 0) {
+		job_fail(j, 451, "451 4.3.0 cannot read the message from the queue");
+		return;
+	}
+	j->sj = (struct sender_smtp_job){
+		.helo_name = c->hostname ? c->hostname : "localhost",
+		.source_address = c->source_address,
+		.port = c->delivery_port,
+		.connect_timeout_ms = c->connect_timeout_ms,
+		.command_timeout_ms = c->command_timeout_ms,
+		.mail_from = j->meta->envelope && j->meta->envelope->mail_from
+		    ? j->meta->envelope->mail_from : "",
+		.body = j->body,
+		.body_len = j->body_len,
+		.rcpts = j->sr,
+		.n_rcpts = j->n,
+	};
+	j->dns_pending = true;
+	rc = sender_dns_resolve(s->dns, j->domain, on_dns, j);
+	if (rc != 0) {
+		j->dns_pending = false;
+		job_fail(j, 451, "451 4.4.3 cannot start the DNS lookup for %s", j->domain);
+	}
+}
+
+/* ---- picking ---- */
+
+struct pick {
+	sender_sched *s;
+	struct job **jobs;      /* new jobs of this scan */
+	size_t n, max;
+};
+
+static bool
+pick_skip(const char *id, uint32_t idx, void *arg)
+{
+	struct pick *p = arg;
+	return iset_has(&p->s->inflight, id, idx);
+}
+
+static int
+pick_one(const struct sender_qrcpt *r, void *arg)
+{
+	struct pick *p = arg;
+	struct job *j = NULL;
+
+	/* Recipients of one message and domain travel together; they were
+	 * queued together, so they are next to each other in the schedule. */
+	for (size_t i = p->n; i-- > 0; ) {
+		struct job *c = p->jobs[i];
+		if (c->n < SENDER_SCHED_RCPTS_PER_JOB && strcmp(c->domain, r->domain) == 0 &&
+		    strcmp(c->id, r->id) == 0) {
+			j = c;
+			break;
+		}
+	}
+	if (j == NULL) {
+		if (p->n == p->max)
+			return 1;
+		j = xcalloc(1, sizeof(*j));
+		j->s = p->s;
+		j->id = xstrdup(r->id);
+		j->domain = xstrdup(r->domain);
+		p->jobs[p->n++] = j;
+	}
+	if (j->n == j->cap) {
+		j->cap = j->cap ? j->cap * 2 : 4;
+		j->r = xrealloc(j->r, j->cap * sizeof(*j->r));
+		j->sr = xrealloc(j->sr, j->cap * sizeof(*j->sr));
+	}
+	j->r[j->n] = (struct job_rcpt){
+		.idx = r->idx, .attempts = r->attempts, .first_attempt_ms = r->first_attempt_ms,
+		.address = xstrdup(r->address),
+	};
+	j->n++;
+	iset_add(&p->s->inflight, r->id, r->idx);
+	return 0;
+}
+
+static void
+sched_scan(sender_sched *s)
+{
+	struct pick p = { s, NULL, 0, 0 };
+
+	if (s->stopping || s->n_jobs >= s->conf->max_deliveries)
+		return;
+	p.max = s->conf->max_deliveries - s->n_jobs;
+	p.jobs = xcalloc(p.max, sizeof(*p.jobs));
+	sender_queue_scan_due(s->q, hk_now_ms(), pick_skip, pick_one, &p);
+	/* The addresses were copied while LMDB's memory was valid; now point
+	 * the SMTP recipients at the copies. */
+	for (size_t i = 0; i < p.n; i++) {
+		struct job *j = p.jobs[i];
+		for (size_t k = 0; k < j->n; k++)
+			j->sr[k] = (struct sender_smtp_rcpt){ .address = j->r[k].address };
+	}
+	for (size_t i = 0; i < p.n; i++)
+		job_start(s, p.jobs[i]);
+	free(p.jobs);
+}
+
+static void
+on_tick(uv_timer_t *t)
+{
+	sched_scan(t->data);
+}
+
+int
+sender_sched_new(sender_sched **out, uv_loop_t *loop, sender_queue *q,
+    const struct hk_sender_conf *conf, sender_outcome_cb cb, void *arg,
+    char *err, size_t errlen)
+{
+	sender_sched *s = xcalloc(1, sizeof(*s));
+
+	*out = NULL;
+	s->loop = loop;
+	s->q = q;
+	s->conf = conf;
+	s->cb = cb;
+	s->arg = arg;
+	s->rng = (uint64_t)hk_now_ms() ^ ((uint64_t)(uintptr_t)s << 16) ^ 0x9e3779b97f4a7c15ULL;
+	if (sender_dns_new(&s->dns, loop, conf->dns_servers, conf->connect_timeout_ms,
+	    err, errlen) != 0) {
+		free(s);
+		return -1;
+	}
+	uv_timer_init(loop, &s->timer);
+	s->timer.data = s;
+	/* At start nothing is in flight: the first scan resumes the queue. */
+	uv_timer_start(&s->timer, on_tick, 0, SENDER_SCHED_TICK_MS);
+	*out = s;
+	return 0;
+}
+
+void
+sender_sched_kick(sender_sched *s)
+{
+	if (!s->stopping)
+		uv_timer_start(&s->timer, on_tick, 0, SENDER_SCHED_TICK_MS);
+}
+
+void
+sender_sched_release(sender_sched *s, const char *id, uint32_t idx)
+{
+	if (!iset_del(&s->inflight, id, idx))
+		hk_log_debug("sched_release_unknown", "{s:s, s:i}", "id", id, "idx", (int)idx);
+}
+
+size_t
+sender_sched_jobs(const sender_sched *s)
+{
+	return s->n_jobs;
+}
+
+size_t
+sender_sched_inflight(const sender_sched *s)
+{
+	return s->inflight.n;
+}
+
+static void
+sched_maybe_done(sender_sched *s)
+{
+	if (!s->stopping || !s->timer_closed || s->n_jobs > 0 || s->done == NULL)
+		return;
+	sender_sched_done_cb done = s->done;
+	s->done = NULL;
+	done(s->done_arg);
+}
+
+static void
+on_timer_closed(uv_handle_t *h)
+{
+	sender_sched *s = h->data;
+	s->timer_closed = true;
+	sched_maybe_done(s);
+}
+
+void
+sender_sched_stop(sender_sched *s, sender_sched_done_cb done, void *arg)
+{
+	if (s->stopping)
+		return;
+	s->stopping = true;
+	s->done = done;
+	s->done_arg = arg;
+	uv_close((uv_handle_t *)&s->timer, on_timer_closed);
+	/* Both end their jobs through callbacks that run later. */
+	for (struct job *j = s->jobs; j; j = j->next)
+		if (j->smtp)
+			sender_smtp_abort(j->smtp);
+	sender_dns_close(s->dns);
+	s->dns = NULL;
+}
+
+void
+sender_sched_free(sender_sched **sp)
+{
+	sender_sched *s = *sp;
+
+	if (s == NULL)
+		return;
+	iset_free(&s->inflight);
+	free(s);
+	*sp = NULL;
+}

@@ -1,0 +1,86 @@
+/*
+ * sender_sched - the delivery scheduler.
+ *
+ * A timer (and a kick after new mail) scans the queue for recipients that
+ * are due and not in flight, groups them into jobs of one message and one
+ * destination domain (at most max_deliveries jobs at once), resolves the
+ * domain's MX and runs one SMTP transaction per job. Each recipient ends in
+ * one outcome reported through the callback.
+ *
+ * The scheduler never writes the queue: its owner turns outcomes into queue
+ * operations and calls sender_sched_release() once each one is committed (or
+ * given up). Until then the recipient stays in flight and is not picked
+ * again, since the queue still shows it due.
+ */
+#ifndef SENDER_SCHED_H
+#define SENDER_SCHED_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include "hk_config.h"
+#include "sender_queue.h"
+
+#define SENDER_SCHED_TICK_MS 200        /* scan period */
+#define SENDER_SCHED_RCPTS_PER_JOB 100  /* recipients per SMTP transaction */
+
+typedef struct sender_sched sender_sched;
+
+enum sender_outcome_kind {
+	SENDER_OUT_DELIVERED = 1,       /* 2xx: remove */
+	SENDER_OUT_DEFERRED,            /* 4xx: retry at next_attempt_ms */
+	SENDER_OUT_BOUNCED,             /* 5xx: remove (DSN later) */
+	SENDER_OUT_EXPIRED,             /* 4xx past max_lifetime: remove (DSN later) */
+};
+
+/* One recipient's outcome. Strings are valid during the callback only. */
+struct sender_outcome {
+	enum sender_outcome_kind kind;
+	const char *id;
+	uint32_t idx;
+	const char *tenant;
+	const char *rcpt;
+	const char *domain;
+	const char *mx;                 /* host that took the session, or "" */
+	const char *mx_addr;
+	const char *reply;              /* remote reply, or our reason */
+	uint32_t attempts;              /* including this one */
+	int64_t attempt_ms;             /* when this attempt ended */
+	int64_t next_attempt_ms;        /* DEFERRED */
+};
+
+typedef void (*sender_outcome_cb)(const struct sender_outcome *o, void *arg);
+typedef void (*sender_sched_done_cb)(void *arg);
+
+/* sender_sched_new - a scheduler for Q on LOOP with CONF's delivery settings;
+ * it starts scanning at once. Returns 0, or -1 with the reason in err. */
+int sender_sched_new(sender_sched **out, uv_loop_t *loop, sender_queue *q,
+    const struct hk_sender_conf *conf, sender_outcome_cb cb, void *arg,
+    char *err, size_t errlen);
+
+/* sender_sched_kick - scan soon (new mail was committed). */
+void sender_sched_kick(sender_sched *s);
+
+/* sender_sched_release - the outcome of (id, idx) is committed or given up:
+ * the recipient may be picked again by the schedule. */
+void sender_sched_release(sender_sched *s, const char *id, uint32_t idx);
+
+size_t sender_sched_jobs(const sender_sched *s);       /* jobs running */
+size_t sender_sched_inflight(const sender_sched *s);   /* recipients held */
+
+/*
+ * sender_sched_stop - stop picking, abort SMTP jobs and close DNS. Outcomes
+ * that are final (delivered, bounced) are still reported; deferrals of
+ * aborted jobs are not (the recipients stay due for the next start). DONE
+ * runs asynchronously once every job ended and every handle is closed; then
+ * free with sender_sched_free().
+ */
+void sender_sched_stop(sender_sched *s, sender_sched_done_cb done, void *arg);
+void sender_sched_free(sender_sched **s);
+
+/* sender_retry_delay - delay after the ATTEMPTS-th failed attempt (1 = the
+ * first): min_ms doubling per attempt, capped at max_ms, then scaled by
+ * 0.9 + 0.2 * U (U in [0, 1)) so that retries do not move in lockstep. */
+uint64_t sender_retry_delay(uint32_t min_ms, uint32_t max_ms, uint32_t attempts, double u);
+
+#endif

@@ -1,0 +1,79 @@
+"""Fixtures for the integration tests: one dnsmasq for the session, scripted
+MX hosts and Hikyaku clusters per test (or per module), all stopped at
+teardown even when a test fails. Logs of a failed test are printed."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def dns_server(tmp_path_factory):
+    group = harness.ProcessGroup()
+    d = harness.DnsServer(group, str(tmp_path_factory.mktemp("dns")))
+    try:
+        d.start()
+        yield d
+    finally:
+        group.close()
+
+
+@pytest.fixture(scope="session")
+def mx_port():
+    """The delivery port shared by every MX host address."""
+    return harness.free_port(tuple(harness.MX_HOSTS) + (harness.SINK_ADDR, "127.0.0.1"))
+
+
+@pytest.fixture
+def mx(mx_port):
+    """The three MX hosts (a.test, b.test, c.test, and the dNN.test domains
+    spread over them), running and answering 250 unless scripted."""
+    pool = harness.MxPool(mx_port)
+    try:
+        yield pool.start()
+    finally:
+        pool.stop()
+
+
+def _print_tails(clusters):
+    for c in clusters:
+        print("==== cluster %s" % c.workdir)
+        print(c.tails())
+
+
+@pytest.fixture
+def make_cluster(request, tmp_path, dns_server, mx_port):
+    """make_cluster() -> a harness.Cluster in its own directory; every process
+    it starts is stopped after the test."""
+    clusters = []
+
+    def make():
+        d = tmp_path / ("cluster%d" % len(clusters))
+        d.mkdir()
+        c = harness.Cluster(str(d), dns_server, mx_port)
+        clusters.append(c)
+        return c
+
+    yield make
+    _print_tails(clusters)   # shown by pytest only when the test failed
+    problems = [x for c in clusters for x in c.close()]
+    if problems:
+        pytest.fail("teardown: " + "\n".join(problems), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def make_module_cluster(tmp_path_factory, dns_server, mx_port):
+    clusters = []
+
+    def make():
+        c = harness.Cluster(str(tmp_path_factory.mktemp("cluster")), dns_server, mx_port)
+        clusters.append(c)
+        return c
+
+    yield make
+    problems = [x for c in clusters for x in c.close()]
+    if problems:
+        pytest.fail("teardown: " + "\n".join(problems), pytrace=False)

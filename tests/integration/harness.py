@@ -1,0 +1,875 @@
+"""
+harness - real peers for Hikyaku's integration tests.
+
+Everything here runs real programs on loopback addresses:
+  - free_port(): a TCP (and optionally UDP) port free on every given address;
+  - DnsServer: dnsmasq answering MX/A records for the test zone `test`, every
+    other name under it NXDOMAIN;
+  - ScriptedMx / MxPool: aiosmtpd servers (one thread each, in this process)
+    that record every transaction and answer RCPT and DATA from a script;
+  - SmtpSink: Postfix's smtp-sink as a counting MX;
+  - Cluster: writes a Hikyaku YAML config and runs `hikyaku all` or single
+    nodes, each process's JSON-lines stdout in its own file, with waits on
+    log events;
+  - RawSmtp and submit(): SMTP clients (raw socket, and smtplib).
+Every process is started by pid in a ProcessGroup and stopped by pid.
+"""
+import atexit
+import json
+import os
+import random
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import threading
+import time
+
+import dns.exception
+import dns.resolver
+from aiosmtpd.controller import Controller
+
+HIKYAKU_BIN = os.environ.get("HIKYAKU_BIN", "/work/main/build/hikyaku")
+
+# The test zone: each MX host lives on its own loopback address.
+MX_HOSTS = {
+    "127.0.0.10": "mx.a.test",
+    "127.0.0.11": "mx.b.test",
+    "127.0.0.12": "mx.c.test",
+}
+SINK_ADDR = "127.0.0.13"        # smtp-sink, MX of sink.test
+SINK_HOST = "mx.sink.test"
+# Destination domain -> address of its MX host.
+DOMAIN_MX = {"a.test": "127.0.0.10", "b.test": "127.0.0.11", "c.test": "127.0.0.12",
+             "sink.test": SINK_ADDR}
+CLUSTER_DOMAINS = ["d%02d.test" % i for i in range(1, 13)]
+for _i, _d in enumerate(CLUSTER_DOMAINS):
+    DOMAIN_MX[_d] = sorted(MX_HOSTS)[_i % len(MX_HOSTS)]
+
+QUEUED_RE = re.compile(r"^2\.0\.0 Ok: queued as ([0-9A-HJKMNP-TV-Z]{26})$")
+
+
+class Timeout(AssertionError):
+    pass
+
+
+def wait_until(pred, timeout, what, interval=0.02):
+    """Poll pred() until it returns a true value (returned) or fail naming WHAT."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise Timeout("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- ports
+
+_taken_ports = set()
+
+
+def _bindable(addr, port, kind):
+    s = socket.socket(socket.AF_INET, kind)
+    try:
+        # No SO_REUSEADDR/SO_REUSEPORT: fail on any listener, sink or TIME_WAIT.
+        s.bind((addr, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def port_is_free(port, addrs=("127.0.0.1",), udp=False):
+    kinds = [socket.SOCK_STREAM] + ([socket.SOCK_DGRAM] if udp else [])
+    return all(_bindable(a, port, k) for a in addrs for k in kinds)
+
+
+def nothing_listens(port, addr):
+    """No socket listens on ADDR:PORT, not even one with SO_REUSEPORT
+    (connections in TIME_WAIT do not count)."""
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((addr, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def free_port(addrs=("127.0.0.1",), udp=False):
+    """A port free on every address of ADDRS (TCP, and UDP if asked), picked at
+    random below the kernel's ephemeral range so that outgoing connections
+    cannot take it between the check and the use, never handed out twice."""
+    for _ in range(500):
+        port = random.randrange(20000, 32000)
+        if port in _taken_ports:
+            continue
+        if port_is_free(port, addrs, udp):
+            _taken_ports.add(port)
+            return port
+    raise RuntimeError("no free port found on %s" % (addrs,))
+
+
+# ---------------------------------------------------------------- processes
+
+_all_procs = []
+
+
+class Proc:
+    """A child process started by this harness, stdout/stderr to files."""
+
+    def __init__(self, name, argv, log_path, cwd=None, env=None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.err_path = log_path + ".err"
+        with open(log_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                          stderr=err, cwd=cwd, env=env,
+                                          start_new_session=True)
+        self.pid = self.popen.pid
+        self.log = JsonLog(log_path)
+        _all_procs.append(self)
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def returncode(self):
+        return self.popen.poll()
+
+    def stop(self, timeout=10.0):
+        """SIGTERM, then SIGKILL after TIMEOUT. Returns the exit status
+        (negative: killed by that signal) and whether SIGKILL was needed."""
+        if self.popen.poll() is None:
+            try:
+                self.popen.send_signal(signal.SIGTERM)
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+                return self.popen.returncode, True
+        return self.popen.returncode, False
+
+    def kill9(self):
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(10)
+
+    def sanitizer_report(self):
+        """Lines of an AddressSanitizer/LeakSanitizer/UBSan report on stderr."""
+        try:
+            with open(self.err_path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return []
+        for i, line in enumerate(lines):
+            if ("ERROR: AddressSanitizer" in line or "ERROR: LeakSanitizer" in line
+                    or "runtime error:" in line):
+                return lines[i:i + 30]
+        return []
+
+    def tail(self, n=40):
+        out = []
+        for path in (self.log_path, self.err_path):
+            try:
+                with open(path, "rb") as f:
+                    lines = f.read().decode("utf-8", "replace").splitlines()
+            except OSError:
+                continue
+            if lines:
+                out.append("--- %s (last %d lines)" % (path, min(n, len(lines))))
+                out.extend(lines[-n:])
+        return "\n".join(out)
+
+
+class ProcessGroup:
+    """Owns the processes one fixture started; close() stops them all."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, name, argv, log_path, **kw):
+        p = Proc(name, argv, log_path, **kw)
+        self.procs.append(p)
+        return p
+
+    def close(self):
+        """Stop every process still running; returns [(proc, status,
+        needed_sigkill)] for those."""
+        out = []
+        for p in reversed(self.procs):
+            if p.alive():
+                out.append((p,) + p.stop(timeout=5))
+        self.procs = []
+        return out
+
+
+@atexit.register
+def _kill_leftovers():
+    for p in _all_procs:
+        if p.popen.poll() is None:
+            p.popen.kill()
+            p.popen.wait()
+
+
+class JsonLog:
+    """The JSON-lines stdout of a process, read incrementally."""
+
+    def __init__(self, path):
+        self.path = path
+        self._pos = 0
+        self._partial = b""
+        self.events = []
+        self._lock = threading.Lock()
+
+    def poll(self):
+        with self._lock:
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(self._pos)
+                    data = f.read()
+            except OSError:
+                return self.events
+            self._pos += len(data)
+            data = self._partial + data
+            lines = data.split(b"\n")
+            self._partial = lines.pop()
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    ev = json.loads(line)
+                    if not isinstance(ev, dict):
+                        raise ValueError
+                except ValueError:
+                    ev = {"event": None, "raw": line.decode("utf-8", "replace")}
+                self.events.append(ev)
+            return self.events
+
+    def mark(self):
+        """Index of the next event: pass as since= to see only later ones."""
+        return len(self.poll())
+
+    def find(self, event, since=0, pred=None, **fields):
+        return [e for e in self.poll()[since:] if event_matches(e, event, pred, fields)]
+
+    def wait(self, event, timeout=10.0, since=0, pred=None, **fields):
+        try:
+            return wait_until(lambda: (self.find(event, since, pred, **fields) or [None])[0],
+                              timeout, "event %r %s in %s" % (event, fields, self.path))
+        except Timeout as e:
+            raise Timeout("%s\n%s" % (e, self.tail())) from None
+
+    def tail(self, n=30):
+        evs = self.poll()
+        return "\n".join(json.dumps(e) for e in evs[-n:])
+
+
+def mentions(ev, value):
+    """Does any field of the event hold VALUE (as a string, or in a list)?"""
+    for v in ev.values():
+        if v == value or (isinstance(v, list) and value in v):
+            return True
+    return False
+
+
+def event_matches(ev, event, pred=None, fields=None):
+    if event is not None and ev.get("event") != event:
+        return False
+    for k, v in (fields or {}).items():
+        if ev.get(k) != v:
+            return False
+    return pred is None or bool(pred(ev))
+
+
+# ---------------------------------------------------------------- DNS
+
+class DnsServer:
+    """dnsmasq serving the `test` zone on 127.0.0.1:port."""
+
+    def __init__(self, group, workdir, domain_mx=None, extra_args=()):
+        self.group = group
+        self.workdir = workdir
+        self.domain_mx = dict(domain_mx or DOMAIN_MX)
+        self.extra_args = list(extra_args)
+        self.port = free_port(udp=True)
+        self.proc = None
+
+    def args(self):
+        a = ["dnsmasq", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+             "--listen-address=127.0.0.1", "--port=%d" % self.port, "--bind-interfaces",
+             "--keep-in-foreground", "--pid-file=%s/dnsmasq.pid" % self.workdir,
+             "--cache-size=0", "--log-facility=-", "--local=/test/"]
+        if os.geteuid() == 0:
+            a.append("--user=root")
+        hosts = {}
+        for dom, addr in sorted(self.domain_mx.items()):
+            host = MX_HOSTS.get(addr) or (SINK_HOST if addr == SINK_ADDR else "mx." + dom)
+            hosts[host] = addr
+            a.append("--mx-host=%s,%s,10" % (dom, host))
+        for host, addr in sorted(hosts.items()):
+            a.append("--host-record=%s,%s" % (host, addr))
+        return a + self.extra_args
+
+    def start(self):
+        self.proc = self.group.start("dnsmasq", self.args(),
+                                     os.path.join(self.workdir, "dnsmasq.log"))
+        wait_until(lambda: self._answers() or not self.proc.alive(), 10, "dnsmasq to answer")
+        if not self.proc.alive():
+            raise RuntimeError("dnsmasq exited:\n" + self.proc.tail())
+        return self
+
+    def resolver(self):
+        r = dns.resolver.Resolver(configure=False)
+        r.nameservers = ["127.0.0.1"]
+        r.port = self.port
+        r.lifetime = 1.0
+        return r
+
+    def _answers(self):
+        try:
+            self.resolver().resolve("a.test", "MX")
+            return True
+        except dns.exception.DNSException:
+            return False
+
+    @property
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+
+
+# ---------------------------------------------------------------- MX servers
+
+class MxMessage:
+    """One transaction an MX accepted (DATA answered 2xx), or rejected."""
+
+    def __init__(self, mx, session, envelope, reply):
+        self.mx = mx                            # address of the MX that got it
+        self.peer = session.peer[0]             # client (sender) address
+        self.helo = session.host_name           # its EHLO/HELO name
+        self.mail_from = envelope.mail_from
+        self.mail_options = list(envelope.mail_options)
+        self.rcpt_tos = list(envelope.rcpt_tos)
+        self.data = bytes(envelope.original_content)
+        self.reply = reply
+        self.accepted = reply.startswith("2")
+        self.at = time.monotonic()
+
+    def __repr__(self):
+        return "<MxMessage mx=%s peer=%s helo=%s from=%s to=%s %d bytes %s>" % (
+            self.mx, self.peer, self.helo, self.mail_from, self.rcpt_tos,
+            len(self.data), self.reply)
+
+
+class _MxHandler:
+    def __init__(self, mx):
+        self.mx = mx
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.mx._next_reply("rcpt", address.lower())
+        with self.mx._cond:
+            self.mx.rcpt_attempts.append((address, reply, session.peer[0], time.monotonic()))
+            self.mx._cond.notify_all()
+        if reply.startswith("2"):
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        return reply
+
+    async def handle_DATA(self, server, session, envelope):
+        reply = self.mx._next_reply("data", None)
+        msg = MxMessage(self.mx.addr, session, envelope, reply)
+        with self.mx._cond:
+            self.mx.transactions.append(msg)
+            self.mx._cond.notify_all()
+        return reply
+
+
+class ScriptedMx:
+    """An aiosmtpd MX on ADDR:PORT. Unscripted RCPT and DATA get 250.
+    script_rcpt(addr, r1, r2, ...) answers that recipient's successive RCPTs
+    with r1, r2, ... then 250; script_data(...) does the same for DATA."""
+
+    RCPT_OK = "250 2.1.5 Ok"
+    DATA_OK = "250 2.0.0 Ok: accepted"
+
+    def __init__(self, addr, port, hostname=None):
+        self.addr = addr
+        self.port = port
+        self.hostname = hostname or MX_HOSTS.get(addr, "mx.test")
+        self._controller = None
+        self._cond = threading.Condition()
+        self._scripts = {}
+        self.transactions = []
+        self.rcpt_attempts = []
+
+    def start(self):
+        assert self._controller is None, "MX %s already running" % self.addr
+        c = Controller(_MxHandler(self), hostname=self.addr, port=self.port,
+                       server_hostname=self.hostname, decode_data=False,
+                       ready_timeout=10)
+        c.start()
+        self._controller = c
+        return self
+
+    def stop(self):
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    @property
+    def running(self):
+        return self._controller is not None
+
+    def script_rcpt(self, address, *replies):
+        with self._cond:
+            self._scripts[("rcpt", address.lower())] = list(replies)
+
+    def script_data(self, *replies):
+        with self._cond:
+            self._scripts[("data", None)] = list(replies)
+
+    def _next_reply(self, kind, key):
+        with self._cond:
+            q = self._scripts.get((kind, key))
+            if q:
+                return q.pop(0)
+        return self.RCPT_OK if kind == "rcpt" else self.DATA_OK
+
+    @property
+    def messages(self):
+        """Accepted transactions so far."""
+        with self._cond:
+            return [m for m in self.transactions if m.accepted]
+
+    def wait_for(self, pred, timeout=10.0, what="a message"):
+        """Wait until pred(accepted messages) is true; returns its value."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                v = pred([m for m in self.transactions if m.accepted])
+                if v:
+                    return v
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Timeout("MX %s: timed out after %.1fs waiting for %s; has %r" % (
+                        self.addr, timeout, what, self.transactions))
+                self._cond.wait(left)
+
+
+class MxPool:
+    """One ScriptedMx per MX host address, all on the same port."""
+
+    def __init__(self, port, addrs=None):
+        self.port = port
+        self.servers = {a: ScriptedMx(a, port) for a in (addrs or sorted(MX_HOSTS))}
+
+    def __getitem__(self, addr):
+        return self.servers[addr]
+
+    def for_domain(self, domain):
+        return self.servers[DOMAIN_MX[domain.lower()]]
+
+    def start(self, addr=None):
+        for a, s in self.servers.items():
+            if addr in (None, a) and not s.running:
+                s.start()
+        return self
+
+    def stop(self, addr=None):
+        for a, s in self.servers.items():
+            if addr in (None, a):
+                s.stop()
+
+    def restart(self, addr):
+        """Stop and start again on the same address and port (a fresh server
+        object keeps the recorded transactions and scripts)."""
+        self.servers[addr].stop()
+        self.servers[addr].start()
+
+    def messages(self):
+        return [m for s in self.servers.values() for m in s.messages]
+
+    def with_token(self, token):
+        t = token.encode() if isinstance(token, str) else token
+        return [m for m in self.messages() if t in m.data]
+
+    def wait_token(self, token, count=1, timeout=15.0):
+        """Wait until COUNT accepted messages (over all servers) hold TOKEN."""
+        return wait_until(lambda: len(self.with_token(token)) >= count and self.with_token(token),
+                          timeout, "%d message(s) with token %r at the MX hosts" % (count, token))
+
+
+class SmtpSink:
+    """Postfix's smtp-sink on ADDR:PORT, counting messages (-c)."""
+
+    def __init__(self, group, workdir, addr=SINK_ADDR, port=None):
+        self.group, self.workdir, self.addr, self.port = group, workdir, addr, port
+        self.proc = None
+
+    def start(self):
+        # smtp-sink sets SO_REUSEPORT: a second sink would bind silently.
+        if not nothing_listens(self.port, self.addr):
+            raise RuntimeError("port %s:%d is already in use" % (self.addr, self.port))
+        argv = ["smtp-sink"] + (["-u", "nobody"] if os.geteuid() == 0 else []) + [
+            "-c", "%s:%d" % (self.addr, self.port), "1000"]
+        self.proc = self.group.start("smtp-sink", argv,
+                                     os.path.join(self.workdir, "smtp-sink.log"))
+        wait_until(lambda: self._greets() or not self.proc.alive(), 10, "smtp-sink to listen")
+        if not self.proc.alive():
+            raise RuntimeError("smtp-sink exited:\n" + self.proc.tail())
+        return self
+
+    def _greets(self):
+        try:
+            with socket.create_connection((self.addr, self.port), timeout=1) as s:
+                return s.recv(100).startswith(b"220")
+        except OSError:
+            return False
+
+    def count(self):
+        """Messages received so far (the last mesg=N of its -c counter; our
+        own readiness probes count as sessions, not messages)."""
+        with open(self.proc.log_path, "rb") as f:
+            found = re.findall(rb"mesg=(\d+)", f.read())
+        return int(found[-1]) if found else 0
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+
+
+# ---------------------------------------------------------------- Hikyaku
+
+def _yaml_scalar(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_yaml_scalar(x) for x in v) + "]"
+    return json.dumps(str(v))      # a JSON string is a YAML double-quoted scalar
+
+
+class Cluster:
+    """A Hikyaku cluster description (one YAML file) and its processes.
+
+    add_router/add_sender/add_ingress describe nodes (with test defaults);
+    start_all() runs `hikyaku all`, start_node(name) runs one node. Each
+    process logs to <workdir>/<name>.<n>.log."""
+
+    def __init__(self, workdir, dns, mx_port, group=None):
+        self.workdir = workdir
+        self.dns = dns
+        self.mx_port = mx_port
+        self.group = group or ProcessGroup()
+        self.nodes = {}             # name -> dict of settings (with "role")
+        self.procs = {}             # node name (or "all") -> current Proc
+        self._runs = {}
+        self.config_path = os.path.join(workdir, "hikyaku.yaml")
+        if not os.access(HIKYAKU_BIN, os.X_OK):
+            raise RuntimeError("HIKYAKU_BIN %s is not an executable (build it first)" % HIKYAKU_BIN)
+
+    def add_router(self, name="router-1", **kw):
+        conf = dict(role="router",
+                    front="tcp://127.0.0.1:%d" % free_port(),
+                    back="tcp://127.0.0.1:%d" % free_port(),
+                    heartbeat_timeout="1s", enqueue_timeout="2s")
+        conf.update(kw)
+        self.nodes[name] = conf
+        return conf
+
+    def add_sender(self, name="sender-1", routers=None, **kw):
+        conf = dict(role="sender", routers=routers or self.router_names(),
+                    queue=os.path.join(self.workdir, "queue-" + name),
+                    queue_map_size="64M", queue_sync=True,
+                    hostname="%s.hikyaku.test" % name, weight=1,
+                    dns=self.dns.address, delivery_port=self.mx_port,
+                    max_deliveries=10, connect_timeout="2s", command_timeout="10s",
+                    retry_min="1s", retry_max="2s", max_lifetime="1h",
+                    heartbeat_interval="200ms")
+        conf.update(kw)
+        self.nodes[name] = conf
+        return conf
+
+    def add_ingress(self, name="ingress-1", routers=None, **kw):
+        conf = dict(role="ingress", listen="127.0.0.1:%d" % free_port(),
+                    hostname="relay.hikyaku.test", relay_networks=["127.0.0.0/8"],
+                    network_tenant="default", routers=routers or self.router_names(),
+                    submit_timeout="3s", command_timeout="30s", data_timeout="30s",
+                    max_message_size="10M", max_recipients=100, max_sessions=100)
+        conf.update(kw)
+        self.nodes[name] = conf
+        return conf
+
+    def names(self, role):
+        return [n for n, c in self.nodes.items() if c["role"] == role]
+
+    def router_names(self):
+        return self.names("router")
+
+    def port(self, ingress="ingress-1"):
+        return int(self.nodes[ingress]["listen"].rsplit(":", 1)[1])
+
+    def write_config(self):
+        lines = ["nodes:"]
+        for name, conf in self.nodes.items():
+            lines.append("  %s:" % name)
+            lines.append("    role: %s" % conf["role"])
+            for k, v in conf.items():
+                if k != "role":
+                    lines.append("    %s: %s" % (k, _yaml_scalar(v)))
+        with open(self.config_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return self.config_path
+
+    def _start(self, key, argv):
+        self._runs[key] = self._runs.get(key, 0) + 1
+        log = os.path.join(self.workdir, "%s.%d.log" % (key, self._runs[key]))
+        p = self.group.start(key, [HIKYAKU_BIN] + argv, log, cwd=self.workdir)
+        self.procs[key] = p
+        return p
+
+    def start_all(self, wait=True):
+        self.write_config()
+        p = self._start("all", ["all", "--config", self.config_path])
+        if wait:
+            self.wait_ready()
+        return p
+
+    def start_node(self, name, wait=True):
+        """Run one node; with wait, until it is listening (ingress) or it has
+        been seen by every running router (sender)."""
+        if not os.path.exists(self.config_path):
+            self.write_config()
+        role = self.nodes[name]["role"]
+        marks = {r: self.log_of(r).mark() for r in self.router_names() if self.running(r)}
+        p = self._start(name, [role, "--config", self.config_path, "--node", name])
+        if wait:
+            if role == "ingress":
+                self.wait_event("ingress_listening", node=name, timeout=10)
+            elif role == "sender":
+                for r, m in marks.items():
+                    self.wait_event("member_up", node=r, timeout=10, since=m, member=name)
+        return p
+
+    def proc_of(self, node):
+        return self.procs.get(node) or self.procs.get("all")
+
+    def running(self, node):
+        p = self.proc_of(node)
+        return p is not None and p.alive()
+
+    def log_of(self, node):
+        p = self.proc_of(node)
+        assert p is not None, "node %s was never started" % node
+        return p.log
+
+    def wait_event(self, event, node, timeout=10.0, since=0, pred=None, **fields):
+        """Wait for EVENT logged by NODE (in `all` mode: lines whose "node" is
+        NODE) since event index SINCE of that node's process log."""
+        p = self.proc_of(node)
+        if "all" in self.procs and p is self.procs["all"]:
+            fields = dict(fields, node=node)
+        try:
+            return p.log.wait(event, timeout=timeout, since=since, pred=pred, **fields)
+        except Timeout as e:
+            if not p.alive():
+                raise Timeout("%s\n(process %s exited with %s)\n%s" % (
+                    e, p.name, p.returncode(), p.tail())) from None
+            raise
+
+    def find_events(self, event, node, since=0, pred=None, **fields):
+        p = self.proc_of(node)
+        if "all" in self.procs and p is self.procs["all"]:
+            fields = dict(fields, node=node)
+        return p.log.find(event, since=since, pred=pred, **fields)
+
+    def wait_ready(self, timeout=15.0):
+        for i in self.names("ingress"):
+            self.wait_event("ingress_listening", node=i, timeout=timeout)
+        for r in self.router_names():
+            for s in self.names("sender"):
+                self.wait_event("member_up", node=r, timeout=timeout, member=s)
+
+    def stop(self, node, timeout=10.0):
+        p = self.procs.get(node)
+        return p.stop(timeout) if p else (None, False)
+
+    def kill9(self, node):
+        self.procs[node].kill9()
+
+    def close(self):
+        """Stop everything; returns the problems seen: a node that did not
+        exit 0 promptly on SIGTERM, or any sanitizer report of any run."""
+        started = list(self.group.procs)
+        problems = []
+        for p, status, killed in self.group.close():
+            if killed:
+                problems.append("%s (pid %d) did not exit within 5s of SIGTERM" % (p.name, p.pid))
+            elif status != 0:
+                problems.append("%s (pid %d) exited with %s on SIGTERM:\n%s" % (
+                    p.name, p.pid, status, p.tail(15)))
+        for p in started:
+            rep = p.sanitizer_report()
+            if rep:
+                problems.append("%s (pid %d) sanitizer report:\n%s" % (p.name, p.pid, "\n".join(rep)))
+        return problems
+
+    def tails(self):
+        return "\n".join(p.tail() for p in self.group.procs)
+
+
+# ---------------------------------------------------------------- SMTP clients
+
+def make_message(token, sender="sender@client.test", rcpts=("rcpt@a.test",), lines=300):
+    """A CRLF, 7-bit message with a unique TOKEN (also in its Message-ID):
+    headers, lines starting with '.', a line that is only '.', '..', long
+    lines near the 998 limit, and trailing spaces."""
+    head = [
+        "From: <%s>" % sender,
+        "To: %s" % ", ".join("<%s>" % r for r in rcpts),
+        "Subject: test %s" % token,
+        "Message-ID: <%s@client.test>" % token,
+        "Date: Thu, 01 Jan 2026 00:00:00 +0000",
+        "X-Folded: first part",
+        "\tsecond part",
+        "",
+    ]
+    body = ["token %s" % token, ".", "..", ".starts with a dot", "...three", ". ",
+            "trailing spaces   ", ""]
+    for i in range(lines):
+        if i % 50 == 0:
+            body.append("." + ("x%d" % i) * 5)
+        elif i % 37 == 0:
+            body.append(("%04d" % i) + "y" * 990)
+        else:
+            body.append("line %04d %s the quick brown fox jumps over the lazy dog" % (i, token))
+    body.append("end %s" % token)
+    return ("\r\n".join(head + body) + "\r\n").encode("ascii")
+
+
+def dot_stuff(data):
+    """DATA transparency (RFC 5321 4.5.2): a '.' starting a line is doubled."""
+    out = data.replace(b"\r\n.", b"\r\n..")
+    return b"." + out if out.startswith(b".") else out
+
+
+def strip_received(data):
+    """Split DATA into (the leading Received header with its continuation
+    lines, the rest). The header is b"" if DATA does not start with one."""
+    if not data.lower().startswith(b"received:"):
+        return b"", data
+    end = data.index(b"\r\n") + 2
+    while data[end:end + 1] in (b" ", b"\t"):
+        end = data.index(b"\r\n", end) + 2
+    return data[:end], data[end:]
+
+
+def submit(port, mail_from, rcpts, data, host="127.0.0.1", timeout=30.0, source=None):
+    """One transaction with smtplib. Returns a dict: greeting, ehlo, mail,
+    rcpt (list), data -- each a (code, text) tuple; data is None when no
+    recipient was accepted -- and queue_id when the data reply says queued."""
+    out = {}
+    s = smtplib.SMTP(timeout=timeout, source_address=(source, 0) if source else None)
+    try:
+        out["greeting"] = s.connect(host, port)
+        out["ehlo"] = s.ehlo("client.test")
+        out["mail"] = s.mail(mail_from)
+        out["rcpt"] = [s.rcpt(r) for r in rcpts]
+        out["data"] = None
+        if any(200 <= c < 300 for c, _ in out["rcpt"]):
+            code, text = s.data(data)
+            out["data"] = (code, text.decode("utf-8", "replace"))
+            m = QUEUED_RE.match(out["data"][1])
+            out["queue_id"] = m.group(1) if m and code == 250 else None
+        try:
+            s.quit()
+        except (smtplib.SMTPException, OSError):
+            pass
+    finally:
+        s.close()
+    return out
+
+
+def submit_retrying(port, mail_from, rcpts, data, within=5.0, pause=0.2):
+    """submit() as a client would after a 451 4.3.0 (e.g. while the ingress
+    reconnects to a router that just came up): try again after PAUSE, for at
+    most WITHIN seconds. Every refusal must be exactly 451 4.3.0. Returns
+    (result, list of refusals)."""
+    deadline = time.monotonic() + within
+    refusals = []
+    while True:
+        r = submit(port, mail_from, rcpts, data)
+        if r["data"] is None or r["data"][0] != 451:
+            return r, refusals
+        assert r["data"][1].startswith("4.3.0"), r
+        refusals.append(r["data"])
+        if time.monotonic() >= deadline:
+            return r, refusals
+        time.sleep(pause)   # client retry pacing, not synchronisation
+
+
+class RawSmtp:
+    """A raw SMTP client socket: send bytes, read whole (multi-line) replies."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=15.0, source=None):
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
+        self.buf = b""
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def send_data(self, message, end=True):
+        """Send MESSAGE (CRLF lines) dot-stuffed, then the final dot."""
+        self.send(dot_stuff(message) + (b".\r\n" if end else b""))
+
+    def cmd(self, line):
+        self.send(line + ("\r\n" if isinstance(line, str) else b"\r\n"))
+        return self.reply()
+
+    def reply(self):
+        """(code, [text lines]) of the next reply, or (None, []) on EOF."""
+        lines = []
+        while True:
+            while b"\r\n" not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return (None, lines)
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            line = line.decode("utf-8", "replace")
+            lines.append(line)
+            if len(line) < 4 or line[3] != "-":
+                return (int(line[:3]), lines)
+
+    def closed_by_peer(self, timeout=5.0):
+        """True if the server closes the connection (EOF) within TIMEOUT."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+                self.buf += chunk
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            return True
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass

@@ -1,0 +1,207 @@
+#!/usr/bin/python3
+"""smtp_peer - a scriptable SMTP server for test_sender_smtp.
+
+Usage: /usr/bin/python3 smtp_peer.py CONFIG_JSON
+
+CONFIG_JSON (a JSON string, or @path to a file holding one):
+  {
+    "record": "/path/file.jsonl",   # JSON lines appended as things happen
+    "rcpt": {"addr": "reply", ...},  # RCPT replies by address (default 250)
+    "listeners": [
+      {"host": "127.0.0.11", "port": 2525,
+       "greeting": "220 peer ESMTP",      # or a raw string with CRLFs inside
+       "ehlo": ["PIPELINING", "SIZE 10485760", "8BITMIME"],
+       "ehlo_reply": null,                # e.g. "502 5.5.2 no EHLO" to reject EHLO
+       "mail": "250 2.1.0 ok",
+       "data": "354 go ahead",
+       "final": "250 2.0.0 queued",       # may hold CRLFs for a multi-line reply
+       "stall": null,                     # "GREETING", "MAIL", "RCPT", "DATA", "EOD": stop replying there
+       "drop_after": null,                # close after this many bytes of message data
+       "data_always": false}              # answer DATA with 354 even without recipients
+    ]
+  }
+
+Records (one JSON object per line, flushed before the reply that follows):
+  {"event": "message", "listener": host, "client": peer ip, "helo": ..., "mail": ...,
+   "rcpts": [accepted...], "data_hex": <the un-stuffed message data, hex>}
+                                                              -- before the final reply
+  {"event": "session", "listener": host, "commands": [verbs], "violation": bool}
+                                                              -- on QUIT, before 221
+"violation" is true when a client sent a command before the previous reply while
+PIPELINING was not offered. Lines end in CRLF only (as a strict server does).
+A connection that sends nothing (a readiness probe) leaves no record.
+"""
+
+import asyncio
+import json
+import sys
+
+
+class Peer:
+    def __init__(self, conf, lconf):
+        self.conf = conf
+        self.l = lconf
+        self.record = conf["record"]
+
+    def write_record(self, obj):
+        with open(self.record, "a") as f:
+            f.write(json.dumps(obj) + "\n")
+            f.flush()
+
+    async def handle(self, reader, writer):
+        l = self.l
+        pipelining = "PIPELINING" in [e.split(" ")[0].upper() for e in l.get("ehlo", DEFAULT_EHLO)]
+        buf = bytearray()
+        pos = [0]                       # start of unread bytes in buf
+        state = {"helo": None, "mail": None, "mail_ok": False, "rcpts": [], "commands": [],
+                 "violation": False}
+        stalled = False
+
+        async def send(text):
+            if stalled:
+                return
+            if not text.endswith("\r\n"):
+                text += "\r\n"
+            writer.write(text.encode())
+            await writer.drain()
+
+        async def readline():
+            while True:
+                i = buf.find(b"\r\n", pos[0])
+                if i >= 0:
+                    line = bytes(buf[pos[0]: i + 2])
+                    pos[0] = i + 2
+                    return line
+                # Compact only when reading more, so lines cost O(length).
+                del buf[: pos[0]]
+                pos[0] = 0
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return None
+                buf.extend(chunk)
+
+        def pending():
+            return len(buf) > pos[0]
+
+        try:
+            if l.get("stall") == "GREETING":
+                stalled = True
+            await send(l.get("greeting", "220 peer ESMTP"))
+            while True:
+                line = await readline()
+                if line is None:
+                    return
+                if pending() and not pipelining:
+                    state["violation"] = True
+                cmd = line[:-2].decode("latin-1")
+                verb = cmd.split(" ")[0].split(":")[0].upper()
+                state["commands"].append(verb)
+                if verb == "EHLO":
+                    state["helo"] = cmd[5:]
+                    if l.get("ehlo_reply"):
+                        await send(l["ehlo_reply"])
+                        continue
+                    exts = l.get("ehlo", DEFAULT_EHLO)
+                    lines = ["peer"] + exts
+                    out = "".join("250%s%s\r\n" % ("-" if i < len(lines) - 1 else " ", t)
+                                  for i, t in enumerate(lines))
+                    await send(out)
+                elif verb == "HELO":
+                    state["helo"] = cmd[5:]
+                    await send("250 peer")
+                elif verb == "MAIL":
+                    state["mail"] = cmd
+                    state["rcpts"] = []
+                    reply = l.get("mail", "250 2.1.0 ok")
+                    state["mail_ok"] = reply.startswith("2")
+                    if l.get("stall") == "MAIL":
+                        stalled = True
+                    await send(reply)
+                elif verb == "RCPT":
+                    addr = cmd[cmd.find("<") + 1: cmd.rfind(">")]
+                    reply = self.conf.get("rcpt", {}).get(addr, "250 2.1.5 ok")
+                    if not state["mail_ok"]:
+                        reply = "503 5.5.1 need MAIL first"
+                    if reply.startswith("2"):
+                        state["rcpts"].append(addr)
+                    if l.get("stall") == "RCPT":
+                        stalled = True
+                    await send(reply)
+                elif verb == "DATA":
+                    if not state["rcpts"] and not l.get("data_always"):
+                        await send("554 5.5.1 no valid recipients")
+                        continue
+                    if l.get("stall") == "DATA":
+                        stalled = True
+                    reply = l.get("data", "354 go ahead")
+                    await send(reply)
+                    if not reply.startswith("3"):
+                        continue
+                    data = bytearray()
+                    received = 0
+                    while True:
+                        dl = await readline()
+                        if dl is None:
+                            return
+                        received += len(dl)
+                        if l.get("drop_after") is not None and received >= l["drop_after"]:
+                            writer.transport.abort()
+                            return
+                        if dl == b".\r\n":
+                            break
+                        if dl.startswith(b"."):
+                            dl = dl[1:]
+                        data.extend(dl)
+                    if not state["rcpts"]:
+                        await send("554 5.5.1 no valid recipients")
+                        continue
+                    self.write_record({"event": "message", "listener": l["host"],
+                                       "client": writer.get_extra_info("peername")[0],
+                                       "helo": state["helo"], "mail": state["mail"],
+                                       "rcpts": state["rcpts"], "data_hex": data.hex()})
+                    if l.get("stall") == "EOD":
+                        stalled = True
+                    await send(l.get("final", "250 2.0.0 queued"))
+                elif verb == "RSET":
+                    state["mail"] = None
+                    state["rcpts"] = []
+                    await send("250 2.0.0 ok")
+                elif verb == "QUIT":
+                    self.write_record({"event": "session", "listener": l["host"],
+                                       "commands": state["commands"],
+                                       "violation": state["violation"]})
+                    await send("221 2.0.0 bye")
+                    return
+                else:
+                    await send("502 5.5.2 command not recognized")
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            try:
+                writer.close()
+            except Exception:
+                pass
+
+
+DEFAULT_EHLO = ["PIPELINING", "SIZE 10485760", "8BITMIME"]
+
+
+async def main():
+    arg = sys.argv[1]
+    if arg.startswith("@"):
+        with open(arg[1:]) as f:
+            arg = f.read()
+    conf = json.loads(arg)
+    servers = []
+    for lconf in conf["listeners"]:
+        peer = Peer(conf, lconf)
+        servers.append(await asyncio.start_server(peer.handle, lconf["host"], lconf["port"],
+                                                  reuse_address=True))
+    await asyncio.gather(*(s.serve_forever() for s in servers))
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,473 @@
+/*
+ * test_ingress_parse - the ESMTP server's pure parsers: command lines,
+ * MAIL/RCPT paths and parameters, and the DATA reader.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "ingress_parse.h"
+
+/* --- command lines ------------------------------------------------------- */
+
+static void
+test_line_simple(void **state)
+{
+	struct ingress_linereader r = { 0 };
+	const char *in = "EHLO x\r\nNOOP\nNOO", *line;
+	size_t used, len;
+
+	(void)state;
+	assert_int_equal(ingress_line_next(&r, in, strlen(in), &used, &line, &len), INGRESS_LINE_OK);
+	assert_int_equal(used, 8);
+	assert_int_equal(len, 6);
+	assert_memory_equal(line, "EHLO x", 6);
+	in += used;
+	assert_int_equal(ingress_line_next(&r, in, strlen(in), &used, &line, &len), INGRESS_LINE_OK);
+	assert_int_equal(used, 5); /* bare LF accepted as a terminator */
+	assert_int_equal(len, 4);
+	assert_memory_equal(line, "NOOP", 4);
+	in += used;
+	assert_int_equal(ingress_line_next(&r, in, strlen(in), &used, &line, &len), INGRESS_LINE_MORE);
+	assert_int_equal(used, 0); /* partial command stays buffered */
+}
+
+/* A line of exactly INGRESS_LINE_MAX bytes with its CRLF is fine; one more is not. */
+static void
+test_line_limit(void **state)
+{
+	struct ingress_linereader r = { 0 };
+	char buf[INGRESS_LINE_MAX + 8];
+	const char *line;
+	size_t used, len;
+
+	(void)state;
+	memset(buf, 'A', sizeof(buf));
+	memcpy(buf + INGRESS_LINE_MAX - 2, "\r\n", 2);
+	assert_int_equal(ingress_line_next(&r, buf, INGRESS_LINE_MAX, &used, &line, &len),
+	    INGRESS_LINE_OK);
+	assert_int_equal(len, INGRESS_LINE_MAX - 2);
+	assert_int_equal(used, INGRESS_LINE_MAX);
+
+	memset(buf, 'A', sizeof(buf));
+	memcpy(buf + INGRESS_LINE_MAX - 1, "\r\nNOOP\r\n", 8);
+	assert_int_equal(ingress_line_next(&r, buf, INGRESS_LINE_MAX + 7, &used, &line, &len),
+	    INGRESS_LINE_TOO_LONG);
+	assert_int_equal(used, INGRESS_LINE_MAX + 1); /* through the LF */
+	assert_false(r.discarding);
+	assert_int_equal(ingress_line_next(&r, buf + used, 6, &used, &line, &len), INGRESS_LINE_OK);
+	assert_memory_equal(line, "NOOP", 4);
+
+	/* Unterminated: 511 bytes may still become a line, 512 may not. */
+	memset(buf, 'A', sizeof(buf));
+	assert_int_equal(ingress_line_next(&r, buf, INGRESS_LINE_MAX - 1, &used, &line, &len),
+	    INGRESS_LINE_MORE);
+	assert_int_equal(used, 0);
+	assert_int_equal(ingress_line_next(&r, buf, INGRESS_LINE_MAX, &used, &line, &len),
+	    INGRESS_LINE_TOO_LONG);
+	assert_int_equal(used, INGRESS_LINE_MAX);
+	assert_true(r.discarding);
+}
+
+/* A 1 MB line arrives in chunks: reported once, never kept, then the next command. */
+static void
+test_line_huge_discarded(void **state)
+{
+	struct ingress_linereader r = { 0 };
+	char chunk[4096];
+	const char *line;
+	size_t used, len, total = 0;
+	int too_long = 0;
+
+	(void)state;
+	memset(chunk, 'x', sizeof(chunk));
+	while (total < 1024 * 1024) {
+		enum ingress_line_result res =
+		    ingress_line_next(&r, chunk, sizeof(chunk), &used, &line, &len);
+		assert_true(res == INGRESS_LINE_TOO_LONG || res == INGRESS_LINE_MORE);
+		too_long += res == INGRESS_LINE_TOO_LONG;
+		assert_int_equal(used, sizeof(chunk)); /* nothing left for the caller to keep */
+		total += sizeof(chunk);
+	}
+	assert_int_equal(too_long, 1);
+	const char *tail = "xxxx\r\nQUIT\r\n";
+	assert_int_equal(ingress_line_next(&r, tail, strlen(tail), &used, &line, &len), INGRESS_LINE_OK);
+	assert_int_equal(len, 4);
+	assert_memory_equal(line, "QUIT", 4);
+	assert_int_equal(used, strlen(tail));
+}
+
+static void
+test_cmd_split(void **state)
+{
+	struct ingress_cmdline cl;
+	char err[INGRESS_REPLY_MAX];
+	char l1[] = "mail FROM:<a@b.example>", l2[] = "QUIT  \t", l3[] = "NO\0OP",
+	     l4[] = "", l5[] = "M4IL FROM:<>", l6[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+	     l7[] = "RCPT\tTO:<x@y.example> ";
+
+	(void)state;
+	assert_int_equal(ingress_cmd_split(l1, strlen(l1), &cl, err), 0);
+	assert_string_equal(cl.verb, "MAIL");
+	assert_string_equal(cl.args, "FROM:<a@b.example>");
+	assert_int_equal(ingress_cmd_split(l2, strlen(l2), &cl, err), 0);
+	assert_string_equal(cl.verb, "QUIT");
+	assert_string_equal(cl.args, "");
+	assert_int_equal(ingress_cmd_split(l3, 5, &cl, err), -1);
+	assert_string_equal(err, "500 5.5.2 NUL character not allowed");
+	assert_int_equal(ingress_cmd_split(l4, 0, &cl, err), 0);
+	assert_string_equal(cl.verb, "");
+	assert_int_equal(ingress_cmd_split(l5, strlen(l5), &cl, err), 0);
+	assert_string_equal(cl.verb, "");
+	assert_int_equal(ingress_cmd_split(l6, strlen(l6), &cl, err), 0);
+	assert_string_equal(cl.verb, "");
+	assert_int_equal(ingress_cmd_split(l7, strlen(l7), &cl, err), 0);
+	assert_string_equal(cl.verb, "RCPT");
+	assert_string_equal(cl.args, "TO:<x@y.example>");
+}
+
+/* --- paths ---------------------------------------------------------------- */
+
+static void
+path_ok(const char *args, enum ingress_path_kind kind, const char *addr)
+{
+	struct ingress_path p;
+	char err[INGRESS_REPLY_MAX] = "";
+
+	if (ingress_parse_path(args, kind, &p, err) != 0)
+		fail_msg("'%s' rejected: %s", args, err);
+	assert_string_equal(p.addr, addr);
+}
+
+static void
+path_bad(const char *args, enum ingress_path_kind kind, const char *reply_prefix)
+{
+	struct ingress_path p;
+	char err[INGRESS_REPLY_MAX] = "";
+
+	if (ingress_parse_path(args, kind, &p, err) == 0)
+		fail_msg("'%s' accepted as '%s'", args, p.addr);
+	if (strncmp(err, reply_prefix, strlen(reply_prefix)) != 0)
+		fail_msg("'%s': reply '%s', expected '%s...'", args, err, reply_prefix);
+}
+
+static void
+test_path_good(void **state)
+{
+	(void)state;
+	path_ok("FROM:<a@example.com>", INGRESS_PATH_MAIL, "a@example.com");
+	path_ok("from: <A.B@Example.COM.>", INGRESS_PATH_MAIL, "A.B@example.com");
+	path_ok("FROM:<>", INGRESS_PATH_MAIL, "");
+	path_ok("TO:<Bob@Example.COM>", INGRESS_PATH_RCPT, "Bob@Example.COM"); /* kept as written */
+	path_ok("TO:<user+tag@sub.example.org>", INGRESS_PATH_RCPT, "user+tag@sub.example.org");
+	path_ok("TO:<\"john doe\"@example.com>", INGRESS_PATH_RCPT, "\"john doe\"@example.com");
+	path_ok("TO:<\"a\\\"b\"@example.com>", INGRESS_PATH_RCPT, "\"a\\\"b\"@example.com");
+	/* Old Japanese carrier addresses: dots anywhere in the local part. */
+	path_ok("TO:<a..b.@docomo.ne.jp>", INGRESS_PATH_RCPT, "a..b.@docomo.ne.jp");
+	/* IDN domains are carried as A-labels. */
+	path_ok("TO:<a@b\xc3\xbc" "cher.example>", INGRESS_PATH_RCPT, "a@xn--bcher-kva.example");
+	/* '%' is only a relay trick in a recipient. */
+	path_ok("FROM:<a%b@example.com>", INGRESS_PATH_MAIL, "a%b@example.com");
+}
+
+static void
+test_path_bad(void **state)
+{
+	char longaddr[400];
+
+	(void)state;
+	path_bad("FROM:a@example.com", INGRESS_PATH_MAIL, "501 5.1.7 Bad sender address syntax: address must be enclosed");
+	path_bad("TO:a@example.com", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: address must be enclosed");
+	path_bad("TO:<>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: empty address");
+	path_bad("TO:<@relay.example:b@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: source routes");
+	path_bad("FROM:<@a,@b:c@example.com>", INGRESS_PATH_MAIL, "501 5.1.7 Bad sender address syntax: source routes");
+	path_bad("TO:<a%b@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: '%' and '!'");
+	path_bad("TO:<host!user@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: '%' and '!'");
+	path_bad("TO:<\"a%b\"@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: '%' and '!'");
+	path_bad("TO:<\"a@b\"@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: quoted local part contains '@'");
+	path_bad("TO:<\"a@b.example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: unterminated");
+	path_bad("TO:<user>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: no domain");
+	path_bad("TO:<user@>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: no domain");
+	path_bad("FROM:<user>", INGRESS_PATH_MAIL, "501 5.1.7 Bad sender address syntax: no domain");
+	path_bad("TO:<a@b@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: more than one '@'");
+	path_bad("TO:<a@-bad-.example>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: invalid domain name");
+	path_bad("TO:<a@b..example>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: invalid domain name");
+	path_bad("TO:<a@b_c.example>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: invalid character in domain");
+	path_bad("TO:<a@[192.0.2.1]>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: address literals");
+	path_bad("TO:<a@example.com", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: missing closing '>'");
+	path_bad("TO:<a@example.com>x", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: unexpected text");
+	path_bad("FROM:<>x", INGRESS_PATH_MAIL, "501 5.1.7 Bad sender address syntax: unexpected text");
+	path_bad("TO:<a b@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: invalid character in local part");
+	path_bad("TO:<a(b)@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: invalid character in local part");
+	path_bad("TO:<\xc3\xa4@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: non-ASCII");
+	path_bad("TO <a@example.com>", INGRESS_PATH_RCPT, "501 5.5.4 Syntax: RCPT TO:<address>");
+	path_bad("<a@example.com>", INGRESS_PATH_MAIL, "501 5.5.4 Syntax: MAIL FROM:<address>");
+
+	memset(longaddr, 0, sizeof(longaddr));
+	strcpy(longaddr, "TO:<");
+	memset(longaddr + 4, 'a', 250);
+	strcat(longaddr, "@example.com>");
+	path_bad(longaddr, INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: address too long");
+}
+
+static void
+test_params(void **state)
+{
+	struct ingress_path p;
+	char err[INGRESS_REPLY_MAX];
+
+	(void)state;
+	assert_int_equal(ingress_parse_path("FROM:<a@example.com> SIZE=1000  body=8BITMIME",
+	    INGRESS_PATH_MAIL, &p, err), 0);
+	assert_int_equal(p.n_params, 2);
+	assert_true(p.has_size);
+	assert_int_equal(p.size, 1000);
+	assert_int_equal(p.params[0].len, 9);
+	assert_memory_equal(p.params[0].text, "SIZE=1000", 9);
+	assert_int_equal(p.params[1].len, 13);
+	assert_memory_equal(p.params[1].text, "body=8BITMIME", 13); /* verbatim */
+
+	assert_int_equal(ingress_parse_path("FROM:<> RET=HDRS ENVID=QQ314159", INGRESS_PATH_MAIL, &p, err), 0);
+	assert_string_equal(p.addr, "");
+	assert_int_equal(p.n_params, 2);
+	assert_false(p.has_size);
+
+	assert_int_equal(ingress_parse_path("TO:<b@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.com",
+	    INGRESS_PATH_RCPT, &p, err), 0);
+	assert_int_equal(p.n_params, 2);
+	assert_memory_equal(p.params[1].text, "ORCPT=rfc822;b@example.com", 26);
+
+	assert_int_equal(ingress_parse_path("FROM:<a@example.com> SIZE=abc", INGRESS_PATH_MAIL, &p, err), -1);
+	assert_string_equal(err, "501 5.5.4 Bad SIZE parameter value");
+	assert_int_equal(ingress_parse_path("FROM:<a@example.com> SIZE=99999999999999999999", INGRESS_PATH_MAIL, &p, err), -1);
+	assert_string_equal(err, "501 5.5.4 Bad SIZE parameter value");
+	assert_int_equal(ingress_parse_path("FROM:<a@example.com> SIZE=1 size=2", INGRESS_PATH_MAIL, &p, err), -1);
+	assert_string_equal(err, "501 5.5.4 Duplicate SIZE parameter");
+	assert_int_equal(ingress_parse_path("FROM:<a@example.com> BODY=BINARYMIME", INGRESS_PATH_MAIL, &p, err), -1);
+	assert_string_equal(err, "501 5.5.4 Bad BODY parameter value (7BIT or 8BITMIME)");
+	assert_int_equal(ingress_parse_path("FROM:<a@example.com> XFOO=bar", INGRESS_PATH_MAIL, &p, err), -1);
+	assert_string_equal(err, "555 5.5.4 Unsupported parameter: XFOO");
+	assert_int_equal(ingress_parse_path("TO:<a@example.com> SIZE=10", INGRESS_PATH_RCPT, &p, err), -1);
+	assert_string_equal(err, "555 5.5.4 Unsupported parameter: SIZE");
+	assert_int_equal(ingress_parse_path("TO:<a@example.com> NOTIFY=NEVER,SUCCESS", INGRESS_PATH_RCPT, &p, err), -1);
+	assert_string_equal(err, "501 5.5.4 Bad NOTIFY parameter value");
+	assert_int_equal(ingress_parse_path("TO:<a@example.com> NOTIFY=SUCCESS,", INGRESS_PATH_RCPT, &p, err), -1);
+	assert_string_equal(err, "501 5.5.4 Bad NOTIFY parameter value");
+	assert_int_equal(ingress_parse_path("FROM:<a@example.com> BODY=", INGRESS_PATH_MAIL, &p, err), -1);
+	assert_string_equal(err, "501 5.5.4 Bad parameter syntax");
+	assert_int_equal(ingress_parse_path("FROM:<a@example.com> =x", INGRESS_PATH_MAIL, &p, err), -1);
+	assert_string_equal(err, "501 5.5.4 Bad parameter syntax");
+	assert_int_equal(ingress_parse_path("FROM:<a@example.com> ENVID=a=b", INGRESS_PATH_MAIL, &p, err), -1);
+	assert_string_equal(err, "501 5.5.4 Bad parameter syntax");
+	assert_int_equal(ingress_parse_path("FROM:<a@example.com> SIZE=1\x01", INGRESS_PATH_MAIL, &p, err), -1);
+	assert_string_equal(err, "501 5.5.4 Bad parameter syntax");
+}
+
+/* --- DATA ---------------------------------------------------------------- */
+
+struct fed {
+	struct ingress_buf out;
+	struct ingress_data d;
+	size_t consumed;
+};
+
+/* Feed IN in pieces of at most STEP bytes (0: all at once). */
+static void
+feed(struct fed *f, const char *in, size_t len, size_t step, size_t limit)
+{
+	memset(f, 0, sizeof(*f));
+	ingress_data_init(&f->d, &f->out, limit);
+	if (step == 0)
+		step = len ? len : 1;
+	for (size_t off = 0; off < len && !ingress_data_done(&f->d); off += step) {
+		size_t n = len - off < step ? len - off : step;
+		size_t used = ingress_data_feed(&f->d, in + off, n);
+		f->consumed += used;
+		if (used < n)
+			assert_true(ingress_data_done(&f->d));
+	}
+}
+
+/* Every way of splitting IN into two reads gives the same result as one read. */
+static void
+data_expect(const char *in, size_t in_len, bool done, const char *out, size_t out_len)
+{
+	struct fed f;
+
+	for (size_t step = 0; step <= in_len; step++) {
+		feed(&f, in, in_len, step, 1 << 20);
+		if (ingress_data_done(&f.d) != done)
+			fail_msg("step %zu: done=%d", step, ingress_data_done(&f.d));
+		assert_int_equal(f.out.len, out_len);
+		if (out_len)
+			assert_memory_equal(f.out.data, out, out_len);
+		assert_int_equal(f.d.size, out_len);
+		ingress_buf_free(&f.out);
+	}
+	/* Two arbitrary pieces, split at every position. */
+	for (size_t cut = 0; cut <= in_len; cut++) {
+		struct ingress_buf b = { 0 };
+		struct ingress_data d;
+		ingress_data_init(&d, &b, 1 << 20);
+		size_t used = ingress_data_feed(&d, in, cut);
+		if (used == cut)
+			ingress_data_feed(&d, in + cut, in_len - cut);
+		assert_int_equal(ingress_data_done(&d), done);
+		assert_int_equal(b.len, out_len);
+		if (out_len)
+			assert_memory_equal(b.data, out, out_len);
+		ingress_buf_free(&b);
+	}
+}
+
+#define DATA_EXPECT(in, done, out) data_expect(in, sizeof(in) - 1, done, out, sizeof(out) - 1)
+
+static void
+test_data_basic(void **state)
+{
+	(void)state;
+	DATA_EXPECT("Subject: x\r\n\r\nbody\r\n.\r\n", true, "Subject: x\r\n\r\nbody\r\n");
+	DATA_EXPECT(".\r\n", true, "");
+	DATA_EXPECT("a\r\n", false, "a\r\n");
+	/* Dot-unstuffing, including across every buffer boundary. */
+	DATA_EXPECT("..\r\n..x\r\n.y\r\nz.\r\n.\r\n", true, ".\r\n.x\r\ny\r\nz.\r\n");
+	DATA_EXPECT("a\r\n..\r\n.\r\n", true, "a\r\n.\r\n");
+	/* A bare CR is content; ".\r" followed by text is an unstuffed line. */
+	DATA_EXPECT("a\rb\r\n.\r\n", true, "a\rb\r\n");
+	DATA_EXPECT(".\rx\r\n.\r\n", true, "\rx\r\n");
+	DATA_EXPECT("a\r\r\n.\r\n", true, "a\r\r\n");
+}
+
+static void
+test_data_bare_lf(void **state)
+{
+	(void)state;
+	/* Bare LF lines are normalised to CRLF. */
+	DATA_EXPECT("a\nb\r\nc\n\r\n.\r\n", true, "a\r\nb\r\nc\r\n\r\n");
+	/* Only CRLF "." CRLF ends the data: "\n.\n", "\n.\r\n" and "\r\n.\n" do not. */
+	DATA_EXPECT("a\n.\nb\r\n.\r\n", true, "a\r\n.\r\nb\r\n");
+	DATA_EXPECT("a\n.\r\nb\r\n.\r\n", true, "a\r\n.\r\nb\r\n");
+	DATA_EXPECT("a\r\n.\nb\r\n.\r\n", true, "a\r\n.\r\nb\r\n");
+	DATA_EXPECT("a\n.\n", false, "a\r\n.\r\n");
+	/* Unstuffing applies to lines after a bare LF too. */
+	DATA_EXPECT("a\n..b\r\n.\r\n", true, "a\r\n.b\r\n");
+}
+
+static void
+test_data_stops_at_end(void **state)
+{
+	const char *in = "a\r\n.\r\nQUIT\r\n";
+	struct fed f;
+
+	(void)state;
+	feed(&f, in, strlen(in), 0, 1000);
+	assert_true(ingress_data_done(&f.d));
+	assert_int_equal(f.consumed, 6); /* QUIT is left for the command reader */
+	ingress_buf_free(&f.out);
+	/* Byte by byte, the same. */
+	feed(&f, in, strlen(in), 1, 1000);
+	assert_int_equal(f.consumed, 6);
+	ingress_buf_free(&f.out);
+}
+
+static void
+test_data_long_line(void **state)
+{
+	char in[1200], err[INGRESS_REPLY_MAX];
+	struct fed f;
+
+	(void)state;
+	/* 998 characters + CRLF: fine. */
+	memset(in, 'x', INGRESS_TEXT_LINE_MAX);
+	strcpy(in + INGRESS_TEXT_LINE_MAX, "\r\n.\r\n");
+	feed(&f, in, strlen(in), 0, 1 << 20);
+	assert_true(ingress_data_done(&f.d));
+	assert_false(ingress_data_failed(&f.d, err));
+	assert_int_equal(f.out.len, INGRESS_TEXT_LINE_MAX + 2);
+	ingress_buf_free(&f.out);
+	/* The limit is on the line as received, a stuffed dot included (999 > 998). */
+	in[0] = '.';
+	memset(in + 1, 'x', INGRESS_TEXT_LINE_MAX);
+	strcpy(in + INGRESS_TEXT_LINE_MAX + 1, "\r\n.\r\n");
+	feed(&f, in, strlen(in), 7, 1 << 20);
+	assert_true(ingress_data_done(&f.d));
+	assert_true(ingress_data_failed(&f.d, err));
+	ingress_buf_free(&f.out);
+	/* 999 characters, bare LF ending: too long; reading goes on to the end. */
+	memset(in, 'x', INGRESS_TEXT_LINE_MAX + 1);
+	strcpy(in + INGRESS_TEXT_LINE_MAX + 1, "\nmore\r\n.\r\n");
+	feed(&f, in, strlen(in), 100, 1 << 20);
+	assert_true(ingress_data_done(&f.d));
+	assert_true(f.d.line_too_long);
+	assert_true(ingress_data_failed(&f.d, err));
+	assert_string_equal(err, "550 5.6.0 Message rejected: line too long (more than 998 characters)");
+	ingress_buf_free(&f.out);
+}
+
+static void
+test_data_too_big(void **state)
+{
+	const char *in = "0123456789\r\n0123456789\r\n.\r\n";
+	char err[INGRESS_REPLY_MAX];
+	struct fed f;
+
+	(void)state;
+	feed(&f, in, strlen(in), 3, 12);
+	assert_true(ingress_data_done(&f.d));
+	assert_true(f.d.too_big);
+	assert_true(ingress_data_failed(&f.d, err));
+	assert_string_equal(err, "552 5.3.4 Message size exceeds fixed limit");
+	assert_true(f.out.len <= 12); /* the rest was counted, not kept */
+	assert_int_equal(f.d.size, 24);
+	ingress_buf_free(&f.out);
+	/* Exactly at the limit is fine. */
+	feed(&f, in, strlen(in), 0, 24);
+	assert_false(ingress_data_failed(&f.d, err));
+	ingress_buf_free(&f.out);
+}
+
+static void
+test_data_nul(void **state)
+{
+	const char in[] = "a\0b\r\n.\r\n";
+	char err[INGRESS_REPLY_MAX];
+	struct fed f;
+
+	(void)state;
+	feed(&f, in, sizeof(in) - 1, 1, 1000);
+	assert_true(ingress_data_done(&f.d));
+	assert_true(ingress_data_failed(&f.d, err));
+	assert_string_equal(err, "554 5.6.0 Message rejected: NUL character in data");
+	ingress_buf_free(&f.out);
+	/* A NUL right after a stuffed dot or at the start of a line, too. */
+	const char in2[] = ".\0\r\n.\r\n";
+	feed(&f, in2, sizeof(in2) - 1, 0, 1000);
+	assert_true(f.d.nul);
+	ingress_buf_free(&f.out);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_line_simple),
+		cmocka_unit_test(test_line_limit),
+		cmocka_unit_test(test_line_huge_discarded),
+		cmocka_unit_test(test_cmd_split),
+		cmocka_unit_test(test_path_good),
+		cmocka_unit_test(test_path_bad),
+		cmocka_unit_test(test_params),
+		cmocka_unit_test(test_data_basic),
+		cmocka_unit_test(test_data_bare_lf),
+		cmocka_unit_test(test_data_stops_at_end),
+		cmocka_unit_test(test_data_long_line),
+		cmocka_unit_test(test_data_too_big),
+		cmocka_unit_test(test_data_nul),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
