@@ -13,6 +13,12 @@
  * list that a zero-delay timer delivers, so the callback never runs inside
  * sender_dns_resolve() or inside a c-ares callback.
  *
+ * Answers are cached per domain for the smallest TTL of the records that
+ * made them (MX and A/AAAA, capped at DNS_CACHE_MAX_S): a busy sender asks
+ * about each destination once per TTL, not once per message. Only complete
+ * answers (OK) are cached; a record with TTL 0 is never cached. A cache hit
+ * still reports asynchronously and reshuffles equal MX preferences.
+ *
  * Status rules: NXDOMAIN on the MX query (or, with no MX, on the domain's
  * own A/AAAA) is NXDOMAIN; a lone "0 ." MX is NULLMX; any address found is
  * OK even if other MX hosts failed (as Postfix does: deliver to what
@@ -36,6 +42,7 @@
 
 /* common/ */
 #include "hk_log.h"
+#include "hk_u64map.h"
 #include "hk_util.h"
 
 /* This role */
@@ -44,6 +51,8 @@
 #define DNS_TRIES 2
 #define DNS_MAX_HOSTS 16        /* MX hosts looked up per domain */
 #define DNS_MAX_ADDRS 32        /* addresses kept per host and family */
+#define DNS_CACHE_MAX_S 3600    /* the longest an answer is trusted */
+#define DNS_CACHE_MAX_ENTRIES 100000
 
 /* Outcome of one query, coarser than ares status codes. */
 enum dns_qstatus { Q_PENDING, Q_OK, Q_NODATA, Q_NXDOMAIN, Q_TEMPFAIL };
@@ -79,7 +88,19 @@ struct dns_req {
 	int finished;                   /* status decided; on the done list */
 	enum sender_dns_status status;
 	char error[160];
+	uint32_t ttl;                   /* smallest TTL seen in its answers */
+	struct sender_mx_addr *cached;  /* a cache hit's addresses (owned) */
+	size_t n_cached;
 	struct dns_req *prev, *next;    /* dns->active, or dns->done (next only) */
+};
+
+/* One cached answer: the addresses in MX order, until expires_ms. */
+struct dns_cached {
+	char domain[256];
+	struct sender_mx_addr *addrs;
+	size_t n_addrs;
+	int64_t expires_ms;
+	struct dns_cached *prev, *next; /* dns->cache_list */
 };
 
 struct dns_poll {
@@ -99,6 +120,8 @@ struct sender_dns {
 	struct dns_req *done_head, *done_tail;
 	int handles;                    /* initialised handles not yet closed */
 	int closing;
+	hk_u64map *cache;               /* hash(domain) -> struct dns_cached */
+	struct dns_cached *cache_list;  /* every entry, for eviction and close */
 };
 
 /* Status names for logs, indexed by enum sender_dns_status. */
@@ -331,6 +354,154 @@ dns_release(struct dns_req *req)
 		dns_hosts_done(req);
 }
 
+/* dns_min_ttl - the smallest TTL of the answer records in ABUF, or
+ * UINT32_MAX if there are none. Names are stepped over with
+ * ares_expand_name(), c-ares's own name decoder. */
+static uint32_t
+dns_min_ttl(const unsigned char *abuf, int alen)
+{
+	const unsigned char *p = abuf + 12, *end = abuf + alen;
+	uint32_t min = UINT32_MAX;
+	unsigned qd, an;
+	char *name;
+	long len;
+
+	if (alen < 12)
+		return min;
+	qd = (unsigned)abuf[4] << 8 | abuf[5];
+	an = (unsigned)abuf[6] << 8 | abuf[7];
+	for (unsigned i = 0; i < qd; i++) {
+		if (ares_expand_name(p, abuf, alen, &name, &len) != ARES_SUCCESS)
+			return min;
+		ares_free_string(name);
+		p += len + 4;
+		if (p > end)
+			return min;
+	}
+	for (unsigned i = 0; i < an; i++) {
+		if (ares_expand_name(p, abuf, alen, &name, &len) != ARES_SUCCESS)
+			return min;
+		ares_free_string(name);
+		p += len;
+		if (end - p < 10)
+			return min;
+		uint32_t ttl = (uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7];
+		if (ttl < min)
+			min = ttl;
+		p += 10 + ((size_t)p[8] << 8 | p[9]);
+		if (p > end)
+			return min;
+	}
+	return min;
+}
+
+static uint64_t
+dns_cache_key(const char *domain)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+	for (const unsigned char *p = (const unsigned char *)domain; *p; p++) {
+		h ^= (uint64_t)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+		h *= 0x100000001b3ULL;
+	}
+	return h ? h : 1; /* 0 is not a valid map key */
+}
+
+static void
+dns_cache_drop(sender_dns *dns, struct dns_cached *c)
+{
+	hk_u64map_pop(dns->cache, dns_cache_key(c->domain));
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		dns->cache_list = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	free(c->addrs);
+	free(c);
+}
+
+/* dns_cache_get - a live entry for DOMAIN, or NULL (dropping a stale one). */
+static struct dns_cached *
+dns_cache_get(sender_dns *dns, const char *domain)
+{
+	struct dns_cached *c = hk_u64map_get(dns->cache, dns_cache_key(domain));
+
+	if (c == NULL || strcasecmp(c->domain, domain) != 0)
+		return NULL;
+	if (c->expires_ms <= hk_now_ms()) {
+		dns_cache_drop(dns, c);
+		return NULL;
+	}
+	return c;
+}
+
+static void
+dns_cache_put(sender_dns *dns, const char *domain, uint32_t ttl,
+    const struct sender_mx_addr *addrs, size_t n)
+{
+	struct dns_cached *c, *old;
+
+	if (ttl == 0 || n == 0)
+		return;
+	if (ttl > DNS_CACHE_MAX_S)
+		ttl = DNS_CACHE_MAX_S;
+	/* A full cache starts over rather than tracking recency. */
+	if (hk_u64map_count(dns->cache) >= DNS_CACHE_MAX_ENTRIES)
+		while (dns->cache_list)
+			dns_cache_drop(dns, dns->cache_list);
+	if ((old = hk_u64map_get(dns->cache, dns_cache_key(domain))) != NULL)
+		dns_cache_drop(dns, old); /* same domain refreshed, or a hash collision */
+	c = xcalloc(1, sizeof(*c));
+	snprintf(c->domain, sizeof(c->domain), "%s", domain);
+	c->addrs = xmalloc(n * sizeof(*addrs));
+	memcpy(c->addrs, addrs, n * sizeof(*addrs));
+	c->n_addrs = n;
+	c->expires_ms = hk_now_ms() + (int64_t)ttl * 1000;
+	c->next = dns->cache_list;
+	if (c->next)
+		c->next->prev = c;
+	dns->cache_list = c;
+	hk_u64map_put(dns->cache, dns_cache_key(domain), c);
+}
+
+/* dns_cache_copy - a cached answer, with hosts of equal preference in a new
+ * random order (RFC 5321 §5.1), each host's addresses kept together. */
+static struct sender_mx_addr *
+dns_cache_copy(const struct dns_cached *c)
+{
+	struct sender_mx_addr *out = xmalloc(c->n_addrs * sizeof(*out));
+	size_t *start = xmalloc((c->n_addrs + 1) * sizeof(*start));
+	size_t n_groups = 0, o = 0;
+
+	/* Host groups: runs of one host name. */
+	for (size_t i = 0; i < c->n_addrs; i++)
+		if (i == 0 || strcmp(c->addrs[i].host, c->addrs[i - 1].host) != 0)
+			start[n_groups++] = i;
+	start[n_groups] = c->n_addrs;
+	for (size_t g = 0, h; g < n_groups; g = h) {
+		/* [g, h): groups of one preference; shuffle their order. */
+		for (h = g + 1; h < n_groups && c->addrs[start[h]].pref == c->addrs[start[g]].pref; h++)
+			;
+		size_t order[DNS_MAX_HOSTS + 1], m = h - g;
+		if (m > DNS_MAX_HOSTS)
+			m = DNS_MAX_HOSTS;
+		for (size_t k = 0; k < m; k++)
+			order[k] = g + k;
+		for (size_t k = m; k > 1; k--) {
+			size_t r = arc4random_uniform((uint32_t)k), t = order[k - 1];
+			order[k - 1] = order[r];
+			order[r] = t;
+		}
+		for (size_t k = 0; k < m; k++) {
+			size_t a = start[order[k]], b = start[order[k] + 1];
+			memcpy(out + o, c->addrs + a, (b - a) * sizeof(*out));
+			o += b - a;
+		}
+	}
+	free(start);
+	return out;
+}
+
 /* dns_on_addr - an A or AAAA answer (or failure) for one host. */
 static void
 dns_on_addr(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
@@ -372,6 +543,11 @@ dns_on_addr(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 			q->ares_status = status;
 			q->st = dns_classify(status);
 		}
+	}
+	if (q->st == Q_OK) {
+		uint32_t ttl = dns_min_ttl(abuf, alen);
+		if (ttl < q->req->ttl)
+			q->req->ttl = ttl;
 	}
 	dns_release(q->req);
 }
@@ -455,6 +631,7 @@ dns_on_mx(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 	default:
 		break;
 	}
+	req->ttl = dns_min_ttl(abuf, alen);
 
 	if (mx != NULL && mx->next == NULL && mx->priority == 0 && dns_is_root(mx->host)) {
 		ares_free_data(mx);
@@ -507,6 +684,7 @@ static void
 dns_req_free(struct dns_req *req)
 {
 	free(req->hosts);
+	free(req->cached);
 	free(req);
 }
 
@@ -522,7 +700,10 @@ dns_deliver_one(struct dns_req *req)
 	res.status = req->status;
 	res.domain = req->domain;
 	snprintf(res.error, sizeof(res.error), "%s", req->error);
-	if (req->status == SENDER_DNS_OK) {
+	if (req->status == SENDER_DNS_OK && req->cached != NULL) {
+		res.addrs = req->cached;
+		res.n_addrs = n = req->n_cached;
+	} else if (req->status == SENDER_DNS_OK) {
 		for (i = 0; i < req->n_hosts; i++)
 			n += req->hosts[i].q4.n + req->hosts[i].q6.n;
 		addrs = xcalloc(n, sizeof(*addrs));
@@ -543,6 +724,8 @@ dns_deliver_one(struct dns_req *req)
 		}
 		res.addrs = addrs;
 		res.n_addrs = n;
+		if (req->ttl != UINT32_MAX && !req->dns->closing)
+			dns_cache_put(req->dns, req->domain, req->ttl, addrs, n);
 	}
 	hk_log_debug("dns_resolved", "{s:s, s:s, s:i, s:s}", "domain", req->domain,
 	    "status", dns_status_names[req->status], "addrs", (int)n, "error", req->error);
@@ -612,6 +795,7 @@ sender_dns_new(sender_dns **out, uv_loop_t *loop, const char *servers,
 	uv_timer_init(loop, &dns->defer);
 	dns->timer.data = dns->defer.data = dns;
 	dns->handles = 2;
+	dns->cache = hk_u64map_new();
 	*out = dns;
 	return 0;
 }
@@ -658,6 +842,14 @@ sender_dns_resolve(sender_dns *dns, const char *domain, sender_dns_cb cb, void *
 		dns_finish(req, SENDER_DNS_NXDOMAIN, "invalid domain name \"%s\"", req->domain);
 		return 0;
 	}
+	const struct dns_cached *hit = dns_cache_get(dns, req->domain);
+	if (hit != NULL) {
+		req->cached = dns_cache_copy(hit);
+		req->n_cached = hit->n_addrs;
+		dns_finish(req, SENDER_DNS_OK, NULL);
+		return 0;
+	}
+	req->ttl = UINT32_MAX;
 	req->pending = 1;
 	ares_query(dns->channel, req->domain, ns_c_in, ns_t_mx, dns_on_mx, req);
 	/* req may be finished already (queued for delivery, never freed here). */
@@ -680,6 +872,9 @@ sender_dns_close(sender_dns *dns)
 		dns_finish(dns->active, SENDER_DNS_TEMPFAIL, "%s: lookup cancelled",
 		    dns->active->domain);
 	dns_deliver(dns);
+	while (dns->cache_list)
+		dns_cache_drop(dns, dns->cache_list);
+	hk_u64map_destroy(&dns->cache);
 	/* ares_destroy() reports its sockets closed through dns_sock_state. */
 	ares_destroy(dns->channel);
 	while ((p = dns->polls) != NULL) {

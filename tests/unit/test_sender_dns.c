@@ -234,6 +234,10 @@ env_start(void **state)
 		execl(dnsmasq, dnsmasq, "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
 		    "--listen-address=127.0.0.1", port, "--bind-interfaces", "--keep-in-foreground",
 		    "--user=root", pidfile, "--cache-size=0", "--local=/test/", fwd,
+		    "--local-ttl=60", /* local records: cacheable unless they say 0 */
+		    /* ttl0.test: its MX host's address has TTL 0, so it is never cached. */
+		    "--mx-host=ttl0.test,mx-ttl0.test,10",
+		    "--host-record=mx-ttl0.test,127.0.0.30,0",
 		    "--host-record=ready.test,127.0.0.1",
 		    /* mx.test: three preferences, listed out of order. */
 		    "--mx-host=mx.test,mx-b.test,20",
@@ -649,6 +653,76 @@ test_close_cancels_pending(void **state)
 	assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* Resolve DOMAIN, then (dnsmasq frozen with SIGSTOP) resolve it again on
+ * the same resolver: only a cached answer can come back OK. */
+struct twice {
+	sender_dns *dns;
+	const char *domain;
+	struct capture cap[2];
+	struct cb_arg args[2];
+	int step;
+};
+
+static void
+on_twice(const struct sender_dns_result *res, void *arg)
+{
+	struct twice *t = arg;
+	struct cb_arg a = { NULL, &t->cap[t->step] };
+	struct run r = { t->dns, 2, NULL };
+
+	a.run = &r; /* on_resolved needs a run; it must not close the resolver */
+	on_resolved(res, &a);
+	if (t->step++ == 0) {
+		kill(g.dnsmasq, SIGSTOP);
+		assert_int_equal(sender_dns_resolve(t->dns, t->domain, on_twice, t), 0);
+		assert_int_equal(t->cap[1].calls, 0); /* even a hit answers later */
+	} else {
+		kill(g.dnsmasq, SIGCONT);
+		sender_dns_close(t->dns);
+	}
+}
+
+static void
+resolve_twice(const char *domain, struct twice *t)
+{
+	uv_loop_t loop;
+	char err[256] = "";
+
+	memset(t, 0, sizeof(*t));
+	t->domain = domain;
+	assert_int_equal(uv_loop_init(&loop), 0);
+	assert_int_equal(sender_dns_new(&t->dns, &loop, g.servers, 600, err, sizeof(err)), 0);
+	assert_int_equal(sender_dns_resolve(t->dns, domain, on_twice, t), 0);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	kill(g.dnsmasq, SIGCONT);
+	assert_int_equal(t->cap[0].calls, 1);
+	assert_int_equal(t->cap[1].calls, 1);
+	assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void
+test_cache(void **state)
+{
+	struct twice t;
+
+	(void)state;
+	SKIP_WITHOUT_DNSMASQ();
+	resolve_twice("mx.test", &t);
+	assert_int_equal(t.cap[0].status, SENDER_DNS_OK);
+	assert_int_equal(t.cap[1].status, SENDER_DNS_OK); /* the server was frozen */
+	assert_int_equal(t.cap[1].n, 4);
+	for (size_t i = 0; i < 4; i++) {
+		assert_string_equal(t.cap[1].host[i], t.cap[0].host[i]);
+		assert_string_equal(t.cap[1].ip[i], t.cap[0].ip[i]);
+	}
+
+	/* A record with TTL 0 makes the whole answer uncacheable. */
+	resolve_twice("ttl0.test", &t);
+	assert_int_equal(t.cap[0].status, SENDER_DNS_OK);
+	assert_string_equal(t.cap[0].ip[0], "127.0.0.30");
+	assert_int_equal(t.cap[1].status, SENDER_DNS_TEMPFAIL);
+}
+
 static void
 test_bad_server_list(void **state)
 {
@@ -683,6 +757,7 @@ main(void)
 		cmocka_unit_test(test_invalid_domain_is_async),
 		cmocka_unit_test(test_mixed_parallel),
 		cmocka_unit_test(test_close_cancels_pending),
+		cmocka_unit_test(test_cache),
 		cmocka_unit_test(test_bad_server_list),
 	};
 
