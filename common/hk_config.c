@@ -318,6 +318,17 @@ KEY(s_rmin, get_duration_ms(c, v, k, &nc->u.sender.retry_min_ms))
 KEY(s_rmax, get_duration_ms(c, v, k, &nc->u.sender.retry_max_ms))
 KEY(s_life, get_duration_ms(c, v, k, &nc->u.sender.max_lifetime_ms))
 KEY(s_hb, get_duration_ms(c, v, k, &nc->u.sender.heartbeat_interval_ms))
+KEY(s_cachetime, get_duration_ms(c, v, k, &nc->u.sender.connection_cache_time_ms))
+
+static int
+k_s_reuse(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	if (get_u32(c, v, k, &nc->u.sender.connection_reuse_limit))
+		return -1;
+	if (nc->u.sender.connection_reuse_limit == 0)
+		return cfg_error(c, v, k, "must be at least 1 (1: one transaction per connection)");
+	return 0;
+}
 
 static int
 k_s_port(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
@@ -356,6 +367,7 @@ static const struct key_rule sender_keys[] = {
 	{ "connect_timeout", k_s_connto }, { "command_timeout", k_s_cmdto },
 	{ "retry_min", k_s_rmin }, { "retry_max", k_s_rmax },
 	{ "max_lifetime", k_s_life }, { "heartbeat_interval", k_s_hb },
+	{ "connection_cache_time", k_s_cachetime }, { "connection_reuse_limit", k_s_reuse },
 	{ NULL, NULL },
 };
 
@@ -387,6 +399,8 @@ set_defaults(struct hk_node_conf *nc)
 		nc->u.sender.retry_max_ms = 3600000;
 		nc->u.sender.max_lifetime_ms = 5u * 86400000u;
 		nc->u.sender.heartbeat_interval_ms = 1000;
+		nc->u.sender.connection_cache_time_ms = 2000;   /* Postfix: smtp_connection_cache_time_limit */
+		nc->u.sender.connection_reuse_limit = 100;
 		break;
 	}
 }

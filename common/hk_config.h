@@ -65,6 +65,8 @@ struct hk_sender_conf {
 	uint32_t retry_max_ms;      /* retry delay cap (doubling) */
 	uint32_t max_lifetime_ms;   /* then expire and bounce */
 	uint32_t heartbeat_interval_ms;
+	uint32_t connection_cache_time_ms;  /* park an SMTP connection this long; 0: no reuse */
+	uint32_t connection_reuse_limit;    /* transactions per SMTP connection (>= 1) */
 };
 
 struct hk_node_conf {

@@ -175,6 +175,7 @@ struct sender_sched {
 	sender_queue *q;
 	const struct hk_sender_conf *conf;
 	sender_dns *dns;
+	sender_smtp_pool *pool;         /* SMTP connections kept between jobs */
 	uv_timer_t timer;
 	sender_outcome_cb cb;
 	void *arg;
@@ -384,6 +385,7 @@ job_start(sender_sched *s, struct job *j)
 		.body_len = j->body_len,
 		.rcpts = j->sr,
 		.n_rcpts = j->n,
+		.pool = s->pool,
 	};
 	j->dns_pending = true;
 	rc = sender_dns_resolve(s->dns, j->domain, on_dns, j);
@@ -494,6 +496,8 @@ sender_sched_new(sender_sched **out, uv_loop_t *loop, sender_queue *q,
 		free(s);
 		return -1;
 	}
+	s->pool = sender_smtp_pool_new(loop, conf->connection_cache_time_ms,
+	    conf->connection_reuse_limit);
 	uv_timer_init(loop, &s->timer);
 	s->timer.data = s;
 	/* At start nothing is in flight: the first scan resumes the queue. */
@@ -559,6 +563,10 @@ sender_sched_stop(sender_sched *s, sender_sched_done_cb done, void *arg)
 	for (struct job *j = s->jobs; j; j = j->next)
 		if (j->smtp)
 			sender_smtp_abort(j->smtp);
+	/* After the aborts, so that no job parks a connection any more; the
+	 * pool QUITs the parked ones and frees itself once they are closed. */
+	sender_smtp_pool_close(s->pool);
+	s->pool = NULL;
 	sender_dns_close(s->dns);
 	s->dns = NULL;
 }

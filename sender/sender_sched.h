@@ -4,8 +4,10 @@
  * A timer (and a kick after new mail) scans the queue for recipients that
  * are due and not in flight, groups them into jobs of one message and one
  * destination domain (at most max_deliveries jobs at once), resolves the
- * domain's MX and runs one SMTP transaction per job. Each recipient ends in
- * one outcome reported through the callback.
+ * domain's MX and runs one SMTP transaction per job, on a connection kept
+ * open by an earlier job to the same address when there is one (one
+ * sender_smtp pool per scheduler). Each recipient ends in one outcome
+ * reported through the callback.
  *
  * The scheduler never writes the queue: its owner turns outcomes into queue
  * operations and calls sender_sched_release() once each one is committed (or
@@ -69,7 +71,8 @@ size_t sender_sched_jobs(const sender_sched *s);       /* jobs running */
 size_t sender_sched_inflight(const sender_sched *s);   /* recipients held */
 
 /*
- * sender_sched_stop - stop picking, abort SMTP jobs and close DNS. Outcomes
+ * sender_sched_stop - stop picking, abort SMTP jobs, close the connection
+ * pool (parked connections are QUIT) and DNS. Outcomes
  * that are final (delivered, bounced) are still reported; deferrals of
  * aborted jobs are not (the recipients stay due for the next start). DONE
  * runs asynchronously once every job ended and every handle is closed; then

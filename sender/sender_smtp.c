@@ -1,27 +1,49 @@
 /*
- * sender_smtp - the outbound SMTP client: one mail transaction.
+ * sender_smtp - the outbound SMTP client: one mail transaction, on a new
+ * connection or on one parked by an earlier transaction.
  *
  * DESCRIPTION
- *	A state table in the manner of OpenSMTPD's mta_session.c and Postfix's
- *	smtp_proto.c: sender_smtp_enter_state() sends the command that belongs to the
- *	new state and arms that state's timeout (smtp_states[]); sender_smtp_response()
- *	reads the reply and picks the next state. Replies are counted: every
- *	command sent adds one to s->expect and every reply takes one off, so
- *	pipelined commands (MAIL, all RCPTs and DATA in one write when the
- *	server offers PIPELINING) are matched to their replies in order.
+ *	Two objects. A job (sender_smtp) runs one transaction as a state table in
+ *	the manner of OpenSMTPD's mta_session.c and Postfix's smtp_proto.c:
+ *	sender_smtp_enter_state() sends the command that belongs to the new state
+ *	and arms that state's timeout (smtp_states[]); sender_smtp_response() reads
+ *	the reply and picks the next state. A connection (struct smtp_conn) holds
+ *	the socket, the reply parser and what EHLO offered. Replies are counted on
+ *	the connection: every command sent adds one to c->expect and every reply
+ *	takes one off, so pipelined commands (MAIL, all RCPTs and DATA in one
+ *	write when the server offers PIPELINING) are matched to their replies in
+ *	order, even after the job that sent them has moved on.
  *
  *	Failures before MAIL FROM (connect, greeting, EHLO/HELO, a dropped or
  *	silent connection, a malformed reply) belong to that address: the next
  *	address is tried. From MAIL FROM on, a failure ends the job: undecided
  *	recipients get the MAIL/DATA reply, or a 4xx naming what broke.
  *
+ *	Connection reuse (Postfix's scache, in process). When a job is done
+ *	with a healthy connection it hands it on: with a pool, the connection
+ *	is parked (CM_IDLE: still read, so that EOF or any word from the server
+ *	drops it; an idle timer QUITs it), after an RSET when the transaction
+ *	did not end with a final reply to the data (CM_RSET); without one, or
+ *	when the pool is full or the connection has carried max_uses
+ *	transactions, it is QUIT (CM_QUIT). Both run after the job, owned by the
+ *	connection. A broken connection is closed at once. A job takes the most
+ *	recently parked connection with its key (address and port, source
+ *	address, HELO name) and starts at MAIL FROM (RFC 5321 §4.1.4: after a
+ *	completed transaction or RSET the server is in the initial state). If
+ *	that connection fails before its first reply (EOF, reset, 421), the
+ *	server had dropped it while it was parked: it is "stale", and the job
+ *	goes on with another parked connection or a new one to the same address;
+ *	no recipient is affected, since nothing was decided yet.
+ *
  *	The body is written from the caller's buffer without copying it: each
  *	write is a gather list of at most SMTP_BODY_BUFS slices of the body and
  *	of a static "." for dot-stuffing, at most SMTP_BODY_CHUNK bytes, and the
  *	next write is queued from the previous one's callback.
  *
- *	The callback always runs from the close_cb of the job's last handle, so
- *	it is asynchronous and nothing of the job is in use after it.
+ *	Lifetimes: a job's callback always runs from the close_cb of its timer,
+ *	so it is asynchronous and nothing of the job is in use after it. A
+ *	connection is freed from the close_cb of its last handle. The pool is
+ *	freed once it is closed and no connection or job refers to it (refs).
  */
 
 /* System */
@@ -47,14 +69,17 @@
 
 #define SMTP_BODY_BUFS 32               /* slices per body write */
 #define SMTP_BODY_CHUNK (256 * 1024)    /* bytes per body write */
-#define SMTP_QUIT_TIMEOUT_MS 5000       /* at most this long for the QUIT reply */
+#define SMTP_ASIDE_TIMEOUT_MS 5000      /* at most this long for an RSET or QUIT reply */
 #define SMTP_READ_BUF 16384
+#define SMTP_POOL_PER_KEY 64            /* parked connections per key... */
+#define SMTP_POOL_MAX 256               /* ...and in all; beyond that, QUIT */
+#define SMTP_KEY_MAX (80 + INET6_ADDRSTRLEN + 256 + 8)
 
 /*
- * States, in protocol order. Ordering invariant: states before MAIL are per
- * connection (a failure there moves on to the next address); from MAIL on a
- * failure decides the recipients and ends the job. QUIT and DONE come after
- * every recipient is decided.
+ * Job states, in protocol order. Ordering invariant: states before MAIL are
+ * per connection (a failure there moves on to the next address); from MAIL
+ * on a failure decides the recipients and ends the job. DONE comes after
+ * every recipient is decided; the connection then goes its own way.
  */
 #define SMTP_STATES(X)          \
 	X(CONNECT)              \
@@ -67,7 +92,6 @@
 	X(BODY)                 \
 	X(EOD)                  \
 	X(DOT)                  \
-	X(QUIT)                 \
 	X(DONE)
 
 enum smtp_state {
@@ -76,7 +100,7 @@ enum smtp_state {
 #undef X
 };
 
-enum smtp_timeout { TO_CONNECT, TO_COMMAND, TO_QUIT };
+enum smtp_timeout { TO_CONNECT, TO_COMMAND };
 
 /* Per-state constants: log name, which timeout applies, and the phase used
  * in failure texts ("connection lost <phase> with <peer><note>"). */
@@ -97,14 +121,78 @@ static const struct {
 	[ST_EOD] = { "EOD", TO_COMMAND, "after end of data",
 	    " -- message may be delivered more than once" },
 	[ST_DOT] = { "DOT", TO_COMMAND, "after empty end of data", "" },
-	[ST_QUIT] = { "QUIT", TO_QUIT, "after QUIT", "" },
 	[ST_DONE] = { "DONE", TO_COMMAND, "after the session", "" },
+};
+
+/*
+ * Connection modes. A connection is created for a job (JOB); when the job is
+ * done with it, it goes to RSET -> IDLE, straight to IDLE, or to QUIT; IDLE
+ * goes back to JOB when a job takes it, or to QUIT on the idle timer. Every
+ * mode can go to CLOSED (broken, timed out, finished), which is final.
+ */
+#define CONN_MODES(X)           \
+	X(JOB)                  \
+	X(RSET)                 \
+	X(IDLE)                 \
+	X(QUIT)                 \
+	X(CLOSED)
+
+enum conn_mode {
+#define X(name) CM_##name,
+	CONN_MODES(X)
+#undef X
+};
+
+static const char *const conn_mode_names[] = {
+#define X(name) #name,
+	CONN_MODES(X)
+#undef X
+};
+
+struct smtp_conn {
+	enum conn_mode mode;
+	sender_smtp *s;                 /* CM_JOB: the job it serves */
+	sender_smtp_pool *pool;         /* referenced for the connection's life, or NULL */
+	struct smtp_conn *prev, *next;  /* CM_IDLE: the pool's list */
+	char key[SMTP_KEY_MAX];         /* what a job must match to reuse it */
+	char peer[80];                  /* "addr:port" */
+
+	uv_tcp_t tcp;
+	uv_connect_t connect_req;
+	uv_timer_t timer;               /* idle time; RSET and QUIT replies */
+	int handles;                    /* initialised, not yet closed */
+	bool connected;                 /* connect succeeded */
+
+	unsigned expect;                /* replies outstanding */
+	struct sender_reply_parser parser;
+	char *obuf;                     /* commands queued for one write */
+	size_t olen, ocap;
+
+	bool pipelining, size_ext, eightbit_ext;
+	unsigned long size_limit;
+	bool no_reuse;                  /* a 421 was seen: the server is leaving */
+	uint32_t uses;                  /* transactions started on it */
+	uint32_t aside_ms;              /* timeout of an RSET or QUIT reply */
+
+	uv_write_t body_req;
+	bool body_writing;              /* body_req in flight */
+	char rbuf[SMTP_READ_BUF];
+};
+
+struct sender_smtp_pool {
+	uv_loop_t *loop;
+	uint32_t idle_ms, max_uses;
+	struct smtp_conn *idle;         /* parked, most recently parked first */
+	size_t n_idle;
+	size_t refs;                    /* connections and jobs that point here */
+	bool closing;
+	struct sender_smtp_pool_stats st;
 };
 
 /* A command write: the bytes live with the request. */
 struct smtp_wreq {
 	uv_write_t req;
-	sender_smtp *s;
+	struct smtp_conn *c;
 	char data[];
 };
 
@@ -113,39 +201,29 @@ struct sender_smtp {
 	struct sender_smtp_job *job;
 	sender_smtp_cb cb;
 	void *arg;
+	sender_smtp_pool *pool;         /* job->pool, referenced until cb */
 
 	struct sender_mx_addr *addrs;   /* copy of job->addrs */
 	size_t n_addrs, next_addr, cur_addr;
 	struct sockaddr_storage src;    /* job->source_address, parsed */
 	int have_src;
-
-	uv_tcp_t tcp;
-	uv_connect_t connect_req;
-	uv_timer_t timer;
-	int handles;                    /* initialised, not yet closed */
-	bool tcp_open;                  /* tcp initialised and not closing */
-	bool connected;                 /* connect succeeded; I/O callbacks count */
-	bool finishing;                 /* outcome decided; closing down */
+	char src_text[INET6_ADDRSTRLEN];
 	char peer[80];                  /* "addr:port" of the current attempt */
 
+	struct smtp_conn *conn;         /* the connection in use, or NULL */
+	uv_timer_t timer;               /* state timeouts; its close_cb runs cb */
+	bool finishing;                 /* outcome decided; closing down */
+	bool unconfirmed;               /* on a parked connection, no reply yet */
+	bool txn_open;                  /* MAIL sent, no final reply to the data yet */
+	bool tried_helo;
+
 	enum smtp_state state;
-	unsigned expect;                /* replies outstanding */
-	struct sender_reply_parser parser;
-	char rbuf[SMTP_READ_BUF];
-
-	char *obuf;                     /* commands queued for one write */
-	size_t olen, ocap;
-
-	bool pipelining, size_ext, eightbit_ext, tried_helo;
-	unsigned long size_limit;
-
 	size_t *order;                  /* indexes of rcpts to send */
 	size_t n_order, rcpt_send, rcpt_recv;
 	bool *accepted;                 /* RCPT got 2xx; fate awaits end of data */
 	size_t n_accepted;
 
 	/* Body writer state. */
-	uv_write_t body_req;
 	size_t body_off;
 	bool body_bol;                  /* next body byte starts a line */
 	bool body_done;                 /* final dot queued */
@@ -155,40 +233,392 @@ struct sender_smtp {
 };
 
 static void sender_smtp_enter_state(sender_smtp *s, enum smtp_state st);
-static void smtp_connect_next(sender_smtp *s);
-static void smtp_finish(sender_smtp *s);
+static void sender_smtp_response(sender_smtp *s, const struct sender_reply *r);
+static void smtp_conn_fail(sender_smtp *s, const char *what, const char *detail);
+static void smtp_arm_timer(sender_smtp *s);
+static void smtp_try_next(sender_smtp *s);
+static void conn_quit(struct smtp_conn *c);
+static void conn_on_timer(uv_timer_t *t);
 
-/* smtp_handle_closed - close_cb of the timer and of each TCP handle. */
+/* ---- the pool ---- */
+
 static void
-smtp_handle_closed(uv_handle_t *h)
+pool_ref(sender_smtp_pool *p)
 {
-	sender_smtp *s = h->data;
-
-	s->handles--;
-	if (s->finishing) {
-		if (s->handles == 0) {
-			s->cb(s->job, s->arg);
-			free(s->addrs);
-			free(s->order);
-			free(s->accepted);
-			free(s->obuf);
-			free(s);
-		}
-		return;
-	}
-	/* Only the TCP handle closes before the end: try the next address. */
-	smtp_connect_next(s);
+	if (p != NULL)
+		p->refs++;
 }
 
-/* smtp_drop - close the current connection (if any). */
 static void
-smtp_drop(sender_smtp *s)
+pool_unref(sender_smtp_pool *p)
 {
-	s->connected = false;
-	s->olen = 0;
-	if (s->tcp_open) {
-		s->tcp_open = false;
-		uv_close((uv_handle_t *)&s->tcp, smtp_handle_closed);
+	if (p != NULL && --p->refs == 0 && p->closing)
+		free(p);
+}
+
+/* pool_unlink - take C (CM_IDLE) off its pool's list. */
+static void
+pool_unlink(struct smtp_conn *c)
+{
+	sender_smtp_pool *p = c->pool;
+
+	if (c->prev != NULL)
+		c->prev->next = c->next;
+	else
+		p->idle = c->next;
+	if (c->next != NULL)
+		c->next->prev = c->prev;
+	c->prev = c->next = NULL;
+	p->n_idle--;
+}
+
+/* pool_wants - whether C may carry another transaction later. */
+static bool
+pool_wants(const struct smtp_conn *c)
+{
+	const sender_smtp_pool *p = c->pool;
+
+	/* A body write still in flight would hold c->body_req: not parked. */
+	return p != NULL && !p->closing && p->idle_ms > 0 && c->uses < p->max_uses &&
+	    !c->no_reuse && c->connected && !c->body_writing;
+}
+
+/* pool_park - keep C (its transaction over, nothing outstanding) for a
+ * later job, or QUIT it when the pool does not want it or is full. */
+static void
+pool_park(struct smtp_conn *c)
+{
+	sender_smtp_pool *p = c->pool;
+	size_t same = 0;
+
+	if (!pool_wants(c) || c->expect > 0 || p->n_idle >= SMTP_POOL_MAX) {
+		conn_quit(c);
+		return;
+	}
+	for (struct smtp_conn *x = p->idle; x != NULL; x = x->next) {
+		if (strcmp(x->key, c->key) == 0 && ++same >= SMTP_POOL_PER_KEY) {
+			conn_quit(c);
+			return;
+		}
+	}
+	c->mode = CM_IDLE;
+	c->s = NULL;
+	c->prev = NULL;
+	c->next = p->idle;
+	if (p->idle != NULL)
+		p->idle->prev = c;
+	p->idle = c;
+	p->n_idle++;
+	p->st.parked++;
+	uv_timer_start(&c->timer, conn_on_timer, p->idle_ms, 0);
+	hk_log_debug("smtp_conn_parked", "{s:s, s:i}", "peer", c->peer, "uses", (int)c->uses);
+}
+
+/* pool_take - the most recently parked connection with KEY, now CM_JOB, or
+ * NULL. */
+static struct smtp_conn *
+pool_take(sender_smtp_pool *p, const char *key)
+{
+	for (struct smtp_conn *c = p->idle; c != NULL; c = c->next) {
+		if (strcmp(c->key, key) != 0)
+			continue;
+		pool_unlink(c);
+		uv_timer_stop(&c->timer);
+		c->mode = CM_JOB;
+		p->st.reused++;
+		return c;
+	}
+	return NULL;
+}
+
+/* ---- connections ---- */
+
+/* conn_closed - close_cb of the TCP handle and the timer. */
+static void
+conn_closed(uv_handle_t *h)
+{
+	struct smtp_conn *c = h->data;
+
+	if (--c->handles > 0)
+		return;
+	pool_unref(c->pool);    /* from conn_new() */
+	free(c->obuf);
+	free(c);
+}
+
+static struct smtp_conn *
+conn_new(uv_loop_t *loop, sender_smtp_pool *pool, const char *key, const char *peer)
+{
+	struct smtp_conn *c = xcalloc(1, sizeof(*c));
+
+	c->mode = CM_JOB;
+	c->pool = pool;
+	pool_ref(pool);
+	snprintf(c->key, sizeof(c->key), "%s", key);
+	snprintf(c->peer, sizeof(c->peer), "%s", peer);
+	uv_tcp_init(loop, &c->tcp);
+	uv_timer_init(loop, &c->timer);
+	c->tcp.data = c;
+	c->timer.data = c;
+	c->handles = 2;
+	sender_reply_init(&c->parser);
+	c->ocap = 512;
+	c->obuf = xmalloc(c->ocap);
+	return c;
+}
+
+/* conn_close - close C now, whatever it was doing; freed later. */
+static void
+conn_close(struct smtp_conn *c)
+{
+	if (c->mode == CM_CLOSED)
+		return;
+	if (c->mode == CM_IDLE)
+		pool_unlink(c);
+	hk_log_debug("smtp_conn_closed", "{s:s, s:s}", "peer", c->peer,
+	    "mode", conn_mode_names[c->mode]);
+	c->mode = CM_CLOSED;
+	c->s = NULL;
+	c->connected = false;
+	c->olen = 0;
+	uv_close((uv_handle_t *)&c->tcp, conn_closed);
+	uv_close((uv_handle_t *)&c->timer, conn_closed);
+}
+
+/* conn_io_error - the connection broke (WHAT: "connection lost" or
+ * "protocol error", DETAIL why or NULL): its job decides what that means;
+ * without one, it is closed. */
+static void
+conn_io_error(struct smtp_conn *c, const char *what, const char *detail)
+{
+	switch (c->mode) {
+	case CM_JOB:
+		smtp_conn_fail(c->s, what, detail);
+		break;
+	case CM_CLOSED:
+		break;  /* our own close cancelled a request */
+	default:
+		hk_log_debug("smtp_conn_lost", "{s:s, s:s, s:s}", "peer", c->peer,
+		    "mode", conn_mode_names[c->mode], "reason", detail ? detail : what);
+		conn_close(c);
+		break;
+	}
+}
+
+/* conn_on_written - a command write finished. */
+static void
+conn_on_written(uv_write_t *req, int status)
+{
+	struct smtp_wreq *w = (struct smtp_wreq *)req;
+	struct smtp_conn *c = w->c;
+
+	free(w);
+	if (status < 0)
+		conn_io_error(c, "connection lost", uv_strerror(status));
+}
+
+/* conn_cmd - queue one command line (CRLF added); one reply expected. */
+static void __attribute__((format(printf, 2, 3)))
+conn_cmd(struct smtp_conn *c, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(c->obuf + c->olen, c->ocap - c->olen, fmt, ap);
+		va_end(ap);
+		if (n >= 0 && (size_t)n + 3 <= c->ocap - c->olen)
+			break;
+		c->ocap = (c->ocap + (size_t)(n > 0 ? n : 0) + 3) * 2;
+		c->obuf = xrealloc(c->obuf, c->ocap);
+	}
+	c->olen += (size_t)n;
+	memcpy(c->obuf + c->olen, "\r\n", 2);
+	c->olen += 2;
+	c->expect++;
+}
+
+/* conn_flush - write the queued commands. Returns 0, or -1 when the write
+ * failed (conn_io_error has run: the connection or its job moved on). */
+static int
+conn_flush(struct smtp_conn *c)
+{
+	struct smtp_wreq *w;
+	uv_buf_t buf;
+	int rc;
+
+	if (c->olen == 0)
+		return 0;
+	w = xmalloc(sizeof(*w) + c->olen);
+	w->c = c;
+	memcpy(w->data, c->obuf, c->olen);
+	buf = uv_buf_init(w->data, (unsigned)c->olen);
+	c->olen = 0;
+	if ((rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, conn_on_written)) < 0) {
+		free(w);
+		conn_io_error(c, "connection lost", uv_strerror(rc));
+		return -1;
+	}
+	return 0;
+}
+
+/* conn_aside - send CMD (RSET or QUIT) in MODE, after whatever replies are
+ * still due; the last reply decides (conn_aside_reply). */
+static void
+conn_aside(struct smtp_conn *c, enum conn_mode mode, const char *cmd)
+{
+	if (c->mode == CM_IDLE)
+		pool_unlink(c);
+	c->mode = mode;
+	c->s = NULL;
+	conn_cmd(c, "%s", cmd);
+	uv_timer_start(&c->timer, conn_on_timer, c->aside_ms, 0);
+	conn_flush(c);
+}
+
+static void
+conn_quit(struct smtp_conn *c)
+{
+	conn_aside(c, CM_QUIT, "QUIT");
+}
+
+/* conn_aside_reply - a reply in CM_RSET or CM_QUIT. */
+static void
+conn_aside_reply(struct smtp_conn *c, const struct sender_reply *r)
+{
+	if (c->expect == 0 || r->code / 100 == 3) {
+		/* Unasked for, or a 354 to a pipelined DATA of a failed
+		 * transaction: whatever we send next would be message text. */
+		conn_close(c);
+		return;
+	}
+	if (--c->expect > 0)
+		return;         /* replies to the pipelined commands of the transaction */
+	if (c->mode == CM_QUIT)
+		conn_close(c);
+	else if (r->code / 100 == 2)
+		pool_park(c);
+	else
+		conn_quit(c);
+}
+
+/* conn_release - the job is done with C and its last transaction left the
+ * server in the initial state unless TXN_OPEN: park it (after an RSET if
+ * needed) or QUIT it. */
+static void
+conn_release(struct smtp_conn *c, uint32_t command_timeout_ms, bool txn_open)
+{
+	c->s = NULL;
+	c->aside_ms = command_timeout_ms < SMTP_ASIDE_TIMEOUT_MS ?
+	    command_timeout_ms : SMTP_ASIDE_TIMEOUT_MS;
+	if (!pool_wants(c))
+		conn_quit(c);
+	else if (txn_open || c->expect > 0)
+		conn_aside(c, CM_RSET, "RSET");
+	else
+		pool_park(c);
+}
+
+/* conn_on_timer - parked long enough (QUIT it), or no RSET/QUIT reply in
+ * time (close it). */
+static void
+conn_on_timer(uv_timer_t *t)
+{
+	struct smtp_conn *c = t->data;
+
+	switch (c->mode) {
+	case CM_IDLE:
+		hk_log_debug("smtp_conn_idle_timeout", "{s:s}", "peer", c->peer);
+		conn_quit(c);
+		break;
+	case CM_RSET:
+	case CM_QUIT:
+		conn_close(c);
+		break;
+	default:
+		break;
+	}
+}
+
+/* conn_alloc - libuv read buffer: one read at a time, so one buffer. */
+static void
+conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+	struct smtp_conn *c = h->data;
+
+	(void)hint;
+	*buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
+}
+
+/* conn_on_read - bytes from the server: split into replies, each for the
+ * job or for the connection's own RSET/QUIT. */
+static void
+conn_on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+	struct smtp_conn *c = st->data;
+	const struct sender_reply *r;
+	size_t off = 0, used;
+	int rc;
+
+	if (nread == 0 || c->mode == CM_CLOSED)
+		return;
+	if (nread < 0) {
+		conn_io_error(c, "connection lost", nread == UV_EOF ? NULL : uv_strerror((int)nread));
+		return;
+	}
+	if (c->mode == CM_JOB)
+		smtp_arm_timer(c->s);   /* progress */
+	while (off < (size_t)nread && c->mode != CM_CLOSED) {
+		if (c->mode == CM_IDLE) {
+			/* A parked connection has nothing coming; a server that
+			 * speaks now (421 at its own timeout) is leaving. */
+			hk_log_debug("smtp_conn_lost", "{s:s, s:s, s:s}", "peer", c->peer,
+			    "mode", "IDLE", "reason", "the server spoke");
+			conn_close(c);
+			return;
+		}
+		rc = sender_reply_feed(&c->parser, buf->base + off, (size_t)nread - off, &used, &r);
+		off += used;
+		if (rc < 0) {
+			conn_io_error(c, "protocol error", c->parser.error);
+			return;
+		}
+		if (rc == 0)
+			break;
+		if (r->code == 421)
+			c->no_reuse = true;     /* RFC 5321 §3.8: it is closing */
+		if (c->mode == CM_JOB)
+			sender_smtp_response(c->s, r);
+		else
+			conn_aside_reply(c, r);
+	}
+}
+
+/* ---- jobs ---- */
+
+/* smtp_timer_closed - close_cb of the job's timer: the job is over. */
+static void
+smtp_timer_closed(uv_handle_t *h)
+{
+	sender_smtp *s = h->data;
+	sender_smtp_pool *pool = s->pool;
+
+	s->cb(s->job, s->arg);
+	free(s->addrs);
+	free(s->order);
+	free(s->accepted);
+	free(s);
+	pool_unref(pool);       /* from sender_smtp_deliver() */
+}
+
+/* smtp_drop_conn - close the job's connection (if any) at once. */
+static void
+smtp_drop_conn(sender_smtp *s)
+{
+	if (s->conn != NULL) {
+		conn_close(s->conn);
+		s->conn = NULL;
 	}
 }
 
@@ -212,10 +642,8 @@ smtp_next_addr(sender_smtp *s)
 	uv_timer_stop(&s->timer);
 	s->job->mx_host[0] = '\0';
 	s->job->mx_addr[0] = '\0';
-	if (s->tcp_open)
-		smtp_drop(s);   /* smtp_handle_closed() continues */
-	else
-		smtp_connect_next(s);
+	smtp_drop_conn(s);
+	smtp_try_next(s);
 }
 
 /* smtp_decide - set the fate of recipient I. */
@@ -239,6 +667,30 @@ smtp_fail_undecided(sender_smtp *s, int code, const char *reply)
 			smtp_decide(s, i, code, reply);
 }
 
+/* smtp_finish - all recipients are decided: hand the connection on (KEEP:
+ * it is healthy; park or QUIT it) or close it, and close the timer; the
+ * callback runs from its close_cb. */
+static void
+smtp_finish(sender_smtp *s, bool keep)
+{
+	struct smtp_conn *c = s->conn;
+
+	if (s->finishing)
+		return;
+	/* Defensive: a recipient left undecided is a bug here, not a success. */
+	smtp_fail_undecided(s, 451, "451 4.3.0 internal error: recipient left undecided");
+	s->finishing = true;
+	s->state = ST_DONE;
+	if (c != NULL) {
+		s->conn = NULL;
+		if (keep)
+			conn_release(c, s->job->command_timeout_ms, s->txn_open);
+		else
+			conn_close(c);
+	}
+	uv_close((uv_handle_t *)&s->timer, smtp_timer_closed);
+}
+
 /* smtp_fail - end the job: undecided recipients get CODE and the text. */
 static void __attribute__((format(printf, 3, 4)))
 smtp_fail(sender_smtp *s, int code, const char *fmt, ...)
@@ -250,7 +702,27 @@ smtp_fail(sender_smtp *s, int code, const char *fmt, ...)
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
 	smtp_fail_undecided(s, code, buf);
-	smtp_finish(s);
+	smtp_finish(s, false);
+}
+
+static bool smtp_try_addr(sender_smtp *s);
+
+/* smtp_stale - the parked connection was dead (WHY) before anything of the
+ * transaction was answered: drop it and try the same address again, not a
+ * failed attempt. */
+static void
+smtp_stale(sender_smtp *s, const char *why)
+{
+	hk_log_debug("smtp_conn_stale", "{s:s, s:s}", "peer", s->peer, "reason", why);
+	if (s->pool != NULL)
+		s->pool->st.stale++;
+	smtp_drop_conn(s);
+	s->unconfirmed = false;
+	s->txn_open = false;
+	s->rcpt_send = s->rcpt_recv = 0;
+	s->job->mx_host[0] = '\0';
+	if (!smtp_try_addr(s))
+		smtp_try_next(s);
 }
 
 /* smtp_conn_fail - the connection broke in the current state: WHAT is
@@ -263,9 +735,8 @@ smtp_conn_fail(sender_smtp *s, const char *what, const char *detail)
 	/* RFC 3463: 4.5.0 other protocol status, 4.4.2 bad connection. */
 	const char *dsn = strcmp(what, "protocol error") == 0 ? "4.5.0" : "4.4.2";
 
-	if (s->state >= ST_QUIT) {
-		/* Every recipient is decided; only the goodbye was lost. */
-		smtp_finish(s);
+	if (s->unconfirmed && strcmp(what, "connection lost") == 0) {
+		smtp_stale(s, detail ? detail : "connection closed");
 	} else if (s->state < ST_MAIL) {
 		smtp_set_last(s, 451, "451 %s %s %s with %s%s%s", dsn, what, phase, s->peer,
 		    detail ? ": " : "", detail ? detail : "");
@@ -274,21 +745,6 @@ smtp_conn_fail(sender_smtp *s, const char *what, const char *detail)
 		smtp_fail(s, 451, "451 %s %s %s with %s%s%s%s", dsn, what, phase, s->peer,
 		    detail ? ": " : "", detail ? detail : "", note);
 	}
-}
-
-/* smtp_finish - all recipients are decided: close everything; the
- * callback runs from the last close_cb. */
-static void
-smtp_finish(sender_smtp *s)
-{
-	if (s->finishing)
-		return;
-	/* Defensive: a recipient left undecided is a bug here, not a success. */
-	smtp_fail_undecided(s, 451, "451 4.3.0 internal error: recipient left undecided");
-	s->finishing = true;
-	s->state = ST_DONE;
-	smtp_drop(s);
-	uv_close((uv_handle_t *)&s->timer, smtp_handle_closed);
 }
 
 /* smtp_on_timer - the current state's timeout expired. */
@@ -311,77 +767,11 @@ smtp_arm_timer(sender_smtp *s)
 {
 	uint64_t ms;
 
-	switch (smtp_states[s->state].timeout) {
-	case TO_CONNECT:
+	if (smtp_states[s->state].timeout == TO_CONNECT)
 		ms = s->job->connect_timeout_ms;
-		break;
-	case TO_QUIT:
-		ms = s->job->command_timeout_ms < SMTP_QUIT_TIMEOUT_MS ?
-		    s->job->command_timeout_ms : SMTP_QUIT_TIMEOUT_MS;
-		break;
-	default:
+	else
 		ms = s->job->command_timeout_ms;
-		break;
-	}
 	uv_timer_start(&s->timer, smtp_on_timer, ms, 0);
-}
-
-/* smtp_on_cmd_written - a command write finished. */
-static void
-smtp_on_cmd_written(uv_write_t *req, int status)
-{
-	struct smtp_wreq *w = (struct smtp_wreq *)req;
-	sender_smtp *s = w->s;
-
-	free(w);
-	if (status < 0 && s->connected)
-		smtp_conn_fail(s, "connection lost", uv_strerror(status));
-}
-
-/* smtp_cmd - queue one command line (CRLF added); one reply expected. */
-static void __attribute__((format(printf, 2, 3)))
-smtp_cmd(sender_smtp *s, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	for (;;) {
-		va_start(ap, fmt);
-		n = vsnprintf(s->obuf + s->olen, s->ocap - s->olen, fmt, ap);
-		va_end(ap);
-		if (n >= 0 && (size_t)n + 3 <= s->ocap - s->olen)
-			break;
-		s->ocap = (s->ocap + (size_t)(n > 0 ? n : 0) + 3) * 2;
-		s->obuf = xrealloc(s->obuf, s->ocap);
-	}
-	s->olen += (size_t)n;
-	memcpy(s->obuf + s->olen, "\r\n", 2);
-	s->olen += 2;
-	s->expect++;
-}
-
-/* smtp_flush - write the queued commands. Returns 0 or -1 (the job has
- * moved on: connection failed). */
-static int
-smtp_flush(sender_smtp *s)
-{
-	struct smtp_wreq *w;
-	uv_buf_t buf;
-	int rc;
-
-	if (s->olen == 0)
-		return 0;
-	w = xmalloc(sizeof(*w) + s->olen);
-	w->s = s;
-	memcpy(w->data, s->obuf, s->olen);
-	buf = uv_buf_init(w->data, (unsigned)s->olen);
-	s->olen = 0;
-	if ((rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, &buf, 1, smtp_on_cmd_written)) < 0) {
-		free(w);
-		smtp_conn_fail(s, "connection lost", uv_strerror(rc));
-		return -1;
-	}
-	return 0;
 }
 
 /* smtp_body_fill - the next slices of the stuffed body, at most MAXB
@@ -447,16 +837,19 @@ static void smtp_body_write(sender_smtp *s);
 static void
 smtp_on_body_written(uv_write_t *req, int status)
 {
-	sender_smtp *s = req->data;
+	struct smtp_conn *c = req->data;
+	sender_smtp *s;
 
-	if (!s->connected)
-		return;
+	c->body_writing = false;
 	if (status < 0) {
-		smtp_conn_fail(s, "connection lost", uv_strerror(status));
+		conn_io_error(c, "connection lost", uv_strerror(status));
 		return;
 	}
+	/* Only the job that wrote the body is still interested. */
+	if (c->mode != CM_JOB || ((s = c->s)->state != ST_BODY && s->state != ST_EOD))
+		return;
 	smtp_arm_timer(s);      /* progress */
-	if (!s->body_done)
+	if (s->state == ST_BODY)
 		smtp_body_write(s);
 }
 
@@ -465,19 +858,22 @@ smtp_on_body_written(uv_write_t *req, int status)
 static void
 smtp_body_write(sender_smtp *s)
 {
+	struct smtp_conn *c = s->conn;
 	uv_buf_t bufs[SMTP_BODY_BUFS];
 	size_t n;
 	int rc;
 
 	n = smtp_body_fill(s, bufs, SMTP_BODY_BUFS);
-	s->body_req.data = s;
-	rc = uv_write(&s->body_req, (uv_stream_t *)&s->tcp, bufs, (unsigned)n, smtp_on_body_written);
+	c->body_req.data = c;
+	c->body_writing = true;
+	rc = uv_write(&c->body_req, (uv_stream_t *)&c->tcp, bufs, (unsigned)n, smtp_on_body_written);
 	if (rc < 0) {
+		c->body_writing = false;
 		smtp_conn_fail(s, "connection lost", uv_strerror(rc));
 		return;
 	}
 	if (s->body_done) {
-		s->expect++;
+		c->expect++;
 		sender_smtp_enter_state(s, ST_EOD);
 	}
 }
@@ -498,7 +894,24 @@ smtp_has_8bit(const uint8_t *p, size_t n)
 static void
 smtp_send_rcpt(sender_smtp *s)
 {
-	smtp_cmd(s, "RCPT TO:<%s>", s->job->rcpts[s->order[s->rcpt_send++]].address);
+	conn_cmd(s->conn, "RCPT TO:<%s>", s->job->rcpts[s->order[s->rcpt_send++]].address);
+}
+
+/* smtp_ready - the connection is greeted and EHLOed (or parked): MAIL, or
+ * DONE when the message exceeds the size the server announced. */
+static enum smtp_state
+smtp_ready(sender_smtp *s)
+{
+	const struct smtp_conn *c = s->conn;
+	char buf[256];
+
+	if (c->size_ext && c->size_limit > 0 && s->job->body_len > c->size_limit) {
+		snprintf(buf, sizeof(buf), "552 5.3.4 message size %zu exceeds size limit %lu "
+		    "of server %s", s->job->body_len, c->size_limit, s->peer);
+		smtp_fail_undecided(s, 552, buf);
+		return ST_DONE;
+	}
+	return ST_MAIL;
 }
 
 /* sender_smtp_enter_state - switch to ST and send what that state sends. */
@@ -506,6 +919,7 @@ static void
 sender_smtp_enter_state(sender_smtp *s, enum smtp_state st)
 {
 	struct sender_smtp_job *job = s->job;
+	struct smtp_conn *c = s->conn;
 
 	hk_log_debug("smtp_state", "{s:s, s:s, s:s}", "peer", s->peer,
 	    "from", smtp_states[s->state].name, "to", smtp_states[st].name);
@@ -514,39 +928,41 @@ sender_smtp_enter_state(sender_smtp *s, enum smtp_state st)
 		smtp_arm_timer(s);
 	switch (st) {
 	case ST_CONNECT:
-		smtp_connect_next(s);
+		/* Not entered: smtp_try_addr() starts connections. */
 		return;
 	case ST_GREETING:
-		s->expect = 1;
+		c->expect = 1;
 		break;
 	case ST_EHLO:
-		smtp_cmd(s, "EHLO %s", job->helo_name);
+		conn_cmd(c, "EHLO %s", job->helo_name);
 		break;
 	case ST_HELO:
 		s->tried_helo = true;
-		smtp_cmd(s, "HELO %s", job->helo_name);
+		conn_cmd(c, "HELO %s", job->helo_name);
 		break;
 	case ST_MAIL: {
 		char size[40] = "";
-		if (s->size_ext)
+		if (c->size_ext)
 			snprintf(size, sizeof(size), " SIZE=%zu", job->body_len);
-		smtp_cmd(s, "MAIL FROM:<%s>%s%s", job->mail_from, size,
-		    s->eightbit_ext && smtp_has_8bit(job->body, job->body_len) ? " BODY=8BITMIME" : "");
-		if (s->pipelining) {
+		c->uses++;
+		s->txn_open = true;
+		conn_cmd(c, "MAIL FROM:<%s>%s%s", job->mail_from, size,
+		    c->eightbit_ext && smtp_has_8bit(job->body, job->body_len) ? " BODY=8BITMIME" : "");
+		if (c->pipelining) {
 			/* RFC 2920: the whole envelope and DATA in one go. */
 			while (s->rcpt_send < s->n_order)
 				smtp_send_rcpt(s);
-			smtp_cmd(s, "DATA");
+			conn_cmd(c, "DATA");
 		}
 		break;
 	}
 	case ST_RCPT:
-		if (!s->pipelining)
+		if (!c->pipelining)
 			smtp_send_rcpt(s);
 		break;
 	case ST_DATA:
-		if (!s->pipelining)
-			smtp_cmd(s, "DATA");
+		if (!c->pipelining)
+			conn_cmd(c, "DATA");
 		break;
 	case ST_BODY:
 		s->body_off = 0;
@@ -558,37 +974,35 @@ sender_smtp_enter_state(sender_smtp *s, enum smtp_state st)
 		break;
 	case ST_DOT:
 		/* RFC 2920 §3.1: DATA accepted with no valid recipient: end it. */
-		smtp_cmd(s, ".");
-		break;
-	case ST_QUIT:
-		smtp_cmd(s, "QUIT");
+		conn_cmd(c, ".");
 		break;
 	case ST_DONE:
-		smtp_finish(s);
+		smtp_finish(s, true);
 		return;
 	}
-	smtp_flush(s);
+	/* Last: a failed write may have moved the job on already. */
+	conn_flush(c);
 }
 
 /* smtp_ehlo_ext - note the extensions of an EHLO reply we use. */
 static void
-smtp_ehlo_ext(sender_smtp *s, const struct sender_reply *r)
+smtp_ehlo_ext(struct smtp_conn *c, const struct sender_reply *r)
 {
 	const char *line;
 	size_t i;
 
-	s->pipelining = s->size_ext = s->eightbit_ext = false;
-	s->size_limit = 0;
+	c->pipelining = c->size_ext = c->eightbit_ext = false;
+	c->size_limit = 0;
 	/* Line 0 is the greeting text; extensions follow, one per line. */
 	for (i = 1; (line = sender_reply_line(r, i)) != NULL; i++) {
 		size_t kw = strcspn(line, " ");
 		if (kw == 10 && strncasecmp(line, "PIPELINING", 10) == 0) {
-			s->pipelining = true;
+			c->pipelining = true;
 		} else if (kw == 8 && strncasecmp(line, "8BITMIME", 8) == 0) {
-			s->eightbit_ext = true;
+			c->eightbit_ext = true;
 		} else if (kw == 4 && strncasecmp(line, "SIZE", 4) == 0) {
-			s->size_ext = true;
-			s->size_limit = line[4] == ' ' ? strtoul(line + 5, NULL, 10) : 0;
+			c->size_ext = true;
+			c->size_limit = line[4] == ' ' ? strtoul(line + 5, NULL, 10) : 0;
 		}
 	}
 }
@@ -597,24 +1011,27 @@ smtp_ehlo_ext(sender_smtp *s, const struct sender_reply *r)
 static void
 sender_smtp_response(sender_smtp *s, const struct sender_reply *r)
 {
+	struct smtp_conn *c = s->conn;
 	int cls = r->code / 100;
 	enum smtp_state next = s->state;
+	bool first = s->unconfirmed;    /* first reply on a parked connection */
 	size_t i;
 
-	if (s->expect == 0) {
+	s->unconfirmed = false;
+	if (c->expect == 0) {
 		if (s->state == ST_BODY && cls >= 4) {
 			/* The server gave up on the message mid-body. */
 			for (i = 0; i < s->job->n_rcpts; i++)
 				if (s->accepted[i] && s->job->rcpts[i].code == 0)
 					smtp_decide(s, i, r->code, r->text);
-			smtp_finish(s);
+			smtp_finish(s, false);
 			return;
 		}
 		smtp_conn_fail(s, "protocol error", "unexpected reply");
 		return;
 	}
-	s->expect--;
-	if (cls == 3 && s->state != ST_DATA && s->state != ST_QUIT) {
+	c->expect--;
+	if (cls == 3 && s->state != ST_DATA) {
 		smtp_conn_fail(s, "protocol error", "unexpected 3xx reply");
 		return;
 	}
@@ -642,21 +1059,18 @@ sender_smtp_response(sender_smtp *s, const struct sender_reply *r)
 			return;
 		}
 		if (s->state == ST_EHLO)
-			smtp_ehlo_ext(s, r);
-		if (s->size_ext && s->size_limit > 0 && s->job->body_len > s->size_limit) {
-			char buf[256];
-			snprintf(buf, sizeof(buf), "552 5.3.4 message size %zu exceeds size limit %lu "
-			    "of server %s", s->job->body_len, s->size_limit, s->peer);
-			smtp_fail_undecided(s, 552, buf);
-			next = ST_QUIT;
-			break;
-		}
-		next = ST_MAIL;
+			smtp_ehlo_ext(c, r);
+		next = smtp_ready(s);
 		break;
 	case ST_MAIL:
+		if (first && r->code == 421) {
+			/* The server timed the parked connection out just now. */
+			smtp_stale(s, r->text);
+			return;
+		}
 		if (cls != 2) {
 			smtp_fail_undecided(s, r->code, r->text);
-			next = ST_QUIT;
+			next = ST_DONE;
 			break;
 		}
 		next = ST_RCPT;
@@ -671,10 +1085,10 @@ sender_smtp_response(sender_smtp *s, const struct sender_reply *r)
 		}
 		if (s->rcpt_recv < s->n_order)
 			next = ST_RCPT;
-		else if (s->pipelining || s->n_accepted > 0)
+		else if (c->pipelining || s->n_accepted > 0)
 			next = ST_DATA;     /* pipelined: DATA is on its way already */
 		else
-			next = ST_QUIT;
+			next = ST_DONE;
 		break;
 	case ST_DATA:
 		if (cls == 3) {
@@ -688,7 +1102,7 @@ sender_smtp_response(sender_smtp *s, const struct sender_reply *r)
 		for (i = 0; i < s->job->n_rcpts; i++)
 			if (s->accepted[i])
 				smtp_decide(s, i, r->code, r->text);
-		next = ST_QUIT;
+		next = ST_DONE;
 		break;
 	case ST_BODY:
 		/* Not reached: no reply is expected before the final dot. */
@@ -697,15 +1111,11 @@ sender_smtp_response(sender_smtp *s, const struct sender_reply *r)
 		for (i = 0; i < s->job->n_rcpts; i++)
 			if (s->accepted[i])
 				smtp_decide(s, i, r->code, r->text);
-		next = ST_QUIT;
+		s->txn_open = false;    /* a final reply to the data ends it */
+		next = ST_DONE;
 		break;
 	case ST_DOT:
-		next = ST_QUIT;
-		break;
-	case ST_QUIT:
-		/* Replies to pipelined commands after a failure, then QUIT's. */
-		if (s->expect > 0)
-			return;
+		s->txn_open = false;
 		next = ST_DONE;
 		break;
 	case ST_CONNECT:
@@ -715,136 +1125,154 @@ sender_smtp_response(sender_smtp *s, const struct sender_reply *r)
 	sender_smtp_enter_state(s, next);
 }
 
-/* smtp_alloc - libuv read buffer: one read at a time, so one buffer. */
-static void
-smtp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
-{
-	sender_smtp *s = h->data;
-
-	(void)hint;
-	*buf = uv_buf_init(s->rbuf, sizeof(s->rbuf));
-}
-
-/* smtp_on_read - bytes from the server: split into replies. */
-static void
-smtp_on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
-{
-	sender_smtp *s = st->data;
-	const struct sender_reply *r;
-	size_t off = 0, used;
-	int rc;
-
-	if (!s->connected || nread == 0)
-		return;
-	if (nread < 0) {
-		smtp_conn_fail(s, "connection lost", nread == UV_EOF ? NULL : uv_strerror((int)nread));
-		return;
-	}
-	smtp_arm_timer(s);      /* progress */
-	while (off < (size_t)nread && s->connected) {
-		rc = sender_reply_feed(&s->parser, buf->base + off, (size_t)nread - off, &used, &r);
-		off += used;
-		if (rc < 0) {
-			smtp_conn_fail(s, "protocol error", s->parser.error);
-			return;
-		}
-		if (rc == 0)
-			break;
-		sender_smtp_response(s, r);
-	}
-}
-
 /* smtp_on_connect - TCP connect finished. */
 static void
 smtp_on_connect(uv_connect_t *req, int status)
 {
-	sender_smtp *s = req->data;
+	struct smtp_conn *c = req->data;
+	sender_smtp *s = c->s;
 	int rc;
 
-	if (status == UV_ECANCELED || !s->tcp_open)
+	if (status == UV_ECANCELED || c->mode != CM_JOB)
 		return;         /* we closed it: timeout or abort */
 	if (status < 0) {
 		smtp_set_last(s, 451, "451 4.4.1 connect to %s failed: %s", s->peer, uv_strerror(status));
 		smtp_next_addr(s);
 		return;
 	}
-	s->connected = true;
-	uv_tcp_nodelay(&s->tcp, 1);
-	if ((rc = uv_read_start((uv_stream_t *)&s->tcp, smtp_alloc, smtp_on_read)) < 0) {
+	c->connected = true;
+	uv_tcp_nodelay(&c->tcp, 1);
+	if ((rc = uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_on_read)) < 0) {
 		smtp_set_last(s, 451, "451 4.4.1 connect to %s failed: %s", s->peer, uv_strerror(rc));
 		smtp_next_addr(s);
 		return;
 	}
+	if (c->pool != NULL)
+		c->pool->st.connects++;
 	sender_smtp_enter_state(s, ST_GREETING);
 }
 
-/* smtp_connect_next - start connecting to the next usable address, or end
- * the job with the last failure when none is left. */
-static void
-smtp_connect_next(sender_smtp *s)
+/* smtp_addr - the destination (with port), its text (IP) and the pool key
+ * of address I; sets s->peer. Returns NULL, or why it cannot be used. */
+static const char *
+smtp_addr(sender_smtp *s, size_t i, struct sockaddr_storage *dst, char ip[INET6_ADDRSTRLEN],
+    char key[SMTP_KEY_MAX])
+{
+	const struct sender_mx_addr *a = &s->addrs[i];
+
+	memset(dst, 0, sizeof(*dst));
+	memcpy(dst, &a->addr, a->addrlen <= sizeof(*dst) ? a->addrlen : sizeof(*dst));
+	if (dst->ss_family == AF_INET) {
+		((struct sockaddr_in *)dst)->sin_port = htons(s->job->port);
+		uv_ip4_name((struct sockaddr_in *)dst, ip, INET6_ADDRSTRLEN);
+		snprintf(s->peer, sizeof(s->peer), "%s:%u", ip, s->job->port);
+	} else if (dst->ss_family == AF_INET6) {
+		((struct sockaddr_in6 *)dst)->sin6_port = htons(s->job->port);
+		uv_ip6_name((struct sockaddr_in6 *)dst, ip, INET6_ADDRSTRLEN);
+		snprintf(s->peer, sizeof(s->peer), "[%s]:%u", ip, s->job->port);
+	} else {
+		snprintf(s->peer, sizeof(s->peer), "(address family %d)", dst->ss_family);
+		return "unsupported address";
+	}
+	if (s->have_src && s->src.ss_family != dst->ss_family)
+		return "no source address of that family";
+	/* What makes one connection as good as another for this job. XXX
+	 * with TLS, the TLS state (and the policy that asked for it) joins
+	 * the key: a cleartext connection must not serve a job that needs TLS. */
+	snprintf(key, SMTP_KEY_MAX, "%s %s %s", s->peer, s->have_src ? s->src_text : "*",
+	    s->job->helo_name);
+	return NULL;
+}
+
+/* smtp_take_parked - go on at address I on a parked connection with KEY,
+ * if the pool has one. */
+static bool
+smtp_take_parked(sender_smtp *s, size_t i, const char *key, const char *ip)
+{
+	struct smtp_conn *c;
+
+	if (s->pool == NULL || (c = pool_take(s->pool, key)) == NULL)
+		return false;
+	s->cur_addr = i;
+	s->conn = c;
+	c->s = s;
+	s->unconfirmed = true;
+	snprintf(s->job->mx_addr, sizeof(s->job->mx_addr), "%s", ip);
+	snprintf(s->job->mx_host, sizeof(s->job->mx_host), "%s", s->addrs[i].host);
+	hk_log_debug("smtp_conn_reused", "{s:s, s:i}", "peer", s->peer, "uses", (int)c->uses);
+	sender_smtp_enter_state(s, smtp_ready(s));
+	return true;
+}
+
+/* smtp_try_addr - start on address cur_addr: on a parked connection if the
+ * pool has one, else on a new one. Returns false if it could not even
+ * start (last_reply says why). */
+static bool
+smtp_try_addr(sender_smtp *s)
 {
 	struct sockaddr_storage dst;
-	char ip[INET6_ADDRSTRLEN];
+	char ip[INET6_ADDRSTRLEN], key[SMTP_KEY_MAX];
+	const char *why;
+	struct smtp_conn *c;
 	int rc;
 
 	s->state = ST_CONNECT;
+	if ((why = smtp_addr(s, s->cur_addr, &dst, ip, key)) != NULL) {
+		smtp_set_last(s, 451, "451 4.4.1 connect to %s failed: %s", s->peer, why);
+		return false;
+	}
+	if (smtp_take_parked(s, s->cur_addr, key, ip))
+		return true;
+
+	snprintf(s->job->mx_addr, sizeof(s->job->mx_addr), "%s", ip);
+	c = conn_new(s->loop, s->pool, key, s->peer);
+	s->conn = c;
+	c->s = s;
+	s->unconfirmed = false;
+	s->tried_helo = false;
+	rc = 0;
+	if (s->have_src)
+		rc = uv_tcp_bind(&c->tcp, (struct sockaddr *)&s->src, 0);
+	if (rc == 0) {
+		c->connect_req.data = c;
+		rc = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&dst, smtp_on_connect);
+	}
+	if (rc < 0) {
+		smtp_set_last(s, 451, "451 4.4.1 connect to %s failed: %s", s->peer, uv_strerror(rc));
+		smtp_drop_conn(s);
+		return false;
+	}
+	smtp_arm_timer(s);
+	return true;
+}
+
+/* smtp_try_next - start on the next usable address, or end the job with
+ * the last failure when none is left. */
+static void
+smtp_try_next(sender_smtp *s)
+{
 	while (s->next_addr < s->n_addrs) {
-		const struct sender_mx_addr *a = &s->addrs[s->next_addr];
 		s->cur_addr = s->next_addr++;
-
-		memset(&dst, 0, sizeof(dst));
-		memcpy(&dst, &a->addr, a->addrlen <= sizeof(dst) ? a->addrlen : sizeof(dst));
-		if (dst.ss_family == AF_INET) {
-			((struct sockaddr_in *)&dst)->sin_port = htons(s->job->port);
-			uv_ip4_name((struct sockaddr_in *)&dst, ip, sizeof(ip));
-			snprintf(s->peer, sizeof(s->peer), "%s:%u", ip, s->job->port);
-		} else if (dst.ss_family == AF_INET6) {
-			((struct sockaddr_in6 *)&dst)->sin6_port = htons(s->job->port);
-			uv_ip6_name((struct sockaddr_in6 *)&dst, ip, sizeof(ip));
-			snprintf(s->peer, sizeof(s->peer), "[%s]:%u", ip, s->job->port);
-		} else {
-			snprintf(s->peer, sizeof(s->peer), "(address family %d)", dst.ss_family);
-			smtp_set_last(s, 451, "451 4.4.1 connect to %s failed: unsupported address",
-			    s->peer);
-			continue;
-		}
-		if (s->have_src && s->src.ss_family != dst.ss_family) {
-			smtp_set_last(s, 451, "451 4.4.1 connect to %s failed: no source address of "
-			    "that family", s->peer);
-			continue;
-		}
-
-		/* Fresh per-connection state. */
-		sender_reply_init(&s->parser);
-		s->expect = 0;
-		s->olen = 0;
-		s->pipelining = s->size_ext = s->eightbit_ext = s->tried_helo = false;
-		s->size_limit = 0;
-		snprintf(s->job->mx_addr, sizeof(s->job->mx_addr), "%s", ip);
-
-		uv_tcp_init(s->loop, &s->tcp);
-		s->tcp.data = s;
-		s->tcp_open = true;
-		s->handles++;
-		rc = 0;
-		if (s->have_src)
-			rc = uv_tcp_bind(&s->tcp, (struct sockaddr *)&s->src, 0);
-		if (rc == 0) {
-			s->connect_req.data = s;
-			rc = uv_tcp_connect(&s->connect_req, &s->tcp, (struct sockaddr *)&dst,
-			    smtp_on_connect);
-		}
-		if (rc < 0) {
-			smtp_set_last(s, 451, "451 4.4.1 connect to %s failed: %s", s->peer,
-			    uv_strerror(rc));
-			smtp_drop(s);   /* the close_cb moves on */
+		if (smtp_try_addr(s))
 			return;
-		}
-		smtp_arm_timer(s);
-		return;
 	}
 	s->job->mx_addr[0] = '\0';
 	smtp_fail(s, s->last_code, "%s", s->last_reply);
+}
+
+/* smtp_start - a parked connection to any of the addresses, in order, beats
+ * a new one to the first: they all serve the domain (Postfix, too, looks its
+ * cache up by destination before it connects). Else connect in order. */
+static void
+smtp_start(sender_smtp *s)
+{
+	struct sockaddr_storage dst;
+	char ip[INET6_ADDRSTRLEN], key[SMTP_KEY_MAX];
+
+	for (size_t i = 0; s->pool != NULL && s->pool->n_idle > 0 && i < s->n_addrs; i++)
+		if (smtp_addr(s, i, &dst, ip, key) == NULL && smtp_take_parked(s, i, key, ip))
+			return;
+	smtp_try_next(s);
 }
 
 /* smtp_bad_arg - text unfit for a command line (CR, LF, controls, <>). */
@@ -875,11 +1303,16 @@ sender_smtp_deliver(sender_smtp **out, uv_loop_t *loop, struct sender_smtp_job *
 	if (job->helo_name[0] == '\0' || smtp_bad_arg(job->helo_name, 255) ||
 	    smtp_bad_arg(job->mail_from, 256))
 		return -EINVAL;
+	if (job->pool != NULL && (job->pool->closing || job->pool->loop != loop))
+		return -EINVAL;
 
 	s = xcalloc(1, sizeof(*s));
 	if (job->source_address != NULL && job->source_address[0] != '\0') {
-		if (uv_ip4_addr(job->source_address, 0, (struct sockaddr_in *)&s->src) != 0 &&
-		    uv_ip6_addr(job->source_address, 0, (struct sockaddr_in6 *)&s->src) != 0) {
+		if (uv_ip4_addr(job->source_address, 0, (struct sockaddr_in *)&s->src) == 0) {
+			uv_ip4_name((struct sockaddr_in *)&s->src, s->src_text, sizeof(s->src_text));
+		} else if (uv_ip6_addr(job->source_address, 0, (struct sockaddr_in6 *)&s->src) == 0) {
+			uv_ip6_name((struct sockaddr_in6 *)&s->src, s->src_text, sizeof(s->src_text));
+		} else {
 			free(s);
 			return -EINVAL;
 		}
@@ -889,13 +1322,13 @@ sender_smtp_deliver(sender_smtp **out, uv_loop_t *loop, struct sender_smtp_job *
 	s->job = job;
 	s->cb = cb;
 	s->arg = arg;
+	s->pool = job->pool;
+	pool_ref(s->pool);
 	s->n_addrs = job->n_addrs;
 	if (s->n_addrs > 0) {
 		s->addrs = xcalloc(s->n_addrs, sizeof(*s->addrs));
 		memcpy(s->addrs, job->addrs, s->n_addrs * sizeof(*s->addrs));
 	}
-	s->ocap = 512;
-	s->obuf = xmalloc(s->ocap);
 	s->order = xcalloc(job->n_rcpts, sizeof(*s->order));
 	s->accepted = xcalloc(job->n_rcpts, sizeof(*s->accepted));
 	job->mx_host[0] = job->mx_addr[0] = '\0';
@@ -913,12 +1346,11 @@ sender_smtp_deliver(sender_smtp **out, uv_loop_t *loop, struct sender_smtp_job *
 
 	uv_timer_init(loop, &s->timer);
 	s->timer.data = s;
-	s->handles = 1;
 	s->state = ST_CONNECT;
 	if (s->n_order == 0)
-		smtp_finish(s);         /* nothing to send; cb from the close_cb */
+		smtp_finish(s, false);  /* nothing to send; cb from the close_cb */
 	else
-		smtp_connect_next(s);
+		smtp_start(s);
 	*out = s;
 	return 0;
 }
@@ -929,4 +1361,39 @@ sender_smtp_abort(sender_smtp *s)
 	if (s == NULL || s->finishing)
 		return;
 	smtp_fail(s, 451, "451 4.3.2 aborted");
+}
+
+/* ---- the pool's interface ---- */
+
+sender_smtp_pool *
+sender_smtp_pool_new(uv_loop_t *loop, uint32_t idle_ms, uint32_t max_uses)
+{
+	sender_smtp_pool *p = xcalloc(1, sizeof(*p));
+
+	p->loop = loop;
+	p->idle_ms = idle_ms;
+	p->max_uses = max_uses;
+	return p;
+}
+
+void
+sender_smtp_pool_close(sender_smtp_pool *p)
+{
+	if (p == NULL || p->closing)
+		return;
+	hk_log_info("smtp_pool_closed", "{s:i, s:I, s:I, s:I, s:I}", "idle", (int)p->n_idle,
+	    "connects", (json_int_t)p->st.connects, "reused", (json_int_t)p->st.reused,
+	    "stale", (json_int_t)p->st.stale, "parked", (json_int_t)p->st.parked);
+	p->closing = true;
+	while (p->idle != NULL)
+		conn_quit(p->idle);
+	if (p->refs == 0)
+		free(p);
+}
+
+void
+sender_smtp_pool_stats(const sender_smtp_pool *p, struct sender_smtp_pool_stats *out)
+{
+	*out = p->st;
+	out->idle = p->n_idle;
 }

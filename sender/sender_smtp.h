@@ -1,16 +1,25 @@
 /*
  * sender_smtp - the outbound SMTP client: one mail transaction, to the first
- * of a list of MX addresses that will talk.
+ * of a list of MX addresses that will talk, on a new connection or on one
+ * kept open from an earlier transaction (a pool, as Postfix's scache).
  *
  * Written as a state table (enter-state sends the command, the reply chooses
  * the next state). Tries the addresses in order until one answers the greeting
  * with 2xx; then EHLO (falling back to HELO), MAIL FROM, one RCPT per
- * recipient (pipelined when PIPELINING is offered), DATA with dot-stuffing,
- * QUIT. Every recipient ends with a final code and the reply that decided it:
+ * recipient (pipelined when PIPELINING is offered), DATA with dot-stuffing.
+ * Every recipient ends with a final code and the reply that decided it:
  * its RCPT reply if that was not 2xx, else the reply to the end of data.
  * Any failure before a recipient's fate is known (connect, timeout, dropped
  * connection, 4xx/5xx on MAIL or DATA) is applied to every undecided
  * recipient; connection-level failures are reported as 4xx (retry later).
+ *
+ * Connection reuse: with a pool in the job, a healthy connection is parked
+ * after the transaction instead of being QUIT (after an RSET when the
+ * transaction did not end with a final reply to DATA), and a later job for
+ * the same (address, port, source address, HELO name) starts at MAIL FROM on
+ * it. A parked connection that turns out dead before its first reply (EOF,
+ * reset, 421) is dropped and the job goes on with another parked connection
+ * or a new one to the same address: that is not a failed attempt.
  */
 #ifndef SENDER_SMTP_H
 #define SENDER_SMTP_H
@@ -19,6 +28,8 @@
 #include <stdint.h>
 #include <uv.h>
 #include "sender_dns.h"
+
+typedef struct sender_smtp_pool sender_smtp_pool;
 
 struct sender_smtp_rcpt {
 	const char *address;            /* in */
@@ -40,6 +51,7 @@ struct sender_smtp_job {
 	size_t body_len;
 	struct sender_smtp_rcpt *rcpts;
 	size_t n_rcpts;
+	sender_smtp_pool *pool;         /* reuse connections, or NULL (QUIT each) */
 	/* out */
 	char mx_host[256];              /* the host that took the session, or "" */
 	char mx_addr[64];               /* its address as text */
@@ -52,13 +64,41 @@ typedef struct sender_smtp sender_smtp;
 
 /* sender_smtp_deliver - start a transaction. The job and everything it points
  * to must stay valid until cb runs. Returns 0 and a handle in *out (valid
- * until cb runs), or negative (cb not called). */
+ * until cb runs), or negative (cb not called): -EINVAL for a bad job or a
+ * pool made for another loop. */
 int sender_smtp_deliver(sender_smtp **out, uv_loop_t *loop,
     struct sender_smtp_job *job, sender_smtp_cb cb, void *arg);
 
 /* sender_smtp_abort - end the transaction now (shutdown): undecided
  * recipients get 451 "aborted", cb runs (asynchronously), the connection is
- * closed. */
+ * closed (never parked). */
 void sender_smtp_abort(sender_smtp *s);
+
+/*
+ * sender_smtp_pool_new - a connection pool for jobs on LOOP. A connection
+ * stays parked at most IDLE_MS (then QUIT), carries at most MAX_USES
+ * transactions; IDLE_MS 0 or MAX_USES 1 turn reuse off. Never fails.
+ */
+sender_smtp_pool *sender_smtp_pool_new(uv_loop_t *loop, uint32_t idle_ms, uint32_t max_uses);
+
+/*
+ * sender_smtp_pool_close - QUIT and close every parked connection; nothing
+ * is parked from now on. Jobs still running may finish (their connections
+ * are closed, not parked) but no new job may use the pool. The pool frees
+ * itself once its last connection is closed and its last job ended: P is
+ * invalid after this call. NULL is fine.
+ */
+void sender_smtp_pool_close(sender_smtp_pool *p);
+
+struct sender_smtp_pool_stats {
+	size_t idle;                    /* connections parked now */
+	uint64_t connects;              /* connections opened by the pool's jobs */
+	uint64_t reused;                /* transactions started on a parked connection */
+	uint64_t stale;                 /* parked connections found dead when reused */
+	uint64_t parked;                /* connections parked after a transaction */
+};
+
+/* sender_smtp_pool_stats - counters since the pool was made. */
+void sender_smtp_pool_stats(const sender_smtp_pool *p, struct sender_smtp_pool_stats *out);
 
 #endif

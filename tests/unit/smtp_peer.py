@@ -17,16 +17,23 @@ CONFIG_JSON (a JSON string, or @path to a file holding one):
        "final": "250 2.0.0 queued",       # may hold CRLFs for a multi-line reply
        "stall": null,                     # "GREETING", "MAIL", "RCPT", "DATA", "EOD": stop replying there
        "drop_after": null,                # close after this many bytes of message data
-       "data_always": false}              # answer DATA with 354 even without recipients
+       "data_always": false,              # answer DATA with 354 even without recipients
+       "close_after_message": false,      # close right after each final reply to the data
+       "stale_after": null,               # N: on the MAIL of the session's transaction N+1...
+       "stale_how": "close"}              # ..."close" (no reply), "reset" (RST), "421" (then
+                                          #   close), "stall" (no reply, keep it open)
     ]
   }
 
 Records (one JSON object per line, flushed before the reply that follows):
-  {"event": "message", "listener": host, "client": peer ip, "helo": ..., "mail": ...,
+  {"event": "connect", "listener": host, "client_port": port}
+                                                              -- at the first command
+  {"event": "message", "listener": host, "client": peer ip, "client_port": port,
+   "n": transaction number in the session (1, 2, ...), "helo": ..., "mail": ...,
    "rcpts": [accepted...], "data_hex": <the un-stuffed message data, hex>}
                                                               -- before the final reply
-  {"event": "session", "listener": host, "commands": [verbs], "violation": bool}
-                                                              -- on QUIT, before 221
+  {"event": "session", "listener": host, "client_port": port, "commands": [verbs],
+   "violation": bool}                                         -- on QUIT, before 221
 "violation" is true when a client sent a command before the previous reply while
 PIPELINING was not offered. Lines end in CRLF only (as a strict server does).
 A connection that sends nothing (a readiness probe) leaves no record.
@@ -34,6 +41,8 @@ A connection that sends nothing (a readiness probe) leaves no record.
 
 import asyncio
 import json
+import socket
+import struct
 import sys
 
 
@@ -54,8 +63,9 @@ class Peer:
         buf = bytearray()
         pos = [0]                       # start of unread bytes in buf
         state = {"helo": None, "mail": None, "mail_ok": False, "rcpts": [], "commands": [],
-                 "violation": False}
+                 "violation": False, "mails": 0}
         stalled = False
+        client_port = writer.get_extra_info("peername")[1]
 
         async def send(text):
             if stalled:
@@ -95,6 +105,9 @@ class Peer:
                     state["violation"] = True
                 cmd = line[:-2].decode("latin-1")
                 verb = cmd.split(" ")[0].split(":")[0].upper()
+                if not state["commands"]:
+                    self.write_record({"event": "connect", "listener": l["host"],
+                                       "client_port": client_port})
                 state["commands"].append(verb)
                 if verb == "EHLO":
                     state["helo"] = cmd[5:]
@@ -110,6 +123,22 @@ class Peer:
                     state["helo"] = cmd[5:]
                     await send("250 peer")
                 elif verb == "MAIL":
+                    state["mails"] += 1
+                    if l.get("stale_after") is not None and state["mails"] > l["stale_after"]:
+                        # A server that gave up on the idle session just now.
+                        how = l.get("stale_how", "close")
+                        if how == "stall":
+                            stalled = True
+                            continue
+                        if how == "421":
+                            await send("421 4.4.2 peer idle timeout")
+                        if how == "reset":
+                            # Linger 0: close() sends a RST, not a FIN.
+                            sock = writer.get_extra_info("socket")
+                            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                            struct.pack("ii", 1, 0))
+                            writer.transport.abort()
+                        return
                     state["mail"] = cmd
                     state["rcpts"] = []
                     reply = l.get("mail", "250 2.1.0 ok")
@@ -157,17 +186,21 @@ class Peer:
                         continue
                     self.write_record({"event": "message", "listener": l["host"],
                                        "client": writer.get_extra_info("peername")[0],
+                                       "client_port": client_port, "n": state["mails"],
                                        "helo": state["helo"], "mail": state["mail"],
                                        "rcpts": state["rcpts"], "data_hex": data.hex()})
                     if l.get("stall") == "EOD":
                         stalled = True
                     await send(l.get("final", "250 2.0.0 queued"))
+                    if l.get("close_after_message"):
+                        return
                 elif verb == "RSET":
                     state["mail"] = None
                     state["rcpts"] = []
                     await send("250 2.0.0 ok")
                 elif verb == "QUIT":
                     self.write_record({"event": "session", "listener": l["host"],
+                                       "client_port": client_port,
                                        "commands": state["commands"],
                                        "violation": state["violation"]})
                     await send("221 2.0.0 bye")

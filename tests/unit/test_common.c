@@ -40,6 +40,7 @@ static const char good_cfg[] =
     "    retry_min: 1500ms\n"
     "    max_lifetime: 5d\n"
     "    queue_map_size: 64M\n"
+    "    connection_cache_time: 500ms\n"
     "  i1:\n"
     "    role: ingress\n"
     "    listen: 127.0.0.1:2525\n"
@@ -63,6 +64,8 @@ test_config_good(void **state)
 	assert_int_equal(s->u.sender.max_lifetime_ms, 5u * 86400000u);
 	assert_int_equal(s->u.sender.queue_map_size, 64u << 20);
 	assert_int_equal(s->u.sender.delivery_port, 25); /* default */
+	assert_int_equal(s->u.sender.connection_cache_time_ms, 500);
+	assert_int_equal(s->u.sender.connection_reuse_limit, 100); /* default */
 	const struct hk_node_conf *i = hk_config_node(cfg, "i1");
 	assert_string_equal(i->u.ingress.routers[0], "tcp://127.0.0.1:7101");
 	assert_int_equal(i->u.ingress.listen_port, 2525);
@@ -85,6 +88,8 @@ test_config_errors(void **state)
 		{ "nodes:\n  s1:\n    role: sender\n    routers: [r1]\n    queue: /q\n    retry_min: 5 weeks\n",
 		  ":6: key 'retry_min':" },
 		{ "nodes:\n  s1:\n    role: sender\n    queue: /q\n", ":2: key 'routers': required" },
+		{ "nodes:\n  s1:\n    role: sender\n    routers: [r1]\n    queue: /q\n    connection_reuse_limit: 0\n",
+		  ":6: key 'connection_reuse_limit': must be at least 1" },
 		{ "nodes:\n  s1:\n    role: sender\n    queue: /q\n    routers: [nope]\n",
 		  "key 'routers': node 's1' names 'nope'" },
 		{ "nodes:\n  x:\n    role: mailer\n", ":3: key 'role':" },

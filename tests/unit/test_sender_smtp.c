@@ -13,6 +13,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -204,10 +205,16 @@ static struct peer g_peer;
 #define L_STALLEOD "127.0.0.23"
 #define L_MAILREJ "127.0.0.24"
 #define L_DATAALWAYS "127.0.0.25"
+#define L_IDLECLOSE "127.0.0.26"        /* closes after each final reply */
+#define L_STALECLOSE "127.0.0.27"       /* on a session's 2nd MAIL: closes, no reply */
+#define L_STALERESET "127.0.0.28"       /* ...: resets */
+#define L_STALE421 "127.0.0.29"         /* ...: 421, then closes */
+#define L_STALESTALL "127.0.0.30"       /* ...: never answers */
 
 static const char *peer_listening[] = {
 	L_GREET421, L_OK, L_NOPIPE, L_MIXED, L_DATA554, L_STALLMAIL, L_STALLGREET, L_DROPDATA,
-	L_NOEHLO, L_SIZE100, L_BADGREET, L_STALLEOD, L_MAILREJ, L_DATAALWAYS,
+	L_NOEHLO, L_SIZE100, L_BADGREET, L_STALLEOD, L_MAILREJ, L_DATAALWAYS, L_IDLECLOSE,
+	L_STALECLOSE, L_STALERESET, L_STALE421, L_STALESTALL,
 };
 
 /* free_port - a TCP port nothing listens on, on 127.0.0.1. */
@@ -301,8 +308,17 @@ peer_start(void **state)
 		    "  {\"host\": \"" L_BADGREET "\", \"port\": %u, \"greeting\": \"220-hello\\r\\n250 mixed\"},"
 		    "  {\"host\": \"" L_STALLEOD "\", \"port\": %u, \"stall\": \"EOD\"},"
 		    "  {\"host\": \"" L_MAILREJ "\", \"port\": %u, \"mail\": \"553 5.7.1 sender rejected\"},"
-		    "  {\"host\": \"" L_DATAALWAYS "\", \"port\": %u, \"data_always\": true}"
-		    " ]}", g_peer.record, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
+		    "  {\"host\": \"" L_DATAALWAYS "\", \"port\": %u, \"data_always\": true},"
+		    "  {\"host\": \"" L_IDLECLOSE "\", \"port\": %u, \"close_after_message\": true},"
+		    "  {\"host\": \"" L_STALECLOSE "\", \"port\": %u, \"stale_after\": 1,"
+		    "   \"stale_how\": \"close\"},"
+		    "  {\"host\": \"" L_STALERESET "\", \"port\": %u, \"stale_after\": 1,"
+		    "   \"stale_how\": \"reset\"},"
+		    "  {\"host\": \"" L_STALE421 "\", \"port\": %u, \"stale_after\": 1,"
+		    "   \"stale_how\": \"421\"},"
+		    "  {\"host\": \"" L_STALESTALL "\", \"port\": %u, \"stale_after\": 1,"
+		    "   \"stale_how\": \"stall\"}"
+		    " ]}", g_peer.record, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
 	}
 
 	g_peer.pid = fork();
@@ -1227,6 +1243,593 @@ test_concurrent_jobs(void **state)
 	assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* ------------------------------------------------------------ connection reuse */
+
+/* rec_count - records after line FROM with this event and listener. */
+static size_t
+rec_count(size_t from, const char *event, const char *listener)
+{
+	FILE *f = fopen(g_peer.record, "r");
+	char *line = NULL;
+	size_t cap = 0, n = 0, found = 0;
+
+	if (f == NULL)
+		return 0;
+	while (getline(&line, &cap, f) > 0) {
+		json_t *j;
+		if (n++ < from)
+			continue;
+		j = json_loads(line, 0, NULL);
+		if (j == NULL)
+			continue;
+		if (strcmp(json_string_value(json_object_get(j, "event")), event) == 0 &&
+		    strcmp(json_string_value(json_object_get(j, "listener")), listener) == 0)
+			found++;
+		json_decref(j);
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+/* rec_nth - the Nth (0-based) record after line FROM with this event and
+ * listener, or NULL. Caller json_decref()s it. */
+static json_t *
+rec_nth(size_t from, const char *event, const char *listener, size_t nth)
+{
+	FILE *f = fopen(g_peer.record, "r");
+	char *line = NULL;
+	size_t cap = 0, n = 0;
+	json_t *found = NULL;
+
+	if (f == NULL)
+		return NULL;
+	while (found == NULL && getline(&line, &cap, f) > 0) {
+		json_t *j;
+		if (n++ < from)
+			continue;
+		j = json_loads(line, 0, NULL);
+		if (j == NULL)
+			continue;
+		if (strcmp(json_string_value(json_object_get(j, "event")), event) == 0 &&
+		    strcmp(json_string_value(json_object_get(j, "listener")), listener) == 0 &&
+		    nth-- == 0)
+			found = j;
+		else
+			json_decref(j);
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+static json_int_t
+rec_int(json_t *rec, const char *key)
+{
+	return json_integer_value(json_object_get(rec, key));
+}
+
+/* fx_start - start FX's job on LOOP through POOL; the callback must not
+ * have run yet. */
+static void
+fx_start(struct fixture *fx, uv_loop_t *loop, sender_smtp_pool *pool, sender_smtp **out)
+{
+	sender_smtp *s;
+
+	fx->job.pool = pool;
+	assert_int_equal(sender_smtp_deliver(&s, loop, &fx->job, on_done, fx), 0);
+	assert_non_null(s);
+	assert_int_equal(fx->calls, 0);
+	if (out != NULL)
+		*out = s;
+}
+
+/* fx_wait - run LOOP until FX's callback ran (the pool keeps the loop
+ * alive afterwards, so uv_run(DEFAULT) would not return). */
+static void
+fx_wait(struct fixture *fx, uv_loop_t *loop)
+{
+	while (fx->calls == 0)
+		if (uv_run(loop, UV_RUN_ONCE) == 0 && fx->calls == 0)
+			fail_msg("the loop ran dry before the callback");
+	assert_int_equal(fx->calls, 1);
+}
+
+/* fx_deliver - one job through POOL, start to callback. */
+static void
+fx_deliver(struct fixture *fx, uv_loop_t *loop, sender_smtp_pool *pool, const char *ip,
+    const char *rcpt)
+{
+	fx_init(fx, stuffed_body, strlen(stuffed_body));
+	fx_addr(fx, "mx.test", ip);
+	fx_rcpt(fx, rcpt);
+	fx_start(fx, loop, pool, NULL);
+	fx_wait(fx, loop);
+}
+
+static struct sender_smtp_pool_stats
+pool_stats(sender_smtp_pool *p)
+{
+	struct sender_smtp_pool_stats st;
+	sender_smtp_pool_stats(p, &st);
+	return st;
+}
+
+/* pool_end - close POOL and run LOOP dry: it must close clean. */
+static void
+pool_end(sender_smtp_pool *p, uv_loop_t *loop)
+{
+	sender_smtp_pool_close(p);
+	uv_run(loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(loop), 0);
+}
+
+/* Two jobs in sequence to one address: one TCP connection, two MAILs. */
+static void
+test_reuse_two_jobs_one_connection(void **state)
+{
+	struct fixture fx;
+	sender_smtp_pool *pool;
+	uv_loop_t loop;
+	json_t *m1, *m2, *rec;
+	size_t mark;
+	char cmds[256];
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	mark = rec_mark();
+	uv_loop_init(&loop);
+	pool = sender_smtp_pool_new(&loop, 10000, 100);
+
+	fx_deliver(&fx, &loop, pool, L_OK, "a@x.test");
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_int_equal(pool_stats(pool).idle, 1);
+	assert_int_equal(pool_stats(pool).parked, 1);
+
+	fx_deliver(&fx, &loop, pool, L_OK, "b@x.test");
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_string_equal(fx.rcpts[0].reply, "250 2.0.0 queued");
+	assert_string_equal(fx.job.mx_host, "mx.test");
+	assert_string_equal(fx.job.mx_addr, L_OK);
+	assert_int_equal(pool_stats(pool).connects, 1);
+	assert_int_equal(pool_stats(pool).reused, 1);
+	assert_int_equal(pool_stats(pool).stale, 0);
+	assert_int_equal(pool_stats(pool).idle, 1);
+
+	/* Another HELO name is another key: a connection of its own. */
+	fx_init(&fx, stuffed_body, strlen(stuffed_body));
+	fx.job.helo_name = "other.test";
+	fx_addr(&fx, "mx.test", L_OK);
+	fx_rcpt(&fx, "c@x.test");
+	fx_start(&fx, &loop, pool, NULL);
+	fx_wait(&fx, &loop);
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_int_equal(pool_stats(pool).connects, 2);
+	assert_int_equal(pool_stats(pool).reused, 1);
+	assert_int_equal(pool_stats(pool).idle, 2);
+	pool_end(pool, &loop);
+
+	assert_int_equal(rec_count(mark, "connect", L_OK), 2);
+	assert_int_equal(rec_count(mark, "message", L_OK), 3);
+	m1 = rec_nth(mark, "message", L_OK, 0);
+	m2 = rec_nth(mark, "message", L_OK, 1);
+	assert_non_null(m1);
+	assert_non_null(m2);
+	assert_int_equal(rec_int(m1, "client_port"), rec_int(m2, "client_port"));
+	assert_int_equal(rec_int(m1, "n"), 1);
+	assert_int_equal(rec_int(m2, "n"), 2);
+	assert_string_equal(json_string_value(json_array_get(json_object_get(m2, "rcpts"), 0)),
+	    "b@x.test");
+	/* The pool's close QUITs the connections, in no particular order. */
+	assert_int_equal(rec_count(mark, "session", L_OK), 2);
+	rec = rec_nth(mark, "session", L_OK, 0);
+	assert_non_null(rec);
+	if (rec_int(rec, "client_port") != rec_int(m1, "client_port")) {
+		json_decref(rec);
+		rec = rec_nth(mark, "session", L_OK, 1);
+		assert_non_null(rec);
+		assert_int_equal(rec_int(rec, "client_port"), rec_int(m1, "client_port"));
+	}
+	rec_commands(rec, cmds, sizeof(cmds));
+	assert_string_equal(cmds, "EHLO MAIL RCPT DATA MAIL RCPT DATA QUIT");
+	json_decref(rec);
+	json_decref(m1);
+	json_decref(m2);
+}
+
+/* A parked connection to a later address of the job beats a new one to the
+ * first: they are MX hosts of the same domain. */
+static void
+test_reuse_any_address(void **state)
+{
+	struct fixture fx;
+	sender_smtp_pool *pool;
+	uv_loop_t loop;
+	size_t mark;
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	mark = rec_mark();
+	uv_loop_init(&loop);
+	pool = sender_smtp_pool_new(&loop, 10000, 100);
+	fx_deliver(&fx, &loop, pool, L_OK, "a@x.test");
+	fx_init(&fx, stuffed_body, strlen(stuffed_body));
+	fx_addr(&fx, "mx1.test", L_NOPIPE);
+	fx_addr(&fx, "mx2.test", L_OK);
+	fx_rcpt(&fx, "b@x.test");
+	fx_start(&fx, &loop, pool, NULL);
+	fx_wait(&fx, &loop);
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_string_equal(fx.job.mx_host, "mx2.test");
+	assert_string_equal(fx.job.mx_addr, L_OK);
+	assert_int_equal(pool_stats(pool).connects, 1);
+	assert_int_equal(pool_stats(pool).reused, 1);
+	pool_end(pool, &loop);
+	assert_int_equal(rec_count(mark, "connect", L_NOPIPE), 0);
+	assert_int_equal(rec_count(mark, "message", L_OK), 2);
+}
+
+/* max_uses 2, three jobs: two connections; the first is QUIT after its
+ * second transaction. Caching off (idle 0, or max_uses 1): one each. */
+static void
+test_reuse_limit(void **state)
+{
+	struct fixture fx;
+	sender_smtp_pool *pool;
+	uv_loop_t loop;
+	json_t *rec;
+	size_t mark;
+	char cmds[256];
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	mark = rec_mark();
+	uv_loop_init(&loop);
+	pool = sender_smtp_pool_new(&loop, 10000, 2);
+	for (int i = 0; i < 3; i++) {
+		fx_deliver(&fx, &loop, pool, L_OK, "a@x.test");
+		assert_int_equal(fx.rcpts[0].code, 250);
+	}
+	assert_int_equal(pool_stats(pool).connects, 2);
+	assert_int_equal(pool_stats(pool).reused, 1);
+	pool_end(pool, &loop);
+	assert_int_equal(rec_count(mark, "connect", L_OK), 2);
+	assert_int_equal(rec_count(mark, "message", L_OK), 3);
+	rec = rec_nth(mark, "session", L_OK, 0);
+	assert_non_null(rec);
+	rec_commands(rec, cmds, sizeof(cmds));
+	assert_string_equal(cmds, "EHLO MAIL RCPT DATA MAIL RCPT DATA QUIT");
+	json_decref(rec);
+	rec = rec_nth(mark, "session", L_OK, 1);
+	assert_non_null(rec);
+	rec_commands(rec, cmds, sizeof(cmds));
+	assert_string_equal(cmds, "EHLO MAIL RCPT DATA QUIT");
+	json_decref(rec);
+
+	for (int off = 0; off < 2; off++) {
+		mark = rec_mark();
+		uv_loop_init(&loop);
+		pool = off == 0 ? sender_smtp_pool_new(&loop, 0, 100) :
+		    sender_smtp_pool_new(&loop, 10000, 1);
+		fx_deliver(&fx, &loop, pool, L_OK, "a@x.test");
+		assert_int_equal(pool_stats(pool).idle, 0);
+		fx_deliver(&fx, &loop, pool, L_OK, "a@x.test");
+		assert_int_equal(fx.rcpts[0].code, 250);
+		assert_int_equal(pool_stats(pool).connects, 2);
+		assert_int_equal(pool_stats(pool).reused, 0);
+		pool_end(pool, &loop);
+		assert_int_equal(rec_count(mark, "connect", L_OK), 2);
+		assert_int_equal(rec_count(mark, "session", L_OK), 2);
+	}
+}
+
+/* The server closes a parked connection: it leaves the pool at once and
+ * the next job connects afresh. */
+static void
+test_reuse_closed_while_idle(void **state)
+{
+	struct fixture fx;
+	sender_smtp_pool *pool;
+	uv_loop_t loop;
+	size_t mark;
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	mark = rec_mark();
+	uv_loop_init(&loop);
+	pool = sender_smtp_pool_new(&loop, 10000, 100);
+	fx_deliver(&fx, &loop, pool, L_IDLECLOSE, "a@x.test");
+	assert_int_equal(fx.rcpts[0].code, 250);
+	/* Parked, then the EOF drops it (the idle timer is 10 s away). */
+	while (pool_stats(pool).idle > 0)
+		uv_run(&loop, UV_RUN_ONCE);
+	assert_int_equal(pool_stats(pool).parked, 1);
+
+	fx_deliver(&fx, &loop, pool, L_IDLECLOSE, "b@x.test");
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_int_equal(pool_stats(pool).connects, 2);
+	assert_int_equal(pool_stats(pool).reused, 0);
+	assert_int_equal(pool_stats(pool).stale, 0);
+	pool_end(pool, &loop);
+	assert_int_equal(rec_count(mark, "connect", L_IDLECLOSE), 2);
+	assert_int_equal(rec_count(mark, "message", L_IDLECLOSE), 2);
+}
+
+/* The server dropped the parked connection just before it was reused: the
+ * EOF, reset or 421 shows only after MAIL went out. The job goes on over a
+ * new connection and the message arrives once. */
+static void
+test_reuse_stale(void **state)
+{
+	static const char *ls[] = { L_STALECLOSE, L_STALERESET, L_STALE421 };
+	struct fixture fx;
+	sender_smtp_pool *pool;
+	sender_smtp *s;
+	uv_loop_t loop;
+	json_t *m1, *m2;
+	size_t mark;
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	for (size_t k = 0; k < sizeof(ls) / sizeof(ls[0]); k++) {
+		mark = rec_mark();
+		uv_loop_init(&loop);
+		pool = sender_smtp_pool_new(&loop, 10000, 100);
+		fx_deliver(&fx, &loop, pool, ls[k], "a@x.test");
+		assert_int_equal(fx.rcpts[0].code, 250);
+		assert_int_equal(pool_stats(pool).idle, 1);
+
+		fx_init(&fx, stuffed_body, strlen(stuffed_body));
+		fx_addr(&fx, "mx.test", ls[k]);
+		fx_rcpt(&fx, "b@x.test");
+		fx_rcpt(&fx, "c@x.test");
+		fx_start(&fx, &loop, pool, &s);
+		assert_int_equal(pool_stats(pool).reused, 1);       /* MAIL is out */
+		fx_wait(&fx, &loop);
+		assert_int_equal(fx.rcpts[0].code, 250);
+		assert_int_equal(fx.rcpts[1].code, 250);
+		assert_string_equal(fx.rcpts[0].reply, "250 2.0.0 queued");
+		assert_string_equal(fx.job.mx_host, "mx.test");
+		assert_string_equal(fx.job.mx_addr, ls[k]);
+		assert_int_equal(pool_stats(pool).stale, 1);
+		assert_int_equal(pool_stats(pool).connects, 2);
+		pool_end(pool, &loop);
+
+		assert_int_equal(rec_count(mark, "connect", ls[k]), 2);
+		assert_int_equal(rec_count(mark, "message", ls[k]), 2);
+		m1 = rec_nth(mark, "message", ls[k], 0);
+		m2 = rec_nth(mark, "message", ls[k], 1);
+		assert_non_null(m1);
+		assert_non_null(m2);
+		assert_int_not_equal(rec_int(m1, "client_port"), rec_int(m2, "client_port"));
+		assert_int_equal(rec_int(m2, "n"), 1);
+		assert_int_equal(json_array_size(json_object_get(m2, "rcpts")), 2);
+		json_decref(m1);
+		json_decref(m2);
+	}
+}
+
+/* The idle timer QUITs a parked connection; then nothing is left. */
+static void
+test_reuse_idle_timeout_quits(void **state)
+{
+	struct fixture fx;
+	sender_smtp_pool *pool;
+	uv_loop_t loop;
+	json_t *rec;
+	size_t mark;
+	uint64_t t0;
+	char cmds[256];
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	mark = rec_mark();
+	uv_loop_init(&loop);
+	pool = sender_smtp_pool_new(&loop, 200, 100);
+	t0 = uv_hrtime();
+	fx_deliver(&fx, &loop, pool, L_OK, "a@x.test");
+	assert_int_equal(pool_stats(pool).idle, 1);
+	uv_run(&loop, UV_RUN_DEFAULT);  /* returns once the connection is gone */
+	assert_true((uv_hrtime() - t0) / 1000000 >= 190);
+	assert_int_equal(pool_stats(pool).idle, 0);
+	rec = rec_find(mark, "session", L_OK);
+	assert_non_null(rec);
+	rec_commands(rec, cmds, sizeof(cmds));
+	assert_string_equal(cmds, "EHLO MAIL RCPT DATA QUIT");
+	json_decref(rec);
+	pool_end(pool, &loop);
+}
+
+/* pool_close with parked connections (two keys): every one is QUIT and
+ * the loop ends clean. */
+static void
+test_pool_close_with_idle(void **state)
+{
+	struct fixture fx[2];
+	sender_smtp_pool *pool;
+	uv_loop_t loop;
+	json_t *rec;
+	size_t mark;
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	mark = rec_mark();
+	uv_loop_init(&loop);
+	pool = sender_smtp_pool_new(&loop, 10000, 100);
+	fx_init(&fx[0], stuffed_body, strlen(stuffed_body));
+	fx_addr(&fx[0], "mx.test", L_OK);
+	fx_rcpt(&fx[0], "a@x.test");
+	fx_init(&fx[1], stuffed_body, strlen(stuffed_body));
+	fx_addr(&fx[1], "mx.test", L_NOPIPE);
+	fx_rcpt(&fx[1], "a@x.test");
+	fx_start(&fx[0], &loop, pool, NULL);
+	fx_start(&fx[1], &loop, pool, NULL);
+	fx_wait(&fx[0], &loop);
+	fx_wait(&fx[1], &loop);
+	assert_int_equal(pool_stats(pool).idle, 2);
+	pool_end(pool, &loop);  /* asserts uv_loop_close() == 0 */
+	rec = rec_find(mark, "session", L_OK);
+	assert_non_null(rec);
+	json_decref(rec);
+	rec = rec_find(mark, "session", L_NOPIPE);
+	assert_non_null(rec);
+	json_decref(rec);
+
+	/* Closing an unused pool, or none, is fine too. */
+	uv_loop_init(&loop);
+	pool_end(sender_smtp_pool_new(&loop, 10000, 100), &loop);
+	sender_smtp_pool_close(NULL);
+}
+
+/* A transaction that did not end with a final reply to the data is reset
+ * before its connection is parked; without PIPELINING too. */
+static void
+test_reuse_after_rset(void **state)
+{
+	static const char *ls[] = { L_OK, L_NOPIPE, L_MAILREJ };
+	static const char *want[] = {
+		"EHLO MAIL RCPT DATA RSET MAIL RCPT DATA QUIT",
+		"EHLO MAIL RCPT RSET MAIL RCPT DATA QUIT",
+		"EHLO MAIL RCPT DATA RSET MAIL RCPT DATA RSET QUIT",     /* every MAIL refused */
+	};
+	struct fixture fx;
+	sender_smtp_pool *pool;
+	uv_loop_t loop;
+	json_t *rec;
+	size_t mark;
+	char cmds[256];
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	for (size_t k = 0; k < sizeof(ls) / sizeof(ls[0]); k++) {
+		mark = rec_mark();
+		uv_loop_init(&loop);
+		pool = sender_smtp_pool_new(&loop, 10000, 100);
+		fx_deliver(&fx, &loop, pool, ls[k], "reject@x.test");
+		assert_true(fx.rcpts[0].code >= 500);
+		/* The RSET's 250 parks it. */
+		while (pool_stats(pool).idle == 0)
+			if (uv_run(&loop, UV_RUN_ONCE) == 0)
+				fail_msg("%s: the connection was not parked", ls[k]);
+		fx_deliver(&fx, &loop, pool, ls[k], "a@x.test");
+		assert_int_equal(fx.rcpts[0].code, k == 2 ? 553 : 250);
+		assert_int_equal(pool_stats(pool).reused, 1);
+		assert_int_equal(pool_stats(pool).connects, 1);
+		pool_end(pool, &loop);
+		rec = rec_find(mark, "session", ls[k]);
+		assert_non_null(rec);
+		rec_commands(rec, cmds, sizeof(cmds));
+		assert_string_equal(cmds, want[k]);
+		json_decref(rec);
+	}
+}
+
+/* The size limit from EHLO holds for later jobs on the connection too. */
+static void
+test_reuse_size_limit(void **state)
+{
+	static const char small[] = "Subject: s\r\n\r\nhi\r\n";
+	struct fixture fx;
+	sender_smtp_pool *pool;
+	uv_loop_t loop;
+	json_t *rec;
+	size_t mark;
+	char cmds[256];
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	mark = rec_mark();
+	uv_loop_init(&loop);
+	pool = sender_smtp_pool_new(&loop, 10000, 100);
+	for (int i = 0; i < 3; i++) {
+		bool big = i != 1;
+		fx_init(&fx, big ? stuffed_body : small, big ? strlen(stuffed_body) : strlen(small));
+		fx_addr(&fx, "mx.test", L_SIZE100);
+		fx_rcpt(&fx, "a@x.test");
+		fx_start(&fx, &loop, pool, NULL);
+		fx_wait(&fx, &loop);
+		assert_int_equal(fx.rcpts[0].code, big ? 552 : 250);
+	}
+	assert_int_equal(pool_stats(pool).connects, 1);
+	assert_int_equal(pool_stats(pool).reused, 2);
+	pool_end(pool, &loop);
+	rec = rec_find(mark, "session", L_SIZE100);
+	assert_non_null(rec);
+	rec_commands(rec, cmds, sizeof(cmds));
+	assert_string_equal(cmds, "EHLO MAIL RCPT DATA QUIT");
+	json_decref(rec);
+}
+
+static void
+abort_reused_later(uv_timer_t *t)
+{
+	struct abort_ctx *a = t->data;
+
+	sender_smtp_abort(a->s);
+	assert_int_equal(a->fx->calls, 0);
+	uv_close((uv_handle_t *)t, NULL);
+}
+
+/* Abort works on a job running on a reused connection, at once or while
+ * it waits for the server; the connection is closed, not parked. */
+static void
+test_reuse_abort(void **state)
+{
+	struct fixture fx;
+	struct abort_ctx a;
+	sender_smtp_pool *pool;
+	uv_loop_t loop;
+	uv_timer_t t;
+	size_t mark;
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	mark = rec_mark();
+	uv_loop_init(&loop);
+	pool = sender_smtp_pool_new(&loop, 10000, 100);
+	fx_deliver(&fx, &loop, pool, L_OK, "a@x.test");
+	assert_int_equal(pool_stats(pool).idle, 1);
+
+	/* At once: MAIL, RCPT and DATA are written already. */
+	fx_init(&fx, stuffed_body, strlen(stuffed_body));
+	fx_addr(&fx, "mx.test", L_OK);
+	fx_rcpt(&fx, "b@x.test");
+	fx_start(&fx, &loop, pool, &a.s);
+	assert_int_equal(pool_stats(pool).reused, 1);
+	sender_smtp_abort(a.s);
+	assert_int_equal(fx.calls, 0);
+	sender_smtp_abort(a.s);
+	fx_wait(&fx, &loop);
+	assert_string_equal(fx.rcpts[0].reply, "451 4.3.2 aborted");
+	assert_int_equal(pool_stats(pool).idle, 0);
+
+	/* The pool still works: a new connection for the next job. */
+	fx_deliver(&fx, &loop, pool, L_OK, "c@x.test");
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_int_equal(pool_stats(pool).connects, 2);
+	pool_end(pool, &loop);
+	assert_int_equal(rec_count(mark, "message", L_OK), 2);
+
+	/* While waiting for a server that went silent on the reused connection. */
+	uv_loop_init(&loop);
+	pool = sender_smtp_pool_new(&loop, 10000, 100);
+	fx_deliver(&fx, &loop, pool, L_STALESTALL, "a@x.test");
+	fx_init(&fx, stuffed_body, strlen(stuffed_body));
+	fx_addr(&fx, "mx.test", L_STALESTALL);
+	fx_rcpt(&fx, "b@x.test");
+	fx_start(&fx, &loop, pool, &a.s);
+	assert_int_equal(pool_stats(pool).reused, 1);
+	a.fx = &fx;
+	uv_timer_init(&loop, &t);
+	t.data = &a;
+	uv_timer_start(&t, abort_reused_later, 100, 0);
+	fx_wait(&fx, &loop);
+	assert_string_equal(fx.rcpts[0].reply, "451 4.3.2 aborted");
+	assert_int_equal(pool_stats(pool).idle, 0);
+	assert_int_equal(pool_stats(pool).stale, 0);
+	pool_end(pool, &loop);
+}
+
 int
 main(void)
 {
@@ -1259,6 +1862,16 @@ main(void)
 		cmocka_unit_test(test_source_address),
 		cmocka_unit_test(test_abort),
 		cmocka_unit_test(test_concurrent_jobs),
+		cmocka_unit_test(test_reuse_two_jobs_one_connection),
+		cmocka_unit_test(test_reuse_any_address),
+		cmocka_unit_test(test_reuse_limit),
+		cmocka_unit_test(test_reuse_closed_while_idle),
+		cmocka_unit_test(test_reuse_stale),
+		cmocka_unit_test(test_reuse_idle_timeout_quits),
+		cmocka_unit_test(test_pool_close_with_idle),
+		cmocka_unit_test(test_reuse_after_rset),
+		cmocka_unit_test(test_reuse_size_limit),
+		cmocka_unit_test(test_reuse_abort),
 	};
 	int failed;
 
