@@ -3,7 +3,8 @@
  * tenant, AUTH failures and connections per client IP. Time is passed in by
  * the caller (now_ms, any monotonic millisecond clock such as uv_now), so the
  * module never reads a clock and tests need no sleeps. Keys are copied.
- * Neither type is thread-safe: each belongs to one loop. Every call is O(1).
+ * Neither type is thread-safe: each belongs to one loop. Every call is O(1)
+ * (amortized over table growth; eviction looks at 16 keys at most).
  */
 #ifndef HK_RATE_H
 #define HK_RATE_H
