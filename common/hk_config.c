@@ -271,7 +271,124 @@ KEY(r_back, get_endpoint(c, v, k, &nc->u.router.back))
 KEY(r_hbto, get_duration_ms(c, v, k, &nc->u.router.heartbeat_timeout_ms))
 KEY(r_enqto, get_duration_ms(c, v, k, &nc->u.router.enqueue_timeout_ms))
 
-KEY(i_listen, get_hostport(c, v, k, &nc->u.ingress.listen_host, &nc->u.ingress.listen_port))
+/* listen: HOST:PORT - the one relay listener of a simple setup. */
+static int
+k_i_listen(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	struct hk_ingress_conf *ic = &nc->u.ingress;
+
+	if (ic->listeners)
+		return cfg_error(c, v, k, "give either listen or listeners, not both");
+	ic->listeners = xcalloc(1, sizeof(*ic->listeners));
+	ic->n_listeners = 1;
+	ic->listeners[0].mode = HK_LISTEN_RELAY;
+	return get_hostport(c, v, k, &ic->listeners[0].host, &ic->listeners[0].port);
+}
+
+static const yaml_node_t *
+map_get(struct cfg_ctx *c, const yaml_node_t *map, const char *key)
+{
+	for (const yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+		const char *k = scalar(yaml_document_get_node(c->doc, p->key));
+		if (k && !strcmp(k, key))
+			return yaml_document_get_node(c->doc, p->value);
+	}
+	return NULL;
+}
+
+/* Every key of MAP must be in ALLOWED (NULL-terminated). */
+static int
+map_check_keys(struct cfg_ctx *c, const yaml_node_t *map, const char *what, const char *const *allowed)
+{
+	for (const yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+		const yaml_node_t *kn = yaml_document_get_node(c->doc, p->key);
+		const char *k = scalar(kn);
+		size_t i;
+		for (i = 0; k && allowed[i]; i++)
+			if (!strcmp(k, allowed[i]))
+				break;
+		if (k == NULL || allowed[i] == NULL)
+			return cfg_error(c, kn, k ? k : "?", "unknown key in %s (see docs/CONFIG.md)", what);
+	}
+	return 0;
+}
+
+/* listeners: [{address: HOST:PORT, mode: relay|submission|smtps, allow_plaintext_auth: BOOL}] */
+static int
+k_i_listeners(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	static const char *const keys[] = { "address", "mode", "allow_plaintext_auth", NULL };
+	struct hk_ingress_conf *ic = &nc->u.ingress;
+	size_t len;
+
+	if (ic->listeners)
+		return cfg_error(c, v, k, "give either listen or listeners, not both");
+	if (v->type != YAML_SEQUENCE_NODE || v->data.sequence.items.top == v->data.sequence.items.start)
+		return cfg_error(c, v, k, "expected a non-empty list of {address, mode, allow_plaintext_auth}");
+	len = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+	ic->listeners = xcalloc(len, sizeof(*ic->listeners));
+	for (size_t i = 0; i < len; i++) {
+		const yaml_node_t *item = yaml_document_get_node(c->doc, v->data.sequence.items.start[i]);
+		struct hk_listener_conf *l = &ic->listeners[i];
+		const yaml_node_t *a, *m, *p;
+		const char *mode;
+
+		ic->n_listeners++;
+		if (item->type != YAML_MAPPING_NODE)
+			return cfg_error(c, item, k, "each listener is a mapping {address, mode, allow_plaintext_auth}");
+		if (map_check_keys(c, item, "a listener", keys))
+			return -1;
+		if ((a = map_get(c, item, "address")) == NULL)
+			return cfg_error(c, item, "address", "required for each listener");
+		if (get_hostport(c, a, "address", &l->host, &l->port))
+			return -1;
+		l->mode = HK_LISTEN_RELAY;
+		if ((m = map_get(c, item, "mode")) != NULL) {
+			mode = scalar(m);
+			if (mode && !strcmp(mode, "relay"))
+				l->mode = HK_LISTEN_RELAY;
+			else if (mode && !strcmp(mode, "submission"))
+				l->mode = HK_LISTEN_SUBMISSION;
+			else if (mode && !strcmp(mode, "smtps"))
+				l->mode = HK_LISTEN_SMTPS;
+			else
+				return cfg_error(c, m, "mode", "expected relay, submission or smtps");
+		}
+		if ((p = map_get(c, item, "allow_plaintext_auth")) != NULL &&
+		    get_bool(c, p, "allow_plaintext_auth", &l->allow_plaintext_auth))
+			return -1;
+	}
+	return 0;
+}
+
+/* tls: {certificate, key, ciphers, ciphersuites} */
+static int
+k_i_tls(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	static const char *const keys[] = { "certificate", "key", "ciphers", "ciphersuites", NULL };
+	struct hk_tls_conf *t = &nc->u.ingress.tls;
+	const yaml_node_t *x;
+
+	if (v->type != YAML_MAPPING_NODE)
+		return cfg_error(c, v, k, "expected a mapping {certificate, key, ciphers, ciphersuites}");
+	if (map_check_keys(c, v, "tls", keys))
+		return -1;
+	if ((x = map_get(c, v, "certificate")) == NULL)
+		return cfg_error(c, v, "certificate", "required in tls");
+	if (get_string(c, x, "certificate", &t->certificate))
+		return -1;
+	if ((x = map_get(c, v, "key")) == NULL)
+		return cfg_error(c, v, "key", "required in tls");
+	if (get_string(c, x, "key", &t->key))
+		return -1;
+	if ((x = map_get(c, v, "ciphers")) != NULL && get_string(c, x, "ciphers", &t->ciphers))
+		return -1;
+	if ((x = map_get(c, v, "ciphersuites")) != NULL && get_string(c, x, "ciphersuites", &t->ciphersuites))
+		return -1;
+	nc->u.ingress.has_tls = true;
+	return 0;
+}
+
 KEY(i_hostname, get_string(c, v, k, &nc->u.ingress.hostname))
 KEY(i_tenant, get_string(c, v, k, &nc->u.ingress.network_tenant))
 KEY(i_routers, get_list(c, v, k, &nc->router_names, &nc->u.ingress.n_routers))
@@ -349,7 +466,8 @@ static const struct key_rule router_keys[] = {
 };
 
 static const struct key_rule ingress_keys[] = {
-	{ "listen", k_i_listen }, { "hostname", k_i_hostname },
+	{ "listen", k_i_listen }, { "listeners", k_i_listeners }, { "tls", k_i_tls },
+	{ "hostname", k_i_hostname },
 	{ "relay_networks", k_i_networks }, { "network_tenant", k_i_tenant },
 	{ "routers", k_i_routers }, { "submit_timeout", k_i_subto },
 	{ "command_timeout", k_i_cmdto }, { "data_timeout", k_i_datato },
@@ -487,8 +605,22 @@ check_node(struct cfg_ctx *c, struct hk_config *cfg, struct hk_node_conf *nc)
 		NEED(nc->u.router.back, "back");
 		return 0;
 	case HK_ROLE_INGRESS:
-		NEED(nc->u.ingress.listen_host, "listen");
+		NEED(nc->u.ingress.listeners, "listen (or listeners)");
 		NEED(nc->router_names, "routers");
+		for (size_t i = 0; i < nc->u.ingress.n_listeners; i++) {
+			const struct hk_listener_conf *l = &nc->u.ingress.listeners[i];
+			const char *why = NULL;
+			if (l->mode == HK_LISTEN_SMTPS && !nc->u.ingress.has_tls)
+				why = "an smtps listener needs a tls: map";
+			else if (l->mode == HK_LISTEN_SUBMISSION && !nc->u.ingress.has_tls &&
+			    !l->allow_plaintext_auth)
+				why = "a submission listener needs a tls: map (or allow_plaintext_auth: true)";
+			if (why) {
+				snprintf(c->err, c->errlen, "%s:%d: key 'listeners': node '%s', listener %s:%u: %s",
+				    c->path, nc->line, nc->name, l->host, l->port, why);
+				return -1;
+			}
+		}
 		if (!nc->u.ingress.hostname)
 			nc->u.ingress.hostname = xstrdup("localhost");
 		if (!nc->u.ingress.network_tenant)
@@ -629,7 +761,13 @@ hk_config_free(struct hk_config **cfgp)
 			free(nc->u.router.back);
 			break;
 		case HK_ROLE_INGRESS:
-			free(nc->u.ingress.listen_host);
+			for (size_t j = 0; j < nc->u.ingress.n_listeners; j++)
+				free(nc->u.ingress.listeners[j].host);
+			free(nc->u.ingress.listeners);
+			free(nc->u.ingress.tls.certificate);
+			free(nc->u.ingress.tls.key);
+			free(nc->u.ingress.tls.ciphers);
+			free(nc->u.ingress.tls.ciphersuites);
 			free(nc->u.ingress.hostname);
 			free(nc->u.ingress.relay_networks);
 			free(nc->u.ingress.network_tenant);
@@ -688,6 +826,17 @@ hk_config_use_inproc(struct hk_config *cfg)
 			eps[j] = xstrdup(buf);
 		}
 	}
+}
+
+const char *
+hk_listen_mode_name(enum hk_listen_mode mode)
+{
+	switch (mode) {
+	case HK_LISTEN_RELAY: return "relay";
+	case HK_LISTEN_SUBMISSION: return "submission";
+	case HK_LISTEN_SMTPS: return "smtps";
+	}
+	return "unknown";
 }
 
 const char *

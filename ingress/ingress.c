@@ -8,6 +8,11 @@
  * table (request id -> session). An answer whose id is not there (the
  * session timed out or left, or the answer is from before a restart) is
  * normal in a cluster and only logged at debug level.
+ *
+ * With a tls: map the node builds one server SSL_CTX at start (a bad
+ * certificate stops the start) and a new one on SIGHUP: new sessions get
+ * the new context, sessions already in TLS keep theirs (OpenSSL counts the
+ * references), and a context that fails to build is logged and not used.
  */
 /* System */
 #include <errno.h>
@@ -22,6 +27,7 @@
 /* common/ */
 #include "hk_log.h"
 #include "hk_node.h"
+#include "hk_tls.h"
 #include "hk_u64map.h"
 #include "hk_util.h"
 #include "hk_zlink.h"
@@ -36,7 +42,10 @@ struct ingress {
 	hk_zlink *link;
 	hk_u64map *wait;        /* req_id -> ingress_session */
 	hk_idgen *idgen;
-	ingress_listener *listener;
+	ingress_listener **listeners;   /* one per conf->listeners */
+	size_t n_listeners;
+	size_t n_open_listeners;        /* not yet done closing */
+	size_t n_sessions;              /* every listener's, for max_sessions */
 	uint64_t next_req_id;
 	bool stopping;
 };
@@ -136,17 +145,72 @@ ingress_free(struct ingress *ing)
 {
 	hk_u64map_destroy(&ing->wait);
 	hk_idgen_destroy(&ing->idgen);
+	SSL_CTX_free(ing->env.tls_ctx);
+	free(ing->listeners);
 	free(ing);
 }
 
-/* The listener closed its last session: nothing refers to us any more. */
+/* A listener closed its last session; after the last listener nothing
+ * refers to us any more. */
 static void
 on_listener_done(void *arg)
 {
 	struct ingress *ing = arg;
 
+	if (--ing->n_open_listeners > 0)
+		return;
 	ing->node->role = NULL;
 	ingress_free(ing);
+}
+
+/* Build the TLS context from the configured files; log what was loaded. */
+static SSL_CTX *
+ingress_tls_load(const struct hk_ingress_conf *c, const char *event)
+{
+	char err[512], subject[256], serial[80];
+	SSL_CTX *ctx;
+
+	if ((ctx = hk_tls_server_ctx(&c->tls, err, sizeof(err))) == NULL) {
+		hk_log_error(!strcmp(event, "tls_loaded") ? "tls_load_failed" : "tls_reload_failed",
+		    "{s:s}", "error", err);
+		return NULL;
+	}
+	hk_tls_ctx_describe(ctx, subject, sizeof(subject), serial, sizeof(serial));
+	hk_log_info(event, "{s:s, s:s, s:s}", "certificate", c->tls.certificate,
+	    "subject", subject, "serial", serial);
+	return ctx;
+}
+
+/* ingress_reload - SIGHUP: new certificate for new sessions, or keep the old. */
+static void
+ingress_reload(struct hk_node *node)
+{
+	struct ingress *ing = node->role;
+	SSL_CTX *ctx;
+
+	if (ing == NULL || ing->stopping || !node->conf->u.ingress.has_tls)
+		return;
+	if ((ctx = ingress_tls_load(&node->conf->u.ingress, "tls_reloaded")) == NULL)
+		return; /* logged; the old context stays */
+	SSL_CTX_free(ing->env.tls_ctx); /* sessions using it hold their own reference */
+	ing->env.tls_ctx = ctx;
+}
+
+static void
+close_listeners(struct ingress *ing)
+{
+	size_t n = ing->n_listeners;
+
+	if (n == 0) {
+		ing->node->role = NULL;
+		ingress_free(ing);
+		return;
+	}
+	/* Count first: a listener with nothing open calls back at once. */
+	ing->n_open_listeners = n;
+	ing->n_listeners = 0;
+	for (size_t i = 0; i < n; i++)
+		ingress_listener_close(ing->listeners[i], on_listener_done, ing);
 }
 
 static void
@@ -160,7 +224,7 @@ ingress_stop(struct hk_node *node)
 	/* Sessions still waiting are closed below; no answer can reach them. */
 	hk_zlink_close(ing->link);
 	ing->link = NULL;
-	ingress_listener_close(ing->listener, on_listener_done, ing);
+	close_listeners(ing);
 }
 
 static int
@@ -192,7 +256,12 @@ ingress_start(struct hk_node *node)
 		.submit = ingress_submit,
 		.cancel = ingress_cancel,
 		.arg = ing,
+		.n_sessions = &ing->n_sessions,
 	};
+	if (c->has_tls && (ing->env.tls_ctx = ingress_tls_load(c, "tls_loaded")) == NULL) {
+		ingress_free(ing);
+		return -1;
+	}
 	rc = hk_zlink_new(&ing->link, node->loop, node->zctx, ZMQ_DEALER, node->conf->name,
 	    node->conf->name, ingress_dispatch, ing);
 	if (rc != 0) {
@@ -209,13 +278,18 @@ ingress_start(struct hk_node *node)
 			return -1;
 		}
 	}
-	if (ingress_listener_new(&ing->listener, node->loop, &ing->env) != 0) {
-		hk_zlink_close(ing->link);
-		ingress_free(ing);
-		return -1;
+	ing->listeners = xcalloc(c->n_listeners, sizeof(*ing->listeners));
+	for (size_t i = 0; i < c->n_listeners; i++) {
+		if (ingress_listener_new(&ing->listeners[i], node->loop, &ing->env, &c->listeners[i]) != 0) {
+			/* The ones already open close while node_abort runs the loop. */
+			node->role = ing;
+			ingress_stop(node);
+			return -1;
+		}
+		ing->n_listeners++;
 	}
 	node->role = ing;
 	return 0;
 }
 
-const struct hk_role_ops ingress_ops = { HK_ROLE_INGRESS, ingress_start, ingress_stop };
+const struct hk_role_ops ingress_ops = { HK_ROLE_INGRESS, ingress_start, ingress_stop, ingress_reload };

@@ -6,10 +6,19 @@
  *
  *   NEW --HELO/EHLO--> HELO --MAIL--> MAIL --RCPT--> RCPT --DATA--> DATA
  *   DATA --CRLF.CRLF--> SUBMIT (waiting for the router) --answer--> HELO
+ *   HELO --STARTTLS--> TLS (handshake) --done--> NEW (session state forgotten)
+ *   start on an smtps listener: TLS --done--> NEW (then the greeting)
  *   any --QUIT, timeout, too many errors--> QUIT (last replies drain) -> closed
  *
  * The order of NEW < HELO < MAIL < RCPT matters: the command table's
- * "needs" flags compare against it.
+ * "needs" flags compare against it. TLS and SUBMIT execute no command.
+ *
+ * The byte stream is plain TCP until STARTTLS (or from the start on an
+ * smtps listener), then TLS through hk_tls's memory-BIO engine: what is read
+ * from the socket is pushed into the engine and the plaintext lands in the
+ * same input buffer as before; replies are encrypted on their way out. After
+ * the 220 to STARTTLS, plaintext the client sent behind the command is
+ * dropped (RFC 3207 5, the command-injection attack).
  *
  * Input is read into a fixed buffer and executed in order (PIPELINING,
  * RFC 2920): replies are collected and written when no complete command is
@@ -34,6 +43,7 @@
 
 /* common/ */
 #include "hk_log.h"
+#include "hk_tls.h"
 #include "hk_util.h"
 
 /* This role */
@@ -45,6 +55,7 @@
 #define INGRESS_ERROR_LIMIT 50       /* rejected commands before we hang up */
 #define INGRESS_QUIT_LINGER_MS 10000 /* time for the last replies to drain */
 #define INGRESS_HELO_MAX 255
+#define INGRESS_RAW_CAP (17 * 1024)  /* ciphertext per read: a TLS record and some */
 
 #define INGRESS_STATES(X)                                               \
 	X(NEW)    /* greeting sent, no HELO/EHLO yet */                 \
@@ -53,7 +64,8 @@
 	X(RCPT)   /* at least one RCPT accepted */                      \
 	X(DATA)   /* reading the message */                             \
 	X(SUBMIT) /* message handed to a router, waiting for its answer */ \
-	X(QUIT)   /* last replies draining, then close */
+	X(QUIT)   /* last replies draining, then close */               \
+	X(TLS)    /* TLS handshake in progress */
 
 enum ingress_state {
 #define X(name) ST_##name,
@@ -66,6 +78,8 @@ enum {
 	SF_ESMTP = 1 << 0,      /* EHLO rather than HELO */
 	SF_RELAY = 1 << 1,      /* client address is in relay_networks */
 	SF_READING = 1 << 2,    /* uv_read_start is in effect */
+	SF_TLS = 1 << 3,        /* TLS is established */
+	SF_AUTH = 1 << 4,       /* AUTH succeeded */
 };
 
 struct ingress_session {
@@ -75,6 +89,7 @@ struct ingress_session {
 	int open_handles;
 	bool closing;
 	const struct ingress_env *env;
+	const struct hk_listener_conf *lconf;
 	ingress_session_closed_cb closed_cb;
 	void *closed_arg;
 
@@ -84,6 +99,11 @@ struct ingress_session {
 	char client_ip[INET6_ADDRSTRLEN];
 	char client_literal[INET6_ADDRSTRLEN + 8]; /* "[1.2.3.4]", "[IPv6:::1]" */
 	char helo[INGRESS_HELO_MAX + 1];
+
+	/* TLS: the engine, and where ciphertext is read to before it goes in */
+	hk_tls_conn *tls;
+	char *raw;
+	char tls_desc[160];     /* "TLSv1.3 with cipher ... (256/256 bits)" */
 
 	/* input: in[0..in_len), executed up to in_off while processing */
 	char in[INGRESS_IN_CAP];
@@ -189,26 +209,43 @@ format_date(int64_t ms, char *out, size_t len)
 	    off < 0 ? '-' : '+', labs(off) / 60, labs(off) % 60);
 }
 
-/* Start a message: its id, its time and the Received header (RFC 5321 4.4). */
+/* The "with" keyword of the Received header (RFC 3848): ESMTP plus S for
+ * TLS and A for AUTH; SMTP (or SMTPS) after HELO. */
+static const char *
+protocol_name(const ingress_session *s)
+{
+	static const char *const esmtp[] = { "ESMTP", "ESMTPS", "ESMTPA", "ESMTPSA" };
+	bool tls = (s->flags & SF_TLS) != 0, auth = (s->flags & SF_AUTH) != 0;
+
+	if (!(s->flags & SF_ESMTP))
+		return tls ? "SMTPS" : "SMTP";
+	return esmtp[(tls ? 1 : 0) | (auth ? 2 : 0)];
+}
+
+/* Start a message: its id, its time and the Received header (RFC 5321 4.4).
+ * The TLS comment is Postfix's; the authenticated user is logged, never
+ * written into the message. */
 static void
 message_begin(ingress_session *s)
 {
-	char date[64], hdr[1024];
+	char date[64], hdr[1024], tls[200] = "";
 	int n;
 
 	hk_id_next(s->env->idgen, s->id);
 	s->received_at_ms = hk_now_ms();
 	format_date(s->received_at_ms, date, sizeof(date));
+	if (s->flags & SF_TLS)
+		snprintf(tls, sizeof(tls), "\t(using %s)\r\n", s->tls_desc);
 	if (s->n_rcpts == 1)
 		n = snprintf(hdr, sizeof(hdr),
-		    "Received: from %s (%s)\r\n\tby %s (Hikyaku) with %s id %s\r\n\tfor <%s>; %s\r\n",
-		    s->helo, s->client_literal, s->env->conf->hostname,
-		    s->flags & SF_ESMTP ? "ESMTP" : "SMTP", s->id, s->rcpts[0].addr, date);
+		    "Received: from %s (%s)\r\n%s\tby %s (Hikyaku) with %s id %s\r\n\tfor <%s>; %s\r\n",
+		    s->helo, s->client_literal, tls, s->env->conf->hostname,
+		    protocol_name(s), s->id, s->rcpts[0].addr, date);
 	else
 		n = snprintf(hdr, sizeof(hdr),
-		    "Received: from %s (%s)\r\n\tby %s (Hikyaku) with %s id %s;\r\n\t%s\r\n",
-		    s->helo, s->client_literal, s->env->conf->hostname,
-		    s->flags & SF_ESMTP ? "ESMTP" : "SMTP", s->id, date);
+		    "Received: from %s (%s)\r\n%s\tby %s (Hikyaku) with %s id %s;\r\n\t%s\r\n",
+		    s->helo, s->client_literal, tls, s->env->conf->hostname,
+		    protocol_name(s), s->id, date);
 	ingress_buf_free(&s->msg);
 	ingress_buf_append(&s->msg, hdr, n < (int)sizeof(hdr) ? (size_t)n : sizeof(hdr) - 1);
 	ingress_data_init(&s->data, &s->msg, s->env->conf->max_message_size);
@@ -231,6 +268,11 @@ ingress_enter_state(ingress_session *s, enum ingress_state next)
 		break;
 	case ST_QUIT:
 		session_flush(s);
+		if (s->tls && (s->flags & SF_TLS) && !s->closing) {
+			/* After the last reply: a clean TLS end, then the FIN. */
+			hk_tls_conn_close_notify(s->tls);
+			session_flush(s);
+		}
 		if (s->closing)
 			return;
 		if (uv_shutdown(&s->shutdown, (uv_stream_t *)&s->tcp, on_shutdown) != 0) {
@@ -288,20 +330,40 @@ on_write(uv_write_t *req, int status)
 		session_process(s);
 }
 
+/*
+ * session_flush - hand the collected replies to the socket: as they are, or
+ * encrypted once TLS is on (with whatever else the engine has to send:
+ * handshake records, session tickets, alerts).
+ */
 static void
 session_flush(ingress_session *s)
 {
 	struct ingress_write *w;
 	uv_buf_t b;
+	size_t n;
 	int rc;
 
-	if (s->out.len == 0 || s->closing)
+	if (s->closing)
 		return;
-	w = xmalloc(sizeof(*w) + s->out.len);
+	if (s->tls) {
+		if (s->out.len > 0 && hk_tls_conn_write(s->tls, s->out.data, s->out.len) != 0) {
+			ingress_session_close(s, "TLS write failed", NULL);
+			return;
+		}
+		s->out.len = 0;
+		if ((n = hk_tls_conn_pending(s->tls)) == 0)
+			return;
+		w = xmalloc(sizeof(*w) + n);
+		n = hk_tls_conn_pull(s->tls, w->data, n);
+	} else {
+		if ((n = s->out.len) == 0)
+			return;
+		w = xmalloc(sizeof(*w) + n);
+		memcpy(w->data, s->out.data, n);
+		s->out.len = 0;
+	}
 	w->s = s;
-	memcpy(w->data, s->out.data, s->out.len);
-	b = uv_buf_init(w->data, (unsigned)s->out.len);
-	s->out.len = 0;
+	b = uv_buf_init(w->data, (unsigned)n);
 	if ((rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, on_write)) != 0) {
 		free(w);
 		ingress_session_close(s, uv_strerror(rc), NULL);
@@ -321,7 +383,100 @@ cmd_error(ingress_session *s, const char *text)
 	}
 }
 
+/* --- TLS ------------------------------------------------------------------ */
+
+static void
+greeting(ingress_session *s)
+{
+	reply(s, "220 %s ESMTP Hikyaku", s->env->conf->hostname);
+}
+
+/* Move what the engine has to send to the socket now, best effort: for an
+ * alert or a goodbye just before the handle is closed. */
+static void
+tls_try_send(ingress_session *s)
+{
+	size_t n;
+	char *buf;
+
+	if (s->tls == NULL || (n = hk_tls_conn_pending(s->tls)) == 0)
+		return;
+	buf = xmalloc(n);
+	n = hk_tls_conn_pull(s->tls, buf, n);
+	uv_buf_t b = uv_buf_init(buf, (unsigned)n);
+	uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+	free(buf);
+}
+
+/* Put a server-side TLS engine on the connection, with the context of the
+ * moment (a reload swaps it for new sessions only). */
+static int
+tls_begin(ingress_session *s)
+{
+	if (s->env->tls_ctx == NULL || (s->tls = hk_tls_conn_new(s->env->tls_ctx, true)) == NULL)
+		return -1;
+	s->raw = xmalloc(INGRESS_RAW_CAP);
+	return 0;
+}
+
+static void
+tls_established(ingress_session *s)
+{
+	s->flags |= SF_TLS;
+	hk_tls_conn_describe(s->tls, s->tls_desc, sizeof(s->tls_desc));
+	hk_log_info("tls_established", "{s:s, s:s, s:s}", "client", s->client_ip,
+	    "version", hk_tls_conn_version(s->tls), "cipher", hk_tls_conn_cipher(s->tls));
+	ingress_enter_state(s, ST_NEW);
+	if (s->lconf->mode == HK_LISTEN_SMTPS)
+		greeting(s); /* RFC 8314 3.3: the greeting comes after the handshake */
+}
+
+/*
+ * tls_fill - advance the handshake, then move the plaintext the engine holds
+ * into the input buffer, as much as fits. Returns false if the session was
+ * closed (handshake failure, TLS error, close_notify).
+ */
+static bool
+tls_fill(ingress_session *s)
+{
+	char err[256];
+	int rc;
+
+	if (s->tls == NULL || s->closing)
+		return !s->closing;
+	if (s->state == ST_TLS) {
+		rc = hk_tls_conn_handshake(s->tls, err, sizeof(err));
+		if (rc == HK_TLS_ERROR) {
+			hk_log_info("tls_failed", "{s:s, s:s}", "client", s->client_ip, "error", err);
+			tls_try_send(s); /* the alert tells the client why */
+			ingress_session_close(s, "TLS handshake failed", NULL);
+			return false;
+		}
+		if (rc == HK_TLS_AGAIN)
+			return true;
+		tls_established(s);
+	}
+	while (s->in_len < sizeof(s->in)) {
+		rc = hk_tls_conn_read(s->tls, s->in + s->in_len, sizeof(s->in) - s->in_len);
+		if (rc > 0) {
+			s->in_len += (size_t)rc;
+			continue;
+		}
+		if (rc == HK_TLS_AGAIN)
+			break;
+		ingress_session_close(s, rc == HK_TLS_CLOSED ? "client disconnected" : "TLS error", NULL);
+		return false;
+	}
+	return true;
+}
+
 /* --- commands ------------------------------------------------------------ */
+
+static bool
+starttls_offered(const ingress_session *s)
+{
+	return s->env->tls_ctx != NULL && s->tls == NULL;
+}
 
 static void
 cmd_helo_common(ingress_session *s, const char *args, bool esmtp)
@@ -353,6 +508,8 @@ cmd_helo_common(ingress_session *s, const char *args, bool esmtp)
 		reply(s, "250-PIPELINING");
 		reply(s, "250-SIZE %zu", c->max_message_size);
 		reply(s, "250-8BITMIME");
+		if (starttls_offered(s))
+			reply(s, "250-STARTTLS");
 		reply(s, "250 ENHANCEDSTATUSCODES");
 	} else {
 		s->flags &= ~(unsigned)SF_ESMTP;
@@ -493,11 +650,48 @@ cmd_vrfy(ingress_session *s, const char *args)
 	reply(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
 }
 
+/*
+ * cmd_starttls - RFC 3207. The 220 goes out in plaintext; then whatever the
+ * client sent behind the command is dropped unread (a man in the middle
+ * could have put commands there to run under TLS), and everything learnt
+ * before TLS is forgotten: the client must EHLO again.
+ */
+static void
+cmd_starttls(ingress_session *s, const char *args)
+{
+	(void)args;
+	if (s->tls != NULL) {
+		cmd_error(s, "503 5.5.1 Error: TLS already active");
+		return;
+	}
+	if (s->env->tls_ctx == NULL) {
+		cmd_error(s, "502 5.5.1 Error: STARTTLS not available");
+		return;
+	}
+	reply(s, "220 2.0.0 Ready to start TLS");
+	session_flush(s);
+	if (s->closing)
+		return;
+	if (s->in_len > s->in_off)
+		hk_log_info("starttls_input_dropped", "{s:s, s:i}", "client", s->client_ip,
+		    "bytes", (int)(s->in_len - s->in_off));
+	s->in_len = s->in_off;
+	memset(&s->lines, 0, sizeof(s->lines));
+	if (tls_begin(s) != 0) {
+		ingress_session_close(s, "TLS not available", NULL);
+		return;
+	}
+	txn_reset(s);
+	s->helo[0] = '\0';
+	s->flags &= ~(unsigned)SF_ESMTP;
+	ingress_enter_state(s, ST_TLS);
+}
+
 static void
 cmd_help(ingress_session *s, const char *args)
 {
 	(void)args;
-	reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP");
+	reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH");
 }
 
 /* Command table flags. */
@@ -525,6 +719,7 @@ static const struct ingress_cmd {
 	{ "QUIT", CMD_NO_ARGS | CMD_FLUSH, cmd_quit },
 	{ "VRFY", CMD_FLUSH, cmd_vrfy },
 	{ "HELP", CMD_FLUSH, cmd_help },
+	{ "STARTTLS", CMD_NEED_HELO | CMD_NO_ARGS | CMD_FLUSH, cmd_starttls },
 };
 
 static void
@@ -680,10 +875,19 @@ update_reading(ingress_session *s)
  * session_process - execute buffered input until it runs out or a command
  * must wait, then write the collected replies and decide whether to read.
  */
+static bool
+runnable(const ingress_session *s)
+{
+	return !s->closing && s->state != ST_QUIT && s->state != ST_SUBMIT && s->state != ST_TLS;
+}
+
 static void
 session_process(ingress_session *s)
 {
-	while (!s->closing && s->state != ST_QUIT && s->state != ST_SUBMIT && !output_full(s)) {
+again:
+	if (!tls_fill(s))
+		return;
+	while (runnable(s) && !output_full(s)) {
 		const char *p = s->in + s->in_off, *line;
 		size_t n = s->in_len - s->in_off, used, line_len;
 		enum ingress_line_result r;
@@ -712,6 +916,17 @@ session_process(ingress_session *s)
 		s->in_len -= s->in_off;
 		s->in_off = 0;
 	}
+	/* The engine may hold more plaintext than fitted; or the handshake just
+	 * ended with the client's first command behind it. */
+	if (s->tls && (runnable(s) || s->state == ST_TLS) && !output_full(s) &&
+	    s->in_len < sizeof(s->in)) {
+		size_t had = s->in_len;
+		enum ingress_state st = s->state;
+		if (!tls_fill(s))
+			return;
+		if (s->in_len > had || s->state != st)
+			goto again;
+	}
 	session_flush(s);
 	update_reading(s);
 }
@@ -722,7 +937,10 @@ on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	ingress_session *s = h->data;
 
 	(void)suggested;
-	*buf = uv_buf_init(s->in + s->in_len, (unsigned)(sizeof(s->in) - s->in_len));
+	if (s->tls)
+		*buf = uv_buf_init(s->raw, INGRESS_RAW_CAP);
+	else
+		*buf = uv_buf_init(s->in + s->in_len, (unsigned)(sizeof(s->in) - s->in_len));
 }
 
 static void
@@ -741,7 +959,10 @@ on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 		ingress_session_close(s, nread == UV_EOF ? "client disconnected" : uv_strerror((int)nread), NULL);
 		return;
 	}
-	s->in_len += (size_t)nread;
+	if (s->tls)
+		hk_tls_conn_push(s->tls, s->raw, (size_t)nread);
+	else
+		s->in_len += (size_t)nread;
 	if (s->state != ST_SUBMIT && s->state != ST_QUIT)
 		arm_timer(s); /* idle timeouts count from the last input */
 	session_process(s);
@@ -794,16 +1015,19 @@ on_closed(uv_handle_t *h)
 		s->closed_cb(s, s->closed_arg);
 	txn_reset(s);
 	ingress_buf_free(&s->out);
+	hk_tls_conn_free(&s->tls);
+	free(s->raw);
 	free(s);
 }
 
 ingress_session *
 ingress_session_new(uv_loop_t *loop, const struct ingress_env *env,
-    ingress_session_closed_cb closed, void *arg)
+    const struct hk_listener_conf *lconf, ingress_session_closed_cb closed, void *arg)
 {
 	ingress_session *s = xcalloc(1, sizeof(*s));
 
 	s->env = env;
+	s->lconf = lconf;
 	s->closed_cb = closed;
 	s->closed_arg = arg;
 	s->state = ST_NEW;
@@ -844,7 +1068,8 @@ peer_address(ingress_session *s)
 			snprintf(s->client_literal, sizeof(s->client_literal), "[IPv6:%s]", s->client_ip);
 		}
 	}
-	for (size_t i = 0; i < c->n_relay_networks; i++) {
+	/* Only a relay listener lets an address stand in for AUTH. */
+	for (size_t i = 0; s->lconf->mode == HK_LISTEN_RELAY && i < c->n_relay_networks; i++) {
 		if (hk_cidr_match(&c->relay_networks[i], (struct sockaddr *)&ss)) {
 			s->flags |= SF_RELAY;
 			break;
@@ -856,10 +1081,18 @@ void
 ingress_session_start(ingress_session *s)
 {
 	peer_address(s);
-	hk_log_info("smtp_connect", "{s:s, s:b}", "client", s->client_ip, "relay",
-	    (s->flags & SF_RELAY) != 0);
-	reply(s, "220 %s ESMTP Hikyaku", s->env->conf->hostname);
-	ingress_enter_state(s, ST_NEW);
+	hk_log_info("smtp_connect", "{s:s, s:s, s:b}", "client", s->client_ip,
+	    "listener", hk_listen_mode_name(s->lconf->mode), "relay", (s->flags & SF_RELAY) != 0);
+	if (s->lconf->mode == HK_LISTEN_SMTPS) {
+		if (tls_begin(s) != 0) {
+			ingress_session_close(s, "TLS not available", NULL);
+			return;
+		}
+		ingress_enter_state(s, ST_TLS);
+	} else {
+		greeting(s);
+		ingress_enter_state(s, ST_NEW);
+	}
 	session_process(s);
 }
 
@@ -868,7 +1101,11 @@ ingress_session_close(ingress_session *s, const char *reason, const char *goodby
 {
 	if (s->closing)
 		return;
-	if (goodbye != NULL) {
+	if (goodbye != NULL && s->tls != NULL) {
+		/* Best effort, as below; only once TLS is up can the client read it. */
+		if ((s->flags & SF_TLS) && hk_tls_conn_write(s->tls, goodbye, strlen(goodbye)) == 0)
+			tls_try_send(s);
+	} else if (goodbye != NULL) {
 		/* Best effort: the socket buffer takes it or it is lost. */
 		uv_buf_t b = uv_buf_init((char *)goodbye, (unsigned)strlen(goodbye));
 		uv_try_write((uv_stream_t *)&s->tcp, &b, 1);

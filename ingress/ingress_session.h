@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/ssl.h>
 #include <uv.h>
 
 #include "hk_config.h"
@@ -49,6 +50,13 @@ struct ingress_env {
 	const struct hk_ingress_conf *conf;
 	const char *node_name;
 	hk_idgen *idgen;
+	/* The server context for new TLS sessions, or NULL without tls:. The
+	 * node may swap it (certificate reload); a session that started TLS
+	 * keeps the context it started with. */
+	SSL_CTX *tls_ctx;
+	/* Sessions of every listener, against conf->max_sessions (NULL: each
+	 * listener counts its own). */
+	size_t *n_sessions;
 	/* submit - send TXN to a router. On 0 the answer comes later through
 	 * ingress_session_submitted(s, ...) unless cancel(req_id) is called
 	 * first; otherwise a negative errno (-EAGAIN: no router connected). */
@@ -62,17 +70,19 @@ typedef void (*ingress_session_closed_cb)(ingress_session *s, void *arg);
 
 /*
  * ingress_session_new - a session whose TCP handle is initialised on LOOP,
- * ready for uv_accept(server, ingress_session_stream(s)). Call
+ * ready for uv_accept(server, ingress_session_stream(s)), speaking as
+ * listener LCONF says (relay, submission, smtps; both outlive it). Call
  * ingress_session_start() after a successful accept, or
  * ingress_session_close() if it failed. CLOSED is called once, just before
  * the session is freed.
  */
 ingress_session *ingress_session_new(uv_loop_t *loop, const struct ingress_env *env,
-    ingress_session_closed_cb closed, void *arg);
+    const struct hk_listener_conf *lconf, ingress_session_closed_cb closed, void *arg);
 
 uv_stream_t *ingress_session_stream(ingress_session *s);
 
-/* ingress_session_start - send the greeting and start the dialogue. */
+/* ingress_session_start - send the greeting (smtps: start the TLS
+ * handshake first) and start the dialogue. */
 void ingress_session_start(ingress_session *s);
 
 /* ingress_session_submitted - the router's answer to the pending request.

@@ -68,7 +68,11 @@ test_config_good(void **state)
 	assert_int_equal(s->u.sender.connection_reuse_limit, 100); /* default */
 	const struct hk_node_conf *i = hk_config_node(cfg, "i1");
 	assert_string_equal(i->u.ingress.routers[0], "tcp://127.0.0.1:7101");
-	assert_int_equal(i->u.ingress.listen_port, 2525);
+	assert_int_equal(i->u.ingress.n_listeners, 1);
+	assert_int_equal(i->u.ingress.listeners[0].port, 2525);
+	assert_int_equal(i->u.ingress.listeners[0].mode, HK_LISTEN_RELAY);
+	assert_false(i->u.ingress.listeners[0].allow_plaintext_auth);
+	assert_false(i->u.ingress.has_tls);
 	assert_int_equal(i->u.ingress.n_relay_networks, 2);
 	hk_config_use_inproc(cfg);
 	assert_string_equal(i->u.ingress.routers[0], "inproc://r1.front");
@@ -95,6 +99,17 @@ test_config_errors(void **state)
 		{ "nodes:\n  x:\n    role: mailer\n", ":3: key 'role':" },
 		{ "nodes:\n  i:\n    role: ingress\n    listen: nowhere\n", ":4: key 'listen':" },
 		{ "nodes:\n  i:\n    role: ingress\n    relay_networks: [10.0.0.0/33]\n", ":4: key 'relay_networks': '10.0.0.0/33'" },
+		{ "nodes:\n  i:\n    role: ingress\n    routers: [r]\n    listen: 127.0.0.1:25\n"
+		  "    listeners: [{address: '127.0.0.1:26'}]\n", ":6: key 'listeners': give either listen or listeners" },
+		{ "nodes:\n  i:\n    role: ingress\n    listeners:\n      - address: 127.0.0.1:465\n        mode: tls\n",
+		  ":6: key 'mode': expected relay, submission or smtps" },
+		{ "nodes:\n  i:\n    role: ingress\n    listeners:\n      - address: 127.0.0.1:465\n        port: 1\n",
+		  ":6: key 'port': unknown key in a listener" },
+		{ "nodes:\n  r:\n    role: router\n    front: tcp://a:1\n    back: tcp://a:2\n"
+		  "  i:\n    role: ingress\n    routers: [r]\n    listeners:\n      - {address: '127.0.0.1:465', mode: smtps}\n",
+		  ":6: key 'listeners': node 'i', listener 127.0.0.1:465: an smtps listener needs a tls: map" },
+		{ "nodes:\n  i:\n    role: ingress\n    tls:\n      certificate: /c.pem\n",
+		  ":5: key 'key': required in tls" },
 		{ "nodes: [\n", "YAML syntax error" },
 		{ "other: 1\n", ":1: key 'other': unknown top-level key" },
 	};
