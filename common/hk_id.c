@@ -5,7 +5,6 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "hk_id.h"
 #include "hk_util.h"
@@ -17,24 +16,11 @@ struct hk_idgen {
 
 static const char b32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
-static int
-fill_random(uint8_t *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t r = getrandom(p, n, 0);
-		if (r < 0)
-			return -1;
-		p += r;
-		n -= (size_t)r;
-	}
-	return 0;
-}
-
 hk_idgen *
 hk_idgen_new(void)
 {
 	hk_idgen *g = xcalloc(1, sizeof(*g));
-	if (fill_random(g->rnd, sizeof(g->rnd)) != 0) {
+	if (hk_random(g->rnd, sizeof(g->rnd)) != 0) {
 		free(g);
 		return NULL;
 	}
@@ -56,7 +42,7 @@ hk_id_next(hk_idgen *g, char out[HK_ID_LEN + 1])
 
 	if (now > g->last_ms) {
 		g->last_ms = now;
-		if (fill_random(g->rnd, sizeof(g->rnd)) != 0)
+		if (hk_random(g->rnd, sizeof(g->rnd)) != 0)
 			g->rnd[9]++; /* fall back to counting; uniqueness still holds */
 		g->rnd[0] &= 0x7f; /* leave headroom so increments rarely carry out */
 	} else {

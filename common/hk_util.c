@@ -1,9 +1,11 @@
 /*
- * hk_util - allocation that cannot fail, time, host:port parsing.
+ * hk_util - allocation that cannot fail, randomness, time, host:port parsing.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "hk_util.h"
@@ -56,6 +58,24 @@ xstrndup(const char *s, size_t n)
 	memcpy(p, s, n);
 	p[n] = '\0';
 	return p;
+}
+
+int
+hk_random(void *p, size_t n)
+{
+	uint8_t *b = p;
+
+	while (n > 0) {
+		/* Reads over 256 bytes may come back short, and a signal may interrupt. */
+		ssize_t r = getrandom(b, n, 0);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -1;
+		b += r;
+		n -= (size_t)r;
+	}
+	return 0;
 }
 
 int64_t

@@ -1,5 +1,5 @@
 /*
- * hk_util - allocation that cannot fail (x*), time, small string helpers.
+ * hk_util - allocation that cannot fail (x*), randomness, time, small string helpers.
  */
 #ifndef HK_UTIL_H
 #define HK_UTIL_H
@@ -12,6 +12,9 @@ void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
+
+/* hk_random - fill P with N bytes from the OS random source (getrandom). 0, or -1 with errno. */
+int hk_random(void *p, size_t n);
 
 /* hk_now_ms - wall clock, Unix epoch milliseconds. */
 int64_t hk_now_ms(void);
