@@ -13,6 +13,11 @@
  * certificate stops the start) and a new one on SIGHUP: new sessions get
  * the new context, sessions already in TLS keep theirs (OpenSSL counts the
  * references), and a context that fails to build is logged and not used.
+ *
+ * AUTH checks the credentials of every tenant of the file (ingress_auth);
+ * password hashes run on libuv's thread pool, two at a time per node so
+ * that a burst of logins cannot take every pool thread from the sender's
+ * commits in `hikyaku all`.
  */
 /* System */
 #include <errno.h>
@@ -33,8 +38,12 @@
 #include "hk_zlink.h"
 
 /* This role */
+#include "ingress_auth.h"
 #include "ingress_listener.h"
 #include "ingress_session.h"
+
+#define INGRESS_AUTH_RUNNING 2               /* password checks on the pool at once */
+#define INGRESS_AUTH_CACHE_MS (5 * 60 * 1000) /* a success is remembered this long */
 
 struct ingress {
 	struct hk_node *node;
@@ -146,6 +155,7 @@ ingress_free(struct ingress *ing)
 	hk_u64map_destroy(&ing->wait);
 	hk_idgen_destroy(&ing->idgen);
 	SSL_CTX_free(ing->env.tls_ctx);
+	ingress_auth_destroy(&ing->env.auth); /* freed when its last check returns */
 	free(ing->listeners);
 	free(ing);
 }
@@ -257,6 +267,7 @@ ingress_start(struct hk_node *node)
 		.cancel = ingress_cancel,
 		.arg = ing,
 		.n_sessions = &ing->n_sessions,
+		.auth = ingress_auth_new(node->loop, node->cfg, INGRESS_AUTH_RUNNING, INGRESS_AUTH_CACHE_MS),
 	};
 	if (c->has_tls && (ing->env.tls_ctx = ingress_tls_load(c, "tls_loaded")) == NULL) {
 		ingress_free(ing);

@@ -7,11 +7,14 @@
  *   NEW --HELO/EHLO--> HELO --MAIL--> MAIL --RCPT--> RCPT --DATA--> DATA
  *   DATA --CRLF.CRLF--> SUBMIT (waiting for the router) --answer--> HELO
  *   HELO --STARTTLS--> TLS (handshake) --done--> NEW (session state forgotten)
+ *   HELO --AUTH--> AUTH (SASL exchange) --credentials--> AUTH_PENDING
+ *        (password check on the thread pool) --235/535--> HELO
  *   start on an smtps listener: TLS --done--> NEW (then the greeting)
  *   any --QUIT, timeout, too many errors--> QUIT (last replies drain) -> closed
  *
  * The order of NEW < HELO < MAIL < RCPT matters: the command table's
- * "needs" flags compare against it. TLS and SUBMIT execute no command.
+ * "needs" flags compare against it. TLS, SUBMIT and AUTH_PENDING execute no
+ * command (input stays buffered); in AUTH a line is a SASL response.
  *
  * The byte stream is plain TCP until STARTTLS (or from the start on an
  * smtps listener), then TLS through hk_tls's memory-BIO engine: what is read
@@ -30,6 +33,7 @@
  */
 /* System */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -39,6 +43,7 @@
 
 /* Third-party */
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <uv.h>
 
 /* common/ */
@@ -56,6 +61,9 @@
 #define INGRESS_QUIT_LINGER_MS 10000 /* time for the last replies to drain */
 #define INGRESS_HELO_MAX 255
 #define INGRESS_RAW_CAP (17 * 1024)  /* ciphertext per read: a TLS record and some */
+#define INGRESS_AUTH_FAILURES 3      /* failed AUTH before we hang up */
+
+enum auth_step { AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
 
 #define INGRESS_STATES(X)                                               \
 	X(NEW)    /* greeting sent, no HELO/EHLO yet */                 \
@@ -65,7 +73,9 @@
 	X(DATA)   /* reading the message */                             \
 	X(SUBMIT) /* message handed to a router, waiting for its answer */ \
 	X(QUIT)   /* last replies draining, then close */               \
-	X(TLS)    /* TLS handshake in progress */
+	X(TLS)    /* TLS handshake in progress */                      \
+	X(AUTH)   /* AUTH: waiting for the client's SASL response */  \
+	X(AUTH_PENDING) /* AUTH: the password is being checked */
 
 enum ingress_state {
 #define X(name) ST_##name,
@@ -104,6 +114,14 @@ struct ingress_session {
 	hk_tls_conn *tls;
 	char *raw;
 	char tls_desc[160];     /* "TLSv1.3 with cipher ... (256/256 bits)" */
+
+	/* AUTH */
+	enum auth_step auth_step;
+	const char *auth_mech;  /* "PLAIN" or "LOGIN" */
+	char auth_user[INGRESS_AUTH_USER_MAX + 1]; /* logged, never put in a header */
+	ingress_auth_job *auth_job;
+	unsigned auth_failures;
+	const struct hk_tenant_conf *tenant; /* with SF_AUTH */
 
 	/* input: in[0..in_len), executed up to in_off while processing */
 	char in[INGRESS_IN_CAP];
@@ -472,6 +490,33 @@ tls_fill(ingress_session *s)
 
 /* --- commands ------------------------------------------------------------ */
 
+/* AUTH could be offered on this listener at some point of the session. */
+static bool
+auth_possible(const ingress_session *s)
+{
+	return s->env->auth != NULL && (s->env->tls_ctx != NULL || s->tls != NULL ||
+	    s->lconf->allow_plaintext_auth);
+}
+
+/* AUTH is offered now: passwords never cross in clear unless allowed. */
+static bool
+auth_offered(const ingress_session *s)
+{
+	return s->env->auth != NULL && ((s->flags & SF_TLS) || s->lconf->allow_plaintext_auth);
+}
+
+/* Whose mail this is: the authenticated tenant, or network_tenant for a
+ * client in relay_networks; NULL for anyone else (who may not relay). */
+static const struct hk_tenant_conf *
+session_tenant(const ingress_session *s)
+{
+	if (s->flags & SF_AUTH)
+		return s->tenant;
+	if (s->flags & SF_RELAY)
+		return s->env->conf->tenant;
+	return NULL;
+}
+
 static bool
 starttls_offered(const ingress_session *s)
 {
@@ -510,6 +555,8 @@ cmd_helo_common(ingress_session *s, const char *args, bool esmtp)
 		reply(s, "250-8BITMIME");
 		if (starttls_offered(s))
 			reply(s, "250-STARTTLS");
+		if (auth_offered(s))
+			reply(s, "250-AUTH PLAIN LOGIN");
 		reply(s, "250 ENHANCEDSTATUSCODES");
 	} else {
 		s->flags &= ~(unsigned)SF_ESMTP;
@@ -543,6 +590,7 @@ copy_params(const struct ingress_path *p)
 static void
 cmd_mail(ingress_session *s, const char *args)
 {
+	const struct hk_tenant_conf *t;
 	struct ingress_path p;
 	char err[INGRESS_REPLY_MAX];
 
@@ -552,6 +600,18 @@ cmd_mail(ingress_session *s, const char *args)
 	}
 	if (p.has_size && p.size > s->env->conf->max_message_size) {
 		reply(s, "552 5.3.4 Message size exceeds fixed limit");
+		return;
+	}
+	/* Submission and smtps: AUTH first, whatever the client's address. */
+	if (s->lconf->mode != HK_LISTEN_RELAY && !(s->flags & SF_AUTH)) {
+		cmd_error(s, "530 5.7.0 Authentication required");
+		return;
+	}
+	if ((t = session_tenant(s)) != NULL && !hk_tenant_owns_sender(t, p.addr)) {
+		snprintf(err, sizeof(err), "553 5.7.1 Sender address not owned by tenant %s", t->name);
+		hk_log_info("sender_refused", "{s:s, s:s, s:s, s:s}", "client", s->client_ip,
+		    "tenant", t->name, "user", s->auth_user, "from", p.addr);
+		cmd_error(s, err);
 		return;
 	}
 	txn_reset(s);
@@ -585,7 +645,7 @@ cmd_rcpt(ingress_session *s, const char *args)
 		cmd_error(s, err);
 		return;
 	}
-	if (!(s->flags & SF_RELAY)) {
+	if (session_tenant(s) == NULL) {
 		cmd_error(s, "554 5.7.1 Relay access denied");
 		return;
 	}
@@ -683,8 +743,195 @@ cmd_starttls(ingress_session *s, const char *args)
 	}
 	txn_reset(s);
 	s->helo[0] = '\0';
-	s->flags &= ~(unsigned)SF_ESMTP;
+	s->flags &= ~(unsigned)(SF_ESMTP | SF_AUTH);
+	s->tenant = NULL;
+	s->auth_user[0] = '\0';
 	ingress_enter_state(s, ST_TLS);
+}
+
+/* --- AUTH (RFC 4954) --------------------------------------------------------- */
+
+static void
+auth_end(ingress_session *s)
+{
+	if (s->state == ST_AUTH || s->state == ST_AUTH_PENDING)
+		ingress_enter_state(s, ST_HELO);
+}
+
+static void
+auth_done(ingress_session *s, const struct hk_tenant_conf *t, bool cached)
+{
+	if (t != NULL) {
+		s->flags |= SF_AUTH;
+		s->tenant = t;
+		hk_log_info("auth_success", "{s:s, s:s, s:s, s:s, s:b}", "client", s->client_ip,
+		    "user", s->auth_user, "tenant", t->name, "mechanism", s->auth_mech, "cached", cached);
+		reply(s, "235 2.7.0 Authentication successful");
+		auth_end(s);
+		return;
+	}
+	s->auth_failures++;
+	hk_log_info("auth_failed", "{s:s, s:s, s:s, s:i}", "client", s->client_ip,
+	    "user", s->auth_user, "mechanism", s->auth_mech, "failures", (int)s->auth_failures);
+	s->auth_user[0] = '\0';
+	auth_end(s);
+	cmd_error(s, "535 5.7.8 Error: authentication failed");
+	if (s->auth_failures >= INGRESS_AUTH_FAILURES && s->state != ST_QUIT) {
+		reply(s, "421 4.7.0 %s Error: too many failed authentications", s->env->conf->hostname);
+		ingress_enter_state(s, ST_QUIT);
+	}
+}
+
+/* The check came back from the thread pool. */
+static void
+on_auth_checked(void *arg, const struct hk_tenant_conf *t)
+{
+	ingress_session *s = arg;
+
+	s->auth_job = NULL;
+	if (s->closing || s->state != ST_AUTH_PENDING)
+		return;
+	auth_done(s, t, false);
+	session_process(s); /* what the client pipelined behind AUTH */
+}
+
+/* Check USER's PASSWORD (wiped here): at once from the cache, or later. */
+static void
+auth_verify(ingress_session *s, const char *user, char *password)
+{
+	const struct hk_tenant_conf *t;
+	int rc;
+
+	if (user != s->auth_user)
+		snprintf(s->auth_user, sizeof(s->auth_user), "%s", user);
+	rc = ingress_auth_check(s->env->auth, s->auth_user, password, on_auth_checked, s, &s->auth_job, &t);
+	OPENSSL_cleanse(password, strlen(password));
+	if (rc == 1)
+		auth_done(s, t, true);
+	else
+		ingress_enter_state(s, ST_AUTH_PENDING);
+}
+
+static void
+auth_sasl_error(ingress_session *s, int rc)
+{
+	if (rc == INGRESS_SASL_AUTHZID) {
+		auth_done(s, NULL, false); /* authorization identity other than the user's */
+		return;
+	}
+	auth_end(s);
+	cmd_error(s, rc == INGRESS_SASL_BAD_BASE64 ? "501 5.5.2 Invalid base64 data" :
+	    "501 5.5.2 Malformed authentication data");
+}
+
+/* One SASL response (initial or after a 334), in state AUTH. */
+static void
+auth_response(ingress_session *s, const char *line)
+{
+	char user[INGRESS_AUTH_USER_MAX + 1], pass[INGRESS_AUTH_PASS_MAX + 1];
+	int rc;
+
+	if (strcmp(line, "*") == 0) {
+		auth_end(s);
+		cmd_error(s, "501 5.0.0 Authentication cancelled");
+		return;
+	}
+	switch (s->auth_step) {
+	case AUTH_PLAIN:
+		if ((rc = ingress_sasl_plain(line, user, pass)) != INGRESS_SASL_OK)
+			auth_sasl_error(s, rc);
+		else
+			auth_verify(s, user, pass);
+		break;
+	case AUTH_LOGIN_USER:
+		if ((rc = ingress_sasl_field(line, s->auth_user, sizeof(s->auth_user))) != INGRESS_SASL_OK) {
+			auth_sasl_error(s, rc);
+			break;
+		}
+		s->auth_step = AUTH_LOGIN_PASS;
+		reply(s, "334 UGFzc3dvcmQ6"); /* "Password:" */
+		break;
+	case AUTH_LOGIN_PASS:
+		if ((rc = ingress_sasl_field(line, pass, sizeof(pass))) != INGRESS_SASL_OK)
+			auth_sasl_error(s, rc);
+		else
+			auth_verify(s, s->auth_user, pass);
+		break;
+	}
+	OPENSSL_cleanse(pass, sizeof(pass));
+	OPENSSL_cleanse(user, sizeof(user));
+}
+
+/* A line in state AUTH: wipe it from the input buffer once read. */
+static void
+auth_line(ingress_session *s, enum ingress_line_result r, const char *line, size_t len)
+{
+	char buf[INGRESS_LINE_MAX + 1];
+
+	if (r == INGRESS_LINE_TOO_LONG) {
+		auth_end(s);
+		cmd_error(s, "500 5.5.6 Authentication exchange line is too long");
+		return;
+	}
+	memcpy(buf, line, len);
+	buf[len] = '\0';
+	OPENSSL_cleanse((char *)line, len);
+	auth_response(s, buf);
+	OPENSSL_cleanse(buf, sizeof(buf));
+	session_flush(s);
+}
+
+static void
+cmd_auth(ingress_session *s, const char *args)
+{
+	char mech[16];
+	size_t n = strcspn(args, " ");
+	const char *resp = args + n;
+
+	if (s->flags & SF_AUTH) {
+		cmd_error(s, "503 5.5.1 Error: already authenticated");
+		return;
+	}
+	if (!auth_possible(s)) {
+		cmd_error(s, "503 5.5.1 Error: authentication not enabled");
+		return;
+	}
+	if (!auth_offered(s)) {
+		cmd_error(s, "538 5.7.11 Encryption required for requested authentication mechanism");
+		return;
+	}
+	if (s->state >= ST_MAIL) {
+		cmd_error(s, "503 5.5.1 Error: MAIL transaction in progress");
+		return;
+	}
+	if (n == 0 || n >= sizeof(mech)) {
+		cmd_error(s, n == 0 ? "501 5.5.4 Syntax: AUTH mechanism [initial-response]" :
+		    "504 5.5.4 Unrecognized authentication type");
+		return;
+	}
+	for (size_t i = 0; i < n; i++)
+		mech[i] = (char)toupper((unsigned char)args[i]);
+	mech[n] = '\0';
+	while (*resp == ' ')
+		resp++;
+	if (!strcmp(mech, "PLAIN")) {
+		s->auth_mech = "PLAIN";
+		s->auth_step = AUTH_PLAIN;
+	} else if (!strcmp(mech, "LOGIN")) {
+		s->auth_mech = "LOGIN";
+		s->auth_step = AUTH_LOGIN_USER;
+	} else {
+		cmd_error(s, "504 5.5.4 Unrecognized authentication type");
+		return;
+	}
+	s->auth_user[0] = '\0';
+	ingress_enter_state(s, ST_AUTH);
+	if (*resp != '\0')
+		auth_response(s, resp); /* the initial response (RFC 4954 4) */
+	else if (s->auth_step == AUTH_PLAIN)
+		reply(s, "334 ");
+	else
+		reply(s, "334 VXNlcm5hbWU6"); /* "Username:" */
 }
 
 static void
@@ -702,6 +949,7 @@ enum {
 	CMD_NO_TXN = 1 << 3,    /* 503 inside a transaction (nested MAIL) */
 	CMD_NO_ARGS = 1 << 4,   /* 501 if arguments are given */
 	CMD_FLUSH = 1 << 5,     /* ends a pipeline group: reply at once (RFC 2920 3.1) */
+	CMD_SECRET = 1 << 6,    /* the line may hold a password: wipe it after use */
 };
 
 static const struct ingress_cmd {
@@ -720,6 +968,7 @@ static const struct ingress_cmd {
 	{ "VRFY", CMD_FLUSH, cmd_vrfy },
 	{ "HELP", CMD_FLUSH, cmd_help },
 	{ "STARTTLS", CMD_NEED_HELO | CMD_NO_ARGS | CMD_FLUSH, cmd_starttls },
+	{ "AUTH", CMD_NEED_HELO | CMD_FLUSH | CMD_SECRET, cmd_auth },
 };
 
 static void
@@ -756,6 +1005,10 @@ session_execute(ingress_session *s, const char *line, size_t len)
 		cmd_error(s, err);
 	} else
 		cmd->handler(s, cl.args);
+	if (cmd != NULL && (cmd->flags & CMD_SECRET)) {
+		OPENSSL_cleanse(buf, sizeof(buf));
+		OPENSSL_cleanse((char *)line, len);
+	}
 	if (cmd != NULL && (cmd->flags & CMD_FLUSH))
 		session_flush(s);
 }
@@ -794,7 +1047,7 @@ data_end(ingress_session *s)
 	}
 	t = (struct ingress_txn){
 		.id = s->id,
-		.tenant = s->env->conf->network_tenant,
+		.tenant = session_tenant(s)->name,
 		.mail_from = s->mail_from,
 		.mail_params = s->mail_params,
 		.n_mail_params = s->n_mail_params,
@@ -842,9 +1095,10 @@ ingress_session_submitted(ingress_session *s, bool ok, const char *reason)
 	}
 	if (ok) {
 		reply(s, "250 2.0.0 Ok: queued as %s", s->id);
-		hk_log_info("accepted", "{s:s, s:s, s:s, s:s, s:i, s:I}", "id", s->id,
-		    "client", s->client_ip, "tenant", s->env->conf->network_tenant,
-		    "from", s->mail_from, "rcpts", (int)s->n_rcpts, "size", (json_int_t)s->body_size);
+		hk_log_info("accepted", "{s:s, s:s, s:s, s:s, s:s, s:i, s:I, s:s}", "id", s->id,
+		    "client", s->client_ip, "tenant", session_tenant(s)->name, "user", s->auth_user,
+		    "from", s->mail_from, "rcpts", (int)s->n_rcpts, "size", (json_int_t)s->body_size,
+		    "tls", (s->flags & SF_TLS) ? hk_tls_conn_version(s->tls) : "");
 		txn_reset(s);
 		ingress_enter_state(s, ST_HELO);
 	} else {
@@ -878,7 +1132,8 @@ update_reading(ingress_session *s)
 static bool
 runnable(const ingress_session *s)
 {
-	return !s->closing && s->state != ST_QUIT && s->state != ST_SUBMIT && s->state != ST_TLS;
+	return !s->closing && s->state != ST_QUIT && s->state != ST_SUBMIT && s->state != ST_TLS &&
+	    s->state != ST_AUTH_PENDING;
 }
 
 static void
@@ -904,7 +1159,9 @@ again:
 		s->in_off += used;
 		if (r == INGRESS_LINE_MORE)
 			break;
-		if (r == INGRESS_LINE_TOO_LONG)
+		if (s->state == ST_AUTH)
+			auth_line(s, r, line, line_len);
+		else if (r == INGRESS_LINE_TOO_LONG)
 			cmd_error(s, "500 5.5.2 Line too long");
 		else
 			session_execute(s, line, line_len);
@@ -1111,6 +1368,8 @@ ingress_session_close(ingress_session *s, const char *reason, const char *goodby
 		uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
 	}
 	s->closing = true;
+	ingress_auth_cancel(s->auth_job); /* a check in flight finds no one */
+	s->auth_job = NULL;
 	if (s->state == ST_SUBMIT) {
 		/* The answer may still come; the node will find no one waiting. */
 		s->env->cancel(s->env->arg, s->req_id);

@@ -19,6 +19,7 @@
 
 #include "hk_config.h"
 #include "hk_id.h"
+#include "ingress_auth.h"
 
 typedef struct ingress_session ingress_session;
 
@@ -32,7 +33,7 @@ struct ingress_rcpt {
  * is valid only during the env->submit() call. */
 struct ingress_txn {
 	const char *id;
-	const char *tenant;
+	const char *tenant;     /* the authenticated tenant, or network_tenant */
 	const char *mail_from;  /* "" for the null sender */
 	char *const *mail_params;
 	size_t n_mail_params;
@@ -57,6 +58,8 @@ struct ingress_env {
 	/* Sessions of every listener, against conf->max_sessions (NULL: each
 	 * listener counts its own). */
 	size_t *n_sessions;
+	/* Credentials and password checks for AUTH; NULL: AUTH is not offered. */
+	ingress_auth *auth;
 	/* submit - send TXN to a router. On 0 the answer comes later through
 	 * ingress_session_submitted(s, ...) unless cancel(req_id) is called
 	 * first; otherwise a negative errno (-EAGAIN: no router connected). */

@@ -906,6 +906,23 @@ class RawSmtp:
             pass
 
 
+# ---------------------------------------------------------------- AUTH
+
+def passwd_hash(password, rounds=5000):
+    """A password hash made by `hikyaku passwd` (few rounds: tests only)."""
+    r = subprocess.run([HIKYAKU_BIN, "passwd", "--rounds", str(rounds)], input=password,
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise RuntimeError("hikyaku passwd: %s" % r.stderr)
+    return r.stdout.strip()
+
+
+def sasl_plain(user, password, authzid=""):
+    """The base64 AUTH PLAIN response (RFC 4616)."""
+    import base64
+    return base64.b64encode(("%s\0%s\0%s" % (authzid, user, password)).encode()).decode()
+
+
 # ---------------------------------------------------------------- TLS
 
 class TestPki:

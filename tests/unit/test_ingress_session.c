@@ -35,6 +35,7 @@ struct harness {
 	uv_loop_t loop;
 	struct hk_ingress_conf conf;
 	struct hk_listener_conf lconf;
+	struct hk_tenant_conf tenant;
 	struct hk_cidr net;
 	struct ingress_env env;
 	ingress_listener *listener;
@@ -162,6 +163,8 @@ harness_new(void)
 	h->conf.relay_networks = &h->net;
 	h->conf.n_relay_networks = 1;
 	h->conf.network_tenant = "default";
+	h->tenant.name = "default";
+	h->conf.tenant = &h->tenant;
 	h->conf.submit_timeout_ms = 5000;
 	h->conf.command_timeout_ms = 5000;
 	h->conf.data_timeout_ms = 5000;
