@@ -332,3 +332,69 @@ def test_passwords_never_logged(cluster):
     for pw in (ACME_PW, BETA_PW, OPEN_PW):
         assert pw.encode() not in log
         assert harness.sasl_plain(ACME_USER, pw).encode() not in log
+
+
+def test_postfix_customer_relays_through_submission(cluster, mxm, pki, tmp_path):
+    """A customer's Postfix, configured as an ESP tells its customers to:
+    relayhost = our submission port, SASL PLAIN over mandatory STARTTLS.
+    A message handed to that Postfix arrives at the recipient's MX."""
+    import os
+    import shutil
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+    from peer_postfix import PostfixRelay
+
+    class CustomerPostfix(PostfixRelay):
+        """The benchmark relay, plus tlsmgr: its SMTP client does TLS here."""
+
+        def _master_cf(self):
+            return super()._master_cf() + "tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n"
+
+    work = tmp_path / "postfix"
+    work.mkdir()
+    conf = tmp_path / "postfix-files"
+    conf.mkdir()
+    sub_port = cluster.port(mode="submission")
+    shutil.copy(pki.ca, conf / "ca.pem")
+    (conf / "relay_password").write_text("[127.0.0.1]:%d %s:%s\n" % (sub_port, ACME_USER, ACME_PW))
+    listen = harness.free_port()
+    relay = CustomerPostfix(str(work), listen, "127.0.0.1", sub_port, sessions=5, overrides={
+        "smtp_sasl_auth_enable": "yes",
+        "smtp_sasl_password_maps": "hash:%s/relay_password" % conf,
+        "smtp_sasl_security_options": "noanonymous",
+        "smtp_sasl_tls_security_options": "noanonymous",
+        "smtp_tls_security_level": "encrypt",
+        "smtp_tls_CAfile": "%s/ca.pem" % conf,
+        "smtp_tls_loglevel": "1",
+    })
+    relay._write_config()     # postmap needs the instance's main.cf
+    r = subprocess.run(["postmap", "-c", relay.config_dir, "hash:%s/relay_password" % conf],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for f in conf.iterdir():
+        f.chmod(0o644)
+    conf.chmod(0o755)
+    token = uuid.uuid4().hex
+    mark = cluster.log_of("ingress-1").mark()
+    relay.start()
+    try:
+        data = harness.make_message(token, sender="orders@shop.acme.test", rcpts=["buyer@a.test"], lines=30)
+        r = harness.submit(listen, "orders@shop.acme.test", ["buyer@a.test"], data)
+        assert r["data"][0] == 250, r
+        (m,) = mxm.wait_token(token, timeout=30)
+        assert m.mail_from == "orders@shop.acme.test" and m.rcpt_tos == ["buyer@a.test"]
+        ours, rest = harness.strip_received(m.data)
+        ours = ours.decode()
+        assert "with ESMTPSA id" in ours and "(using TLSv1.3 with cipher" in ours, ours
+        assert b"postfix-peer.bench.test" in rest      # Postfix's own Received header below ours
+        ev = cluster.wait_event("auth_success", node="ingress-1", since=mark, user=ACME_USER)
+        assert (ev["tenant"], ev["mechanism"]) == ("acme", "PLAIN"), ev
+        harness.wait_until(lambda: "status=sent" in relay.log_tail(200), 10, "postfix to log status=sent")
+        log = relay.log_tail(200)
+        # Trusted: Postfix checked our chain up to the test root it was given.
+        assert re.search(r"Trusted TLS connection established to 127\.0\.0\.1\[127\.0\.0\.1\]:%d: "
+                         r"TLSv1\.3" % sub_port, log), log
+        assert re.search(r"to=<buyer@a\.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:%d, .*status=sent "
+                         r"\(250 2\.0\.0 Ok: queued as [0-9A-Z]{26}\)" % sub_port, log), log
+    finally:
+        relay.stop()
