@@ -18,6 +18,9 @@
  * password hashes run on libuv's thread pool, two at a time per node so
  * that a burst of logins cannot take every pool thread from the sender's
  * commits in `hikyaku all`.
+ *
+ * A tenant's rate_limit is a token bucket per node (hk_rate), taken at MAIL:
+ * with N ingress nodes a tenant may send up to N times its rate in total.
  */
 /* System */
 #include <errno.h>
@@ -32,6 +35,7 @@
 /* common/ */
 #include "hk_log.h"
 #include "hk_node.h"
+#include "hk_rate.h"
 #include "hk_tls.h"
 #include "hk_u64map.h"
 #include "hk_util.h"
@@ -55,6 +59,7 @@ struct ingress {
 	size_t n_listeners;
 	size_t n_open_listeners;        /* not yet done closing */
 	size_t n_sessions;              /* every listener's, for max_sessions */
+	hk_rate **rates;                /* per cfg->tenants[i] with a rate_limit, else NULL */
 	uint64_t next_req_id;
 	bool stopping;
 };
@@ -121,6 +126,21 @@ ingress_cancel(void *arg, uint64_t req_id)
 	hk_u64map_pop(ing->wait, req_id);
 }
 
+/* ingress_admit - env->admit: may tenant T start one more message now? */
+static bool
+ingress_admit(void *arg, const struct hk_tenant_conf *t, uint64_t *retry_ms)
+{
+	struct ingress *ing = arg;
+	size_t i = (size_t)(t - ing->node->cfg->tenants);
+	uint64_t now = uv_now(ing->node->loop);
+
+	if (i >= ing->node->cfg->n_tenants || ing->rates[i] == NULL ||
+	    hk_rate_take(ing->rates[i], t->name, 1, now))
+		return true;
+	*retry_ms = hk_rate_retry_ms(ing->rates[i], t->name, 1, now);
+	return false;
+}
+
 /* ingress_dispatch - a frame from a router. */
 static void
 ingress_dispatch(hk_zlink *link, const void *peer, size_t peer_len, const Hk__Frame *frame,
@@ -154,6 +174,9 @@ ingress_free(struct ingress *ing)
 {
 	hk_u64map_destroy(&ing->wait);
 	hk_idgen_destroy(&ing->idgen);
+	for (size_t i = 0; ing->rates && i < ing->node->cfg->n_tenants; i++)
+		hk_rate_free(ing->rates[i]);
+	free(ing->rates);
 	SSL_CTX_free(ing->env.tls_ctx);
 	ingress_auth_destroy(&ing->env.auth); /* freed when its last check returns */
 	free(ing->listeners);
@@ -259,12 +282,24 @@ ingress_start(struct hk_node *node)
 	 * would be needed to catch up).
 	 */
 	ing->next_req_id = ((uint64_t)hk_now_ms() << 20) | 1;
+	ing->rates = xcalloc(node->cfg->n_tenants ? node->cfg->n_tenants : 1, sizeof(*ing->rates));
+	for (size_t i = 0; i < node->cfg->n_tenants; i++) {
+		const struct hk_tenant_conf *t = &node->cfg->tenants[i];
+		/* A burst of the full count: "6000/m" may all come at once. */
+		if (t->rate_count && (ing->rates[i] = hk_rate_new(t->rate_count, t->rate_per_ms, 0, 1)) == NULL) {
+			hk_log_error("ingress_start_failed", "{s:s, s:s}", "tenant", t->name,
+			    "error", "cannot make the rate limiter");
+			ingress_free(ing);
+			return -1;
+		}
+	}
 	ing->env = (struct ingress_env){
 		.conf = c,
 		.node_name = node->conf->name,
 		.idgen = ing->idgen,
 		.submit = ingress_submit,
 		.cancel = ingress_cancel,
+		.admit = ingress_admit,
 		.arg = ing,
 		.n_sessions = &ing->n_sessions,
 		.auth = ingress_auth_new(node->loop, node->cfg, INGRESS_AUTH_RUNNING, INGRESS_AUTH_CACHE_MS),

@@ -593,6 +593,7 @@ cmd_mail(ingress_session *s, const char *args)
 	const struct hk_tenant_conf *t;
 	struct ingress_path p;
 	char err[INGRESS_REPLY_MAX];
+	uint64_t retry_ms = 0;
 
 	if (ingress_parse_path(args, INGRESS_PATH_MAIL, &p, err) != 0) {
 		cmd_error(s, err);
@@ -612,6 +613,13 @@ cmd_mail(ingress_session *s, const char *args)
 		hk_log_info("sender_refused", "{s:s, s:s, s:s, s:s}", "client", s->client_ip,
 		    "tenant", t->name, "user", s->auth_user, "from", p.addr);
 		cmd_error(s, err);
+		return;
+	}
+	if (t != NULL && s->env->admit && !s->env->admit(s->env->arg, t, &retry_ms)) {
+		hk_log_info("rate_limited", "{s:s, s:s, s:s, s:I}", "client", s->client_ip,
+		    "tenant", t->name, "user", s->auth_user, "retry_ms", (json_int_t)retry_ms);
+		reply(s, "450 4.7.1 Message rate limit exceeded for tenant %s, try again in %llu s", t->name,
+		    (unsigned long long)(retry_ms + 999) / 1000);
 		return;
 	}
 	txn_reset(s);

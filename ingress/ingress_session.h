@@ -66,6 +66,9 @@ struct ingress_env {
 	int (*submit)(void *arg, ingress_session *s, const struct ingress_txn *txn, uint64_t *req_id);
 	/* cancel - forget a pending request: the session gave up on it. */
 	void (*cancel)(void *arg, uint64_t req_id);
+	/* admit - may tenant T start a message now (its rate_limit)? If not,
+	 * *retry_ms says when. NULL: no limits. */
+	bool (*admit)(void *arg, const struct hk_tenant_conf *t, uint64_t *retry_ms);
 	void *arg;
 };
 

@@ -45,6 +45,8 @@ def auth_cluster(c, pki, workdir):
         "beta": {"credentials_file": creds, "sender_domains": ["beta.test"]},
         "open": {"credentials": [{"user": OPEN_USER, "password_hash": harness.passwd_hash(OPEN_PW)}]},
         "local": {},
+        "slow": {"credentials": [{"user": "slow", "password_hash": harness.passwd_hash("slow-pw")}],
+                 "rate_limit": "2/h"},
     }
     c.add_router()
     c.add_sender()
@@ -324,6 +326,22 @@ def test_unknown_network_tenant_is_a_config_error(tmp_path):
                        capture_output=True, text=True, timeout=10)
     assert r.returncode == 1
     assert "%s:8: key 'network_tenant': node 'i' names tenant 'ghost'" % path in r.stdout, r.stdout
+
+
+def test_tenant_rate_limit(cluster, pki):
+    with starttls(cluster, pki) as s:
+        s.login("slow", "slow-pw")
+        for _ in range(2):
+            assert s.mail("a@slow.test")[0] == 250
+            s.rset()
+        code, text = s.mail("a@slow.test")
+        assert code == 450 and re.match(rb"4\.7\.1 Message rate limit exceeded for tenant slow, "
+                                        rb"try again in (\d+) s$", text), (code, text)
+        assert 1700 <= int(text.split()[-2]) <= 1800   # half an hour for one of 2/h
+    # Another tenant is not affected.
+    with starttls(cluster, pki) as s:
+        s.login(ACME_USER, ACME_PW)
+        assert s.mail("a@acme.test")[0] == 250
 
 
 def test_passwords_never_logged(cluster):
