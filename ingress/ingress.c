@@ -304,6 +304,9 @@ ingress_start(struct hk_node *node)
 		.n_sessions = &ing->n_sessions,
 		.auth = ingress_auth_new(node->loop, node->cfg, INGRESS_AUTH_RUNNING, INGRESS_AUTH_CACHE_MS),
 	};
+	/* With no user anywhere AUTH could only fail: do not offer it. */
+	if (ingress_auth_users(ing->env.auth) == 0)
+		ingress_auth_destroy(&ing->env.auth);
 	if (c->has_tls && (ing->env.tls_ctx = ingress_tls_load(c, "tls_loaded")) == NULL) {
 		ingress_free(ing);
 		return -1;

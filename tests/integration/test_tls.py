@@ -74,6 +74,10 @@ def test_starttls_relay_message_delivered(cluster, mxm, pki):
         assert int(cert["serialNumber"], 16) == 1001, cert
         code, text = s.ehlo("client.test")
         assert code == 250 and not s.has_extn("starttls"), text   # not offered twice
+        # No tenant has credentials in this cluster: AUTH is not offered at all.
+        assert not s.has_extn("auth"), text
+        assert s.docmd("AUTH", "PLAIN " + harness.sasl_plain("u", "p")) == (
+            503, b"5.5.1 Error: authentication not enabled")
         s.sendmail("tls@client.test", ["tls@a.test"], data)
     (m,) = mxm.wait_token(token)
     received = received_of(m)
