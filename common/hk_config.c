@@ -16,6 +16,8 @@
 #include <yaml.h>
 
 #include "hk_config.h"
+#include "hk_domain.h"
+#include "hk_passwd.h"
 #include "hk_util.h"
 
 struct cfg_ctx {
@@ -253,6 +255,308 @@ hk_cidr_match(const struct hk_cidr *net, const struct sockaddr *sa)
 	return true;
 }
 
+static const yaml_node_t *
+map_get(struct cfg_ctx *c, const yaml_node_t *map, const char *key)
+{
+	for (const yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+		const char *k = scalar(yaml_document_get_node(c->doc, p->key));
+		if (k && !strcmp(k, key))
+			return yaml_document_get_node(c->doc, p->value);
+	}
+	return NULL;
+}
+
+/* Every key of MAP must be in ALLOWED (NULL-terminated). */
+static int
+map_check_keys(struct cfg_ctx *c, const yaml_node_t *map, const char *what, const char *const *allowed)
+{
+	for (const yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+		const yaml_node_t *kn = yaml_document_get_node(c->doc, p->key);
+		const char *k = scalar(kn);
+		size_t i;
+		for (i = 0; k && allowed[i]; i++)
+			if (!strcmp(k, allowed[i]))
+				break;
+		if (k == NULL || allowed[i] == NULL)
+			return cfg_error(c, kn, k ? k : "?", "unknown key in %s (see docs/CONFIG.md)", what);
+	}
+	return 0;
+}
+
+/* --- tenants ---------------------------------------------------------------- */
+
+static struct hk_tenant_conf *
+tenant_add(struct hk_config *cfg, const char *name)
+{
+	struct hk_tenant_conf *t;
+
+	cfg->tenants = xrealloc(cfg->tenants, (cfg->n_tenants + 1) * sizeof(*cfg->tenants));
+	t = &cfg->tenants[cfg->n_tenants++];
+	memset(t, 0, sizeof(*t));
+	t->name = xstrdup(name);
+	t->pool = xstrdup("shared");
+	return t;
+}
+
+static void
+tenant_add_credential(struct hk_tenant_conf *t, const char *user, const char *hash)
+{
+	t->credentials = xrealloc(t->credentials, (t->n_credentials + 1) * sizeof(*t->credentials));
+	t->credentials[t->n_credentials].user = xstrdup(user);
+	t->credentials[t->n_credentials].hash = xstrdup(hash);
+	t->n_credentials++;
+}
+
+/* Check one user/hash pair; WHERE names its origin for the message. */
+static int
+credential_ok(char *err, size_t errlen, const char *where, const char *user, const char *hash)
+{
+	if (user == NULL || *user == '\0' || strlen(user) > 255 || strchr(user, ':')) {
+		snprintf(err, errlen, "%s: key 'user': expected a non-empty user name (no ':', at most 255 bytes)", where);
+		return -1;
+	}
+	if (hash == NULL || !hk_passwd_hash_ok(hash)) {
+		snprintf(err, errlen, "%s: key 'password_hash': user '%s': not a password hash hikyaku can verify "
+		    "(\"$6$...\", \"$y$...\" or \"$2b$...\"; make one with `hikyaku passwd`)", where, user);
+		return -1;
+	}
+	return 0;
+}
+
+/* credentials: [{user: U, password_hash: H}, ...] */
+static int
+get_credentials(struct cfg_ctx *c, const yaml_node_t *v, struct hk_tenant_conf *t)
+{
+	static const char *const keys[] = { "user", "password_hash", NULL };
+	char where[512];
+
+	if (v->type != YAML_SEQUENCE_NODE)
+		return cfg_error(c, v, "credentials", "expected a list of {user, password_hash}");
+	for (yaml_node_item_t *i = v->data.sequence.items.start; i < v->data.sequence.items.top; i++) {
+		const yaml_node_t *item = yaml_document_get_node(c->doc, *i), *u, *h;
+		if (item->type != YAML_MAPPING_NODE)
+			return cfg_error(c, item, "credentials", "each credential is a map {user, password_hash}");
+		if (map_check_keys(c, item, "a credential", keys))
+			return -1;
+		u = map_get(c, item, "user");
+		h = map_get(c, item, "password_hash");
+		snprintf(where, sizeof(where), "%s:%lu", c->path, (unsigned long)item->start_mark.line + 1);
+		if (credential_ok(c->err, c->errlen, where, u ? scalar(u) : NULL, h ? scalar(h) : NULL))
+			return -1;
+		tenant_add_credential(t, scalar(u), scalar(h));
+	}
+	return 0;
+}
+
+/*
+ * load_credentials_file - a Kubernetes Secret mounted as a file: YAML (a map
+ * user: hash, or a list of {user, password_hash}), or "user:hash" lines
+ * (# comments and blank lines allowed).
+ */
+static int
+load_credentials_file(struct cfg_ctx *c, const yaml_node_t *at, const char *path, struct hk_tenant_conf *t)
+{
+	yaml_parser_t parser;
+	yaml_document_t doc;
+	yaml_node_t *root = NULL;
+	char where[600], line[1024];
+	FILE *f;
+	int rc = 0, lineno = 0;
+
+	if ((f = fopen(path, "rb")) == NULL)
+		return cfg_error(c, at, "credentials_file", "cannot open %s: %s", path, strerror(errno));
+	yaml_parser_initialize(&parser);
+	yaml_parser_set_input_file(&parser, f);
+	if (yaml_parser_load(&parser, &doc)) {
+		root = yaml_document_get_root_node(&doc);
+		if (root && root->type == YAML_MAPPING_NODE) {
+			for (yaml_node_pair_t *p = root->data.mapping.pairs.start; rc == 0 && p < root->data.mapping.pairs.top; p++) {
+				yaml_node_t *k = yaml_document_get_node(&doc, p->key);
+				yaml_node_t *v = yaml_document_get_node(&doc, p->value);
+				snprintf(where, sizeof(where), "%s:%lu", path, (unsigned long)k->start_mark.line + 1);
+				if ((rc = credential_ok(c->err, c->errlen, where, scalar(k), scalar(v))) == 0)
+					tenant_add_credential(t, scalar(k), scalar(v));
+			}
+		} else if (root && root->type == YAML_SEQUENCE_NODE) {
+			struct cfg_ctx fc = { path, &doc, c->err, c->errlen };
+			rc = get_credentials(&fc, root, t);
+		} else {
+			root = NULL; /* a scalar: the "user:hash" lines form */
+		}
+		yaml_document_delete(&doc);
+	}
+	yaml_parser_delete(&parser);
+	if (root != NULL || rc != 0) {
+		fclose(f);
+		return rc;
+	}
+	rewind(f);
+	while (fgets(line, sizeof(line), f) != NULL) {
+		char *p = line, *colon;
+		lineno++;
+		line[strcspn(line, "\r\n")] = '\0';
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '\0' || *p == '#')
+			continue;
+		snprintf(where, sizeof(where), "%s:%d", path, lineno);
+		if ((colon = strchr(p, ':')) == NULL) {
+			snprintf(c->err, c->errlen, "%s: expected user:password_hash", where);
+			rc = -1;
+			break;
+		}
+		*colon = '\0';
+		if ((rc = credential_ok(c->err, c->errlen, where, p, colon + 1)) != 0)
+			break;
+		tenant_add_credential(t, p, colon + 1);
+	}
+	fclose(f);
+	return rc;
+}
+
+/* "100/s", "6000/m", "50000/h" */
+static int
+get_rate(struct cfg_ctx *c, const yaml_node_t *v, const char *key, uint32_t *count, uint32_t *per_ms)
+{
+	const char *s = scalar(v);
+	char *end;
+	unsigned long n;
+
+	if (s == NULL || *s < '0' || *s > '9')
+		return cfg_error(c, v, key, "expected a rate like 100/s, 6000/m or 50000/h");
+	errno = 0;
+	n = strtoul(s, &end, 10);
+	if (errno || n == 0 || n > UINT32_MAX || end[0] != '/' || end[2] != '\0' ||
+	    (end[1] != 's' && end[1] != 'm' && end[1] != 'h'))
+		return cfg_error(c, v, key, "expected a rate like 100/s, 6000/m or 50000/h, got '%s'", s);
+	*count = (uint32_t)n;
+	*per_ms = end[1] == 's' ? 1000 : end[1] == 'm' ? 60000 : 3600000;
+	return 0;
+}
+
+/* A relative credentials_file is relative to the configuration file. */
+static char *
+resolve_path(const char *config, const char *path)
+{
+	const char *slash = strrchr(config, '/');
+	char *out;
+	size_t dlen;
+
+	if (path[0] == '/' || slash == NULL)
+		return xstrdup(path);
+	dlen = (size_t)(slash - config);
+	out = xmalloc(dlen + 1 + strlen(path) + 1);
+	memcpy(out, config, dlen);
+	out[dlen] = '/';
+	strcpy(out + dlen + 1, path);
+	return out;
+}
+
+static int
+load_tenant(struct cfg_ctx *c, struct hk_config *cfg, const yaml_node_t *kn, const yaml_node_t *map)
+{
+	static const char *const keys[] = { "credentials", "credentials_file", "sender_domains",
+		"pool", "rate_limit", NULL };
+	const char *name = scalar(kn);
+	struct hk_tenant_conf *t;
+	const yaml_node_t *v;
+
+	if (name == NULL || *name == '\0')
+		return cfg_error(c, kn, "tenants", "tenant names must be non-empty strings");
+	if (hk_config_tenant(cfg, name))
+		return cfg_error(c, kn, name, "tenant defined twice");
+	t = tenant_add(cfg, name);
+	t->line = (int)kn->start_mark.line + 1;
+	if (map->type == YAML_SCALAR_NODE && *scalar(map) == '\0')
+		return 0; /* "name:" alone: a tenant with no settings */
+	if (map->type != YAML_MAPPING_NODE)
+		return cfg_error(c, map, name, "a tenant is a map of settings (see docs/CONFIG.md)");
+	if (map_check_keys(c, map, "a tenant", keys))
+		return -1;
+	if ((v = map_get(c, map, "credentials")) != NULL && get_credentials(c, v, t))
+		return -1;
+	if ((v = map_get(c, map, "credentials_file")) != NULL) {
+		if (scalar(v) == NULL || *scalar(v) == '\0')
+			return cfg_error(c, v, "credentials_file", "expected a path");
+		t->credentials_file = resolve_path(c->path, scalar(v));
+		if (load_credentials_file(c, v, t->credentials_file, t))
+			return -1;
+	}
+	if ((v = map_get(c, map, "sender_domains")) != NULL) {
+		if (get_list(c, v, "sender_domains", &t->sender_domains, &t->n_sender_domains))
+			return -1;
+		for (size_t i = 0; i < t->n_sender_domains; i++) {
+			char canon[HK_DOMAIN_MAX];
+			if (hk_domain_canon(t->sender_domains[i], canon) != 0)
+				return cfg_error(c, v, "sender_domains", "'%s' is not a domain name", t->sender_domains[i]);
+			free(t->sender_domains[i]);
+			t->sender_domains[i] = xstrdup(canon);
+		}
+	}
+	if ((v = map_get(c, map, "pool")) != NULL && get_string(c, v, "pool", &t->pool))
+		return -1;
+	if ((v = map_get(c, map, "rate_limit")) != NULL &&
+	    get_rate(c, v, "rate_limit", &t->rate_count, &t->rate_per_ms))
+		return -1;
+	return 0;
+}
+
+/* tenants: {NAME: {...}, ...}; then no user may belong to two tenants. */
+static int
+load_tenants(struct cfg_ctx *c, struct hk_config *cfg, const yaml_node_t *map)
+{
+	if (map->type != YAML_MAPPING_NODE)
+		return cfg_error(c, map, "tenants", "expected a mapping of tenant name to settings");
+	for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++)
+		if (load_tenant(c, cfg, yaml_document_get_node(c->doc, p->key),
+		    yaml_document_get_node(c->doc, p->value)))
+			return -1;
+	for (size_t i = 0; i < cfg->n_tenants; i++)
+		for (size_t j = 0; j < cfg->tenants[i].n_credentials; j++)
+			for (size_t k = 0; k <= i; k++)
+				for (size_t l = 0; l < (k == i ? j : cfg->tenants[k].n_credentials); l++)
+					if (!strcmp(cfg->tenants[i].credentials[j].user, cfg->tenants[k].credentials[l].user)) {
+						snprintf(c->err, c->errlen, "%s:%d: key 'user': '%s' belongs to tenant '%s' "
+						    "and to tenant '%s': a user names one tenant", c->path, cfg->tenants[i].line,
+						    cfg->tenants[i].credentials[j].user, cfg->tenants[k].name, cfg->tenants[i].name);
+						return -1;
+					}
+	return 0;
+}
+
+const struct hk_tenant_conf *
+hk_config_tenant(const struct hk_config *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->n_tenants; i++)
+		if (!strcmp(cfg->tenants[i].name, name))
+			return &cfg->tenants[i];
+	return NULL;
+}
+
+bool
+hk_tenant_owns_sender(const struct hk_tenant_conf *t, const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+	size_t dlen, tlen;
+
+	if (*addr == '\0' || t->n_sender_domains == 0)
+		return true;
+	if (at == NULL)
+		return false;
+	at++;
+	dlen = strlen(at);
+	for (size_t i = 0; i < t->n_sender_domains; i++) {
+		const char *d = t->sender_domains[i];
+		tlen = strlen(d);
+		if (dlen == tlen && strcasecmp(at, d) == 0)
+			return true;
+		/* a subdomain: "x.example.com" for "example.com" */
+		if (dlen > tlen && at[dlen - tlen - 1] == '.' && strcasecmp(at + dlen - tlen, d) == 0)
+			return true;
+	}
+	return false;
+}
+
 /* --- per-role key tables ------------------------------------------------- */
 
 typedef int (*key_fn)(struct cfg_ctx *, const yaml_node_t *, const char *, struct hk_node_conf *);
@@ -271,7 +575,96 @@ KEY(r_back, get_endpoint(c, v, k, &nc->u.router.back))
 KEY(r_hbto, get_duration_ms(c, v, k, &nc->u.router.heartbeat_timeout_ms))
 KEY(r_enqto, get_duration_ms(c, v, k, &nc->u.router.enqueue_timeout_ms))
 
-KEY(i_listen, get_hostport(c, v, k, &nc->u.ingress.listen_host, &nc->u.ingress.listen_port))
+/* listen: HOST:PORT - the one relay listener of a simple setup. */
+static int
+k_i_listen(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	struct hk_ingress_conf *ic = &nc->u.ingress;
+
+	if (ic->listeners)
+		return cfg_error(c, v, k, "give either listen or listeners, not both");
+	ic->listeners = xcalloc(1, sizeof(*ic->listeners));
+	ic->n_listeners = 1;
+	ic->listeners[0].mode = HK_LISTEN_RELAY;
+	return get_hostport(c, v, k, &ic->listeners[0].host, &ic->listeners[0].port);
+}
+
+/* listeners: [{address: HOST:PORT, mode: relay|submission|smtps, allow_plaintext_auth: BOOL}] */
+static int
+k_i_listeners(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	static const char *const keys[] = { "address", "mode", "allow_plaintext_auth", NULL };
+	struct hk_ingress_conf *ic = &nc->u.ingress;
+	size_t len;
+
+	if (ic->listeners)
+		return cfg_error(c, v, k, "give either listen or listeners, not both");
+	if (v->type != YAML_SEQUENCE_NODE || v->data.sequence.items.top == v->data.sequence.items.start)
+		return cfg_error(c, v, k, "expected a non-empty list of {address, mode, allow_plaintext_auth}");
+	len = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+	ic->listeners = xcalloc(len, sizeof(*ic->listeners));
+	for (size_t i = 0; i < len; i++) {
+		const yaml_node_t *item = yaml_document_get_node(c->doc, v->data.sequence.items.start[i]);
+		struct hk_listener_conf *l = &ic->listeners[i];
+		const yaml_node_t *a, *m, *p;
+		const char *mode;
+
+		ic->n_listeners++;
+		if (item->type != YAML_MAPPING_NODE)
+			return cfg_error(c, item, k, "each listener is a mapping {address, mode, allow_plaintext_auth}");
+		if (map_check_keys(c, item, "a listener", keys))
+			return -1;
+		if ((a = map_get(c, item, "address")) == NULL)
+			return cfg_error(c, item, "address", "required for each listener");
+		if (get_hostport(c, a, "address", &l->host, &l->port))
+			return -1;
+		l->mode = HK_LISTEN_RELAY;
+		if ((m = map_get(c, item, "mode")) != NULL) {
+			mode = scalar(m);
+			if (mode && !strcmp(mode, "relay"))
+				l->mode = HK_LISTEN_RELAY;
+			else if (mode && !strcmp(mode, "submission"))
+				l->mode = HK_LISTEN_SUBMISSION;
+			else if (mode && !strcmp(mode, "smtps"))
+				l->mode = HK_LISTEN_SMTPS;
+			else
+				return cfg_error(c, m, "mode", "expected relay, submission or smtps");
+		}
+		if ((p = map_get(c, item, "allow_plaintext_auth")) != NULL &&
+		    get_bool(c, p, "allow_plaintext_auth", &l->allow_plaintext_auth))
+			return -1;
+	}
+	return 0;
+}
+
+/* tls: {certificate, key, ciphers, ciphersuites} */
+static int
+k_i_tls(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	static const char *const keys[] = { "certificate", "key", "ciphers", "ciphersuites", NULL };
+	struct hk_tls_conf *t = &nc->u.ingress.tls;
+	const yaml_node_t *x;
+
+	if (v->type != YAML_MAPPING_NODE)
+		return cfg_error(c, v, k, "expected a mapping {certificate, key, ciphers, ciphersuites}");
+	if (map_check_keys(c, v, "tls", keys))
+		return -1;
+	if ((x = map_get(c, v, "certificate")) == NULL)
+		return cfg_error(c, v, "certificate", "required in tls");
+	if (get_string(c, x, "certificate", &t->certificate))
+		return -1;
+	if ((x = map_get(c, v, "key")) == NULL)
+		return cfg_error(c, v, "key", "required in tls");
+	if (get_string(c, x, "key", &t->key))
+		return -1;
+	if ((x = map_get(c, v, "ciphers")) != NULL && get_string(c, x, "ciphers", &t->ciphers))
+		return -1;
+	if ((x = map_get(c, v, "ciphersuites")) != NULL && get_string(c, x, "ciphersuites", &t->ciphersuites))
+		return -1;
+	nc->u.ingress.has_tls = true;
+	return 0;
+}
+
 KEY(i_hostname, get_string(c, v, k, &nc->u.ingress.hostname))
 KEY(i_tenant, get_string(c, v, k, &nc->u.ingress.network_tenant))
 KEY(i_routers, get_list(c, v, k, &nc->router_names, &nc->u.ingress.n_routers))
@@ -349,7 +742,8 @@ static const struct key_rule router_keys[] = {
 };
 
 static const struct key_rule ingress_keys[] = {
-	{ "listen", k_i_listen }, { "hostname", k_i_hostname },
+	{ "listen", k_i_listen }, { "listeners", k_i_listeners }, { "tls", k_i_tls },
+	{ "hostname", k_i_hostname },
 	{ "relay_networks", k_i_networks }, { "network_tenant", k_i_tenant },
 	{ "routers", k_i_routers }, { "submit_timeout", k_i_subto },
 	{ "command_timeout", k_i_cmdto }, { "data_timeout", k_i_datato },
@@ -470,7 +864,7 @@ find_node(const struct hk_config *cfg, const char *name)
 
 /* Required keys and cross-references, after every node is read. */
 static int
-check_node(struct cfg_ctx *c, struct hk_config *cfg, struct hk_node_conf *nc)
+check_node(struct cfg_ctx *c, struct hk_config *cfg, struct hk_node_conf *nc, bool tenants_section)
 {
 #define NEED(cond, key) \
 	if (!(cond)) { \
@@ -487,12 +881,36 @@ check_node(struct cfg_ctx *c, struct hk_config *cfg, struct hk_node_conf *nc)
 		NEED(nc->u.router.back, "back");
 		return 0;
 	case HK_ROLE_INGRESS:
-		NEED(nc->u.ingress.listen_host, "listen");
+		NEED(nc->u.ingress.listeners, "listen (or listeners)");
 		NEED(nc->router_names, "routers");
+		for (size_t i = 0; i < nc->u.ingress.n_listeners; i++) {
+			const struct hk_listener_conf *l = &nc->u.ingress.listeners[i];
+			const char *why = NULL;
+			if (l->mode == HK_LISTEN_SMTPS && !nc->u.ingress.has_tls)
+				why = "an smtps listener needs a tls: map";
+			else if (l->mode == HK_LISTEN_SUBMISSION && !nc->u.ingress.has_tls &&
+			    !l->allow_plaintext_auth)
+				why = "a submission listener needs a tls: map (or allow_plaintext_auth: true)";
+			if (why) {
+				snprintf(c->err, c->errlen, "%s:%d: key 'listeners': node '%s', listener %s:%u: %s",
+				    c->path, nc->line, nc->name, l->host, l->port, why);
+				return -1;
+			}
+		}
 		if (!nc->u.ingress.hostname)
 			nc->u.ingress.hostname = xstrdup("localhost");
 		if (!nc->u.ingress.network_tenant)
 			nc->u.ingress.network_tenant = xstrdup("default");
+		if (!hk_config_tenant(cfg, nc->u.ingress.network_tenant)) {
+			if (tenants_section) {
+				snprintf(c->err, c->errlen, "%s:%d: key 'network_tenant': node '%s' names tenant '%s', "
+				    "which is not in tenants:", c->path, nc->line, nc->name, nc->u.ingress.network_tenant);
+				return -1;
+			}
+			/* No tenants: section: the network tenant exists implicitly,
+			 * with no credentials and no sender restriction. */
+			tenant_add(cfg, nc->u.ingress.network_tenant)->implicit = true;
+		}
 		eps = &nc->u.ingress.routers;
 		n = nc->u.ingress.n_routers;
 		break;
@@ -555,7 +973,7 @@ hk_config_load(const char *path, struct hk_config **out, char *err, size_t errle
 	cfg = xcalloc(1, sizeof(*cfg));
 	cfg->path = xstrdup(path);
 	yaml_node_t *root = yaml_document_get_root_node(&doc);
-	yaml_node_t *nodes = NULL;
+	yaml_node_t *nodes = NULL, *tenants = NULL;
 	if (root == NULL || root->type != YAML_MAPPING_NODE) {
 		cfg_error(&c, root, "nodes", "the file must be a mapping with a 'nodes' key");
 		goto out;
@@ -565,11 +983,15 @@ hk_config_load(const char *path, struct hk_config **out, char *err, size_t errle
 		const char *k = scalar(kn);
 		if (k && !strcmp(k, "nodes"))
 			nodes = yaml_document_get_node(&doc, p->value);
+		else if (k && !strcmp(k, "tenants"))
+			tenants = yaml_document_get_node(&doc, p->value);
 		else {
-			cfg_error(&c, kn, k ? k : "?", "unknown top-level key (expected 'nodes')");
+			cfg_error(&c, kn, k ? k : "?", "unknown top-level key (expected 'nodes' or 'tenants')");
 			goto out;
 		}
 	}
+	if (tenants && load_tenants(&c, cfg, tenants))
+		goto out;
 	if (nodes == NULL || nodes->type != YAML_MAPPING_NODE ||
 	    nodes->data.mapping.pairs.top == nodes->data.mapping.pairs.start) {
 		cfg_error(&c, nodes ? nodes : root, "nodes", "expected a mapping of node name to node settings");
@@ -594,8 +1016,12 @@ hk_config_load(const char *path, struct hk_config **out, char *err, size_t errle
 			goto out;
 	}
 	for (size_t i = 0; i < cfg->n_nodes; i++)
-		if (check_node(&c, cfg, &cfg->nodes[i]))
+		if (check_node(&c, cfg, &cfg->nodes[i], tenants != NULL))
 			goto out;
+	/* Resolved last: implicit tenants may have moved the array. */
+	for (size_t i = 0; i < cfg->n_nodes; i++)
+		if (cfg->nodes[i].role == HK_ROLE_INGRESS)
+			cfg->nodes[i].u.ingress.tenant = hk_config_tenant(cfg, cfg->nodes[i].u.ingress.network_tenant);
 	rc = 0;
 out:
 	yaml_document_delete(&doc);
@@ -629,7 +1055,13 @@ hk_config_free(struct hk_config **cfgp)
 			free(nc->u.router.back);
 			break;
 		case HK_ROLE_INGRESS:
-			free(nc->u.ingress.listen_host);
+			for (size_t j = 0; j < nc->u.ingress.n_listeners; j++)
+				free(nc->u.ingress.listeners[j].host);
+			free(nc->u.ingress.listeners);
+			free(nc->u.ingress.tls.certificate);
+			free(nc->u.ingress.tls.key);
+			free(nc->u.ingress.tls.ciphers);
+			free(nc->u.ingress.tls.ciphersuites);
 			free(nc->u.ingress.hostname);
 			free(nc->u.ingress.relay_networks);
 			free(nc->u.ingress.network_tenant);
@@ -648,6 +1080,19 @@ hk_config_free(struct hk_config **cfgp)
 		free(nc->name);
 	}
 	free(cfg->nodes);
+	for (size_t i = 0; i < cfg->n_tenants; i++) {
+		struct hk_tenant_conf *t = &cfg->tenants[i];
+		for (size_t j = 0; j < t->n_credentials; j++) {
+			free(t->credentials[j].user);
+			free(t->credentials[j].hash);
+		}
+		free(t->credentials);
+		free(t->credentials_file);
+		free_list(t->sender_domains, t->n_sender_domains);
+		free(t->pool);
+		free(t->name);
+	}
+	free(cfg->tenants);
 	free(cfg->path);
 	free(cfg);
 	*cfgp = NULL;
@@ -688,6 +1133,17 @@ hk_config_use_inproc(struct hk_config *cfg)
 			eps[j] = xstrdup(buf);
 		}
 	}
+}
+
+const char *
+hk_listen_mode_name(enum hk_listen_mode mode)
+{
+	switch (mode) {
+	case HK_LISTEN_RELAY: return "relay";
+	case HK_LISTEN_SUBMISSION: return "submission";
+	case HK_LISTEN_SMTPS: return "smtps";
+	}
+	return "unknown";
 }
 
 const char *

@@ -23,6 +23,48 @@ struct hk_cidr {
 	unsigned prefix;        /* prefix length in bits */
 };
 
+/* What an ingress listener offers (docs/CONFIG.md, `listeners`). */
+enum hk_listen_mode {
+	HK_LISTEN_RELAY = 1,      /* port 25: STARTTLS if tls, AUTH after TLS, relay_networks relay */
+	HK_LISTEN_SUBMISSION = 2, /* port 587: STARTTLS, AUTH required before MAIL */
+	HK_LISTEN_SMTPS = 3,      /* port 465: implicit TLS (RFC 8314), AUTH required */
+};
+
+struct hk_listener_conf {
+	char *host;
+	uint16_t port;          /* 0: any free port (tests) */
+	enum hk_listen_mode mode;
+	bool allow_plaintext_auth; /* offer AUTH before TLS (default false) */
+};
+
+/* Certificate and protocol settings for a TLS server (or client). */
+struct hk_tls_conf {
+	char *certificate;      /* PEM file: the leaf, then its chain */
+	char *key;              /* PEM file: the private key */
+	char *ciphers;          /* TLS 1.2 cipher list, or NULL for OpenSSL's default */
+	char *ciphersuites;     /* TLS 1.3 suites, or NULL for OpenSSL's default */
+};
+
+struct hk_credential {
+	char *user;
+	char *hash;             /* crypt(3) SHA-512 ("$6$..."), never a password */
+};
+
+/* A customer: who may authenticate as it, and what it may send. */
+struct hk_tenant_conf {
+	char *name;
+	int line;               /* where it is defined (0: implicit) */
+	struct hk_credential *credentials; /* from credentials: and credentials_file: */
+	size_t n_credentials;
+	char *credentials_file; /* as configured (resolved path), or NULL */
+	char **sender_domains;  /* lower-case; MAIL FROM must be one or a subdomain */
+	size_t n_sender_domains; /* 0: any sender domain */
+	char *pool;             /* IP pool name ("shared") */
+	uint32_t rate_count;    /* messages per rate_per_ms; 0: no limit */
+	uint32_t rate_per_ms;
+	bool implicit;          /* made up for network_tenant: no tenants: section */
+};
+
 struct hk_router_conf {
 	char *front;            /* endpoint ingress nodes connect to */
 	char *back;             /* endpoint senders connect to */
@@ -31,12 +73,15 @@ struct hk_router_conf {
 };
 
 struct hk_ingress_conf {
-	char *listen_host;      /* e.g. "127.0.0.1" */
-	uint16_t listen_port;
+	struct hk_listener_conf *listeners; /* from listen: or listeners: */
+	size_t n_listeners;
+	struct hk_tls_conf tls;
+	bool has_tls;           /* a tls: map was given */
 	char *hostname;         /* greeting and Received header */
 	struct hk_cidr *relay_networks;
 	size_t n_relay_networks;
 	char *network_tenant;   /* tenant of mail relayed from relay_networks */
+	const struct hk_tenant_conf *tenant; /* network_tenant, resolved */
 	char **routers;         /* router front endpoints (resolved from names) */
 	size_t n_routers;
 	uint32_t submit_timeout_ms;  /* 451 4.3.0 when no ack within this */
@@ -85,6 +130,8 @@ struct hk_config {
 	char *path;
 	struct hk_node_conf *nodes;
 	size_t n_nodes;
+	struct hk_tenant_conf *tenants; /* the tenants: section, plus implicit ones */
+	size_t n_tenants;
 };
 
 /*
@@ -111,6 +158,15 @@ bool hk_cidr_match(const struct hk_cidr *net, const struct sockaddr *sa);
 /* hk_cidr_parse - "10.0.0.0/8", "::1/128", "127.0.0.1" (host). 0 or -1. */
 int hk_cidr_parse(const char *s, struct hk_cidr *out);
 
+/* hk_config_tenant - the tenant called NAME, or NULL. */
+const struct hk_tenant_conf *hk_config_tenant(const struct hk_config *cfg, const char *name);
+
+/* hk_tenant_owns_sender - may TENANT use ADDR (local@domain, or "" for the
+ * null sender) in MAIL FROM? Its sender_domains and their subdomains are
+ * allowed; with no sender_domains, any. The null sender is always allowed. */
+bool hk_tenant_owns_sender(const struct hk_tenant_conf *t, const char *addr);
+
 const char *hk_role_name(enum hk_role role);
+const char *hk_listen_mode_name(enum hk_listen_mode mode);
 
 #endif

@@ -6,7 +6,7 @@
  * loop be set up from any thread while it is not running), so a failed start
  * is known before anything serves. Signals are blocked in every thread and
  * taken by sigwait() in the main thread, which then wakes each loop with a
- * uv_async to run the role's stop().
+ * uv_async to run the role's stop() (SIGINT, SIGTERM) or reload() (SIGHUP).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -40,6 +40,16 @@ on_stop_async(uv_async_t *a)
 	hk_log_info("node_stopping", NULL);
 	node->ops->stop(node);
 	uv_close((uv_handle_t *)&node->stop_async, NULL);
+	uv_close((uv_handle_t *)&node->reload_async, NULL);
+}
+
+static void
+on_reload_async(uv_async_t *a)
+{
+	struct hk_node *node = a->data;
+
+	if (node->ops->reload && !node->stopping)
+		node->ops->reload(node);
 }
 
 static void
@@ -69,6 +79,8 @@ node_start(struct hk_node *node, const struct hk_config *cfg, const struct hk_no
 	uv_loop_init(node->loop);
 	uv_async_init(node->loop, &node->stop_async, on_stop_async);
 	node->stop_async.data = node;
+	uv_async_init(node->loop, &node->reload_async, on_reload_async);
+	node->reload_async.data = node;
 	hk_log_set_node(nc->name);
 	if (node->ops->start(node) != 0) {
 		hk_log_error("node_start_failed", "{s:s}", "role", hk_role_name(nc->role));
@@ -85,6 +97,7 @@ node_abort(struct hk_node *node, bool started)
 	if (started)
 		node->ops->stop(node);
 	uv_close((uv_handle_t *)&node->stop_async, NULL);
+	uv_close((uv_handle_t *)&node->reload_async, NULL);
 	uv_run(node->loop, UV_RUN_DEFAULT);
 }
 
@@ -156,11 +169,12 @@ hk_node_main(int argc, char **argv, const struct hk_role_ops *const *roles, size
 		n_nodes = 1;
 	}
 
-	/* Block the stop signals everywhere; the main thread takes them. */
+	/* Block the stop and reload signals everywhere; the main thread takes them. */
 	sigset_t sigs;
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -190,9 +204,15 @@ hk_node_main(int argc, char **argv, const struct hk_role_ops *const *roles, size
 		for (size_t i = 0; i < started; i++)
 			uv_thread_create(&nodes[i].thread, node_thread, &nodes[i]);
 		int sig;
-		sigwait(&sigs, &sig);
 		hk_log_set_node(all ? "hikyaku" : name);
-		hk_log_info("signal", "{s:i}", "signal", sig);
+		for (;;) {
+			sigwait(&sigs, &sig);
+			hk_log_info("signal", "{s:i}", "signal", sig);
+			if (sig != SIGHUP)
+				break;
+			for (size_t i = 0; i < started; i++)
+				uv_async_send(&nodes[i].reload_async);
+		}
 		for (size_t i = 0; i < started; i++) {
 			nodes[i].stopping = true;
 			uv_async_send(&nodes[i].stop_async);

@@ -9,7 +9,9 @@
  * A role provides hk_role_ops. start() sets up its handles on node->loop and
  * returns 0, or logs why, closes what it opened and returns -1. stop() is
  * called on the loop's thread when the node must end, and must close every
- * handle it opened so that uv_run() returns.
+ * handle it opened so that uv_run() returns. reload(), if not NULL, is
+ * called on the loop's thread on SIGHUP: re-read what can change without a
+ * restart (certificates), keeping the old state if the new one is bad.
  */
 #ifndef HK_NODE_H
 #define HK_NODE_H
@@ -28,6 +30,7 @@ struct hk_node {
 	void *role;
 	/* private */
 	uv_async_t stop_async;
+	uv_async_t reload_async; /* SIGHUP */
 	uv_thread_t thread;
 	const struct hk_role_ops *ops;
 	int exit_code;
@@ -38,6 +41,7 @@ struct hk_role_ops {
 	enum hk_role role;
 	int (*start)(struct hk_node *node);
 	void (*stop)(struct hk_node *node);
+	void (*reload)(struct hk_node *node); /* optional */
 };
 
 /* Each role library defines its table; main.c hands them to hk_node_main. */

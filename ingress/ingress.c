@@ -8,6 +8,19 @@
  * table (request id -> session). An answer whose id is not there (the
  * session timed out or left, or the answer is from before a restart) is
  * normal in a cluster and only logged at debug level.
+ *
+ * With a tls: map the node builds one server SSL_CTX at start (a bad
+ * certificate stops the start) and a new one on SIGHUP: new sessions get
+ * the new context, sessions already in TLS keep theirs (OpenSSL counts the
+ * references), and a context that fails to build is logged and not used.
+ *
+ * AUTH checks the credentials of every tenant of the file (ingress_auth);
+ * password hashes run on libuv's thread pool, two at a time per node so
+ * that a burst of logins cannot take every pool thread from the sender's
+ * commits in `hikyaku all`.
+ *
+ * A tenant's rate_limit is a token bucket per node (hk_rate), taken at MAIL:
+ * with N ingress nodes a tenant may send up to N times its rate in total.
  */
 /* System */
 #include <errno.h>
@@ -22,13 +35,19 @@
 /* common/ */
 #include "hk_log.h"
 #include "hk_node.h"
+#include "hk_rate.h"
+#include "hk_tls.h"
 #include "hk_u64map.h"
 #include "hk_util.h"
 #include "hk_zlink.h"
 
 /* This role */
+#include "ingress_auth.h"
 #include "ingress_listener.h"
 #include "ingress_session.h"
+
+#define INGRESS_AUTH_RUNNING 2               /* password checks on the pool at once */
+#define INGRESS_AUTH_CACHE_MS (5 * 60 * 1000) /* a success is remembered this long */
 
 struct ingress {
 	struct hk_node *node;
@@ -36,7 +55,11 @@ struct ingress {
 	hk_zlink *link;
 	hk_u64map *wait;        /* req_id -> ingress_session */
 	hk_idgen *idgen;
-	ingress_listener *listener;
+	ingress_listener **listeners;   /* one per conf->listeners */
+	size_t n_listeners;
+	size_t n_open_listeners;        /* not yet done closing */
+	size_t n_sessions;              /* every listener's, for max_sessions */
+	hk_rate **rates;                /* per cfg->tenants[i] with a rate_limit, else NULL */
 	uint64_t next_req_id;
 	bool stopping;
 };
@@ -103,6 +126,21 @@ ingress_cancel(void *arg, uint64_t req_id)
 	hk_u64map_pop(ing->wait, req_id);
 }
 
+/* ingress_admit - env->admit: may tenant T start one more message now? */
+static bool
+ingress_admit(void *arg, const struct hk_tenant_conf *t, uint64_t *retry_ms)
+{
+	struct ingress *ing = arg;
+	size_t i = (size_t)(t - ing->node->cfg->tenants);
+	uint64_t now = uv_now(ing->node->loop);
+
+	if (i >= ing->node->cfg->n_tenants || ing->rates[i] == NULL ||
+	    hk_rate_take(ing->rates[i], t->name, 1, now))
+		return true;
+	*retry_ms = hk_rate_retry_ms(ing->rates[i], t->name, 1, now);
+	return false;
+}
+
 /* ingress_dispatch - a frame from a router. */
 static void
 ingress_dispatch(hk_zlink *link, const void *peer, size_t peer_len, const Hk__Frame *frame,
@@ -136,17 +174,76 @@ ingress_free(struct ingress *ing)
 {
 	hk_u64map_destroy(&ing->wait);
 	hk_idgen_destroy(&ing->idgen);
+	for (size_t i = 0; ing->rates && i < ing->node->cfg->n_tenants; i++)
+		hk_rate_free(ing->rates[i]);
+	free(ing->rates);
+	SSL_CTX_free(ing->env.tls_ctx);
+	ingress_auth_destroy(&ing->env.auth); /* freed when its last check returns */
+	free(ing->listeners);
 	free(ing);
 }
 
-/* The listener closed its last session: nothing refers to us any more. */
+/* A listener closed its last session; after the last listener nothing
+ * refers to us any more. */
 static void
 on_listener_done(void *arg)
 {
 	struct ingress *ing = arg;
 
+	if (--ing->n_open_listeners > 0)
+		return;
 	ing->node->role = NULL;
 	ingress_free(ing);
+}
+
+/* Build the TLS context from the configured files; log what was loaded. */
+static SSL_CTX *
+ingress_tls_load(const struct hk_ingress_conf *c, const char *event)
+{
+	char err[512], subject[256], serial[80];
+	SSL_CTX *ctx;
+
+	if ((ctx = hk_tls_server_ctx(&c->tls, err, sizeof(err))) == NULL) {
+		hk_log_error(!strcmp(event, "tls_loaded") ? "tls_load_failed" : "tls_reload_failed",
+		    "{s:s}", "error", err);
+		return NULL;
+	}
+	hk_tls_ctx_describe(ctx, subject, sizeof(subject), serial, sizeof(serial));
+	hk_log_info(event, "{s:s, s:s, s:s}", "certificate", c->tls.certificate,
+	    "subject", subject, "serial", serial);
+	return ctx;
+}
+
+/* ingress_reload - SIGHUP: new certificate for new sessions, or keep the old. */
+static void
+ingress_reload(struct hk_node *node)
+{
+	struct ingress *ing = node->role;
+	SSL_CTX *ctx;
+
+	if (ing == NULL || ing->stopping || !node->conf->u.ingress.has_tls)
+		return;
+	if ((ctx = ingress_tls_load(&node->conf->u.ingress, "tls_reloaded")) == NULL)
+		return; /* logged; the old context stays */
+	SSL_CTX_free(ing->env.tls_ctx); /* sessions using it hold their own reference */
+	ing->env.tls_ctx = ctx;
+}
+
+static void
+close_listeners(struct ingress *ing)
+{
+	size_t n = ing->n_listeners;
+
+	if (n == 0) {
+		ing->node->role = NULL;
+		ingress_free(ing);
+		return;
+	}
+	/* Count first: a listener with nothing open calls back at once. */
+	ing->n_open_listeners = n;
+	ing->n_listeners = 0;
+	for (size_t i = 0; i < n; i++)
+		ingress_listener_close(ing->listeners[i], on_listener_done, ing);
 }
 
 static void
@@ -160,7 +257,7 @@ ingress_stop(struct hk_node *node)
 	/* Sessions still waiting are closed below; no answer can reach them. */
 	hk_zlink_close(ing->link);
 	ing->link = NULL;
-	ingress_listener_close(ing->listener, on_listener_done, ing);
+	close_listeners(ing);
 }
 
 static int
@@ -185,14 +282,35 @@ ingress_start(struct hk_node *node)
 	 * would be needed to catch up).
 	 */
 	ing->next_req_id = ((uint64_t)hk_now_ms() << 20) | 1;
+	ing->rates = xcalloc(node->cfg->n_tenants ? node->cfg->n_tenants : 1, sizeof(*ing->rates));
+	for (size_t i = 0; i < node->cfg->n_tenants; i++) {
+		const struct hk_tenant_conf *t = &node->cfg->tenants[i];
+		/* A burst of the full count: "6000/m" may all come at once. */
+		if (t->rate_count && (ing->rates[i] = hk_rate_new(t->rate_count, t->rate_per_ms, 0, 1)) == NULL) {
+			hk_log_error("ingress_start_failed", "{s:s, s:s}", "tenant", t->name,
+			    "error", "cannot make the rate limiter");
+			ingress_free(ing);
+			return -1;
+		}
+	}
 	ing->env = (struct ingress_env){
 		.conf = c,
 		.node_name = node->conf->name,
 		.idgen = ing->idgen,
 		.submit = ingress_submit,
 		.cancel = ingress_cancel,
+		.admit = ingress_admit,
 		.arg = ing,
+		.n_sessions = &ing->n_sessions,
+		.auth = ingress_auth_new(node->loop, node->cfg, INGRESS_AUTH_RUNNING, INGRESS_AUTH_CACHE_MS),
 	};
+	/* With no user anywhere AUTH could only fail: do not offer it. */
+	if (ingress_auth_users(ing->env.auth) == 0)
+		ingress_auth_destroy(&ing->env.auth);
+	if (c->has_tls && (ing->env.tls_ctx = ingress_tls_load(c, "tls_loaded")) == NULL) {
+		ingress_free(ing);
+		return -1;
+	}
 	rc = hk_zlink_new(&ing->link, node->loop, node->zctx, ZMQ_DEALER, node->conf->name,
 	    node->conf->name, ingress_dispatch, ing);
 	if (rc != 0) {
@@ -209,13 +327,18 @@ ingress_start(struct hk_node *node)
 			return -1;
 		}
 	}
-	if (ingress_listener_new(&ing->listener, node->loop, &ing->env) != 0) {
-		hk_zlink_close(ing->link);
-		ingress_free(ing);
-		return -1;
+	ing->listeners = xcalloc(c->n_listeners, sizeof(*ing->listeners));
+	for (size_t i = 0; i < c->n_listeners; i++) {
+		if (ingress_listener_new(&ing->listeners[i], node->loop, &ing->env, &c->listeners[i]) != 0) {
+			/* The ones already open close while node_abort runs the loop. */
+			node->role = ing;
+			ingress_stop(node);
+			return -1;
+		}
+		ing->n_listeners++;
 	}
 	node->role = ing;
 	return 0;
 }
 
-const struct hk_role_ops ingress_ops = { HK_ROLE_INGRESS, ingress_start, ingress_stop };
+const struct hk_role_ops ingress_ops = { HK_ROLE_INGRESS, ingress_start, ingress_stop, ingress_reload };

@@ -1,6 +1,10 @@
 /*
  * ingress_listener - accept connections and enforce the session limit.
  *
+ * A node has one listener per configured address; each hands its mode
+ * (relay, submission, smtps) to the sessions it starts. max_sessions counts
+ * the sessions of every listener of the node (env->n_sessions).
+ *
  * Past max_sessions a connection is still accepted, told "421 4.3.2 Too many
  * connections" and closed, so that the client retries later instead of
  * waiting in the kernel's backlog. Every live session and every such refusal
@@ -45,8 +49,10 @@ struct ingress_listener {
 	bool server_open;
 	uv_loop_t *loop;
 	const struct ingress_env *env;
+	const struct hk_listener_conf *lconf;
 	struct conn *conns;
-	size_t n_sessions;
+	size_t own_sessions;
+	size_t *n_sessions;     /* env->n_sessions, or own_sessions */
 	struct refusal *refusals;
 	uint16_t port;
 	bool closing;
@@ -91,7 +97,7 @@ on_session_closed(ingress_session *s, void *arg)
 
 	(void)s;
 	LIST_REMOVE(l->conns, c);
-	l->n_sessions--;
+	(*l->n_sessions)--;
 	free(c);
 	listener_maybe_done(l);
 }
@@ -133,11 +139,12 @@ refuse(ingress_listener *l)
 	r->tcp.data = r->write.data = r;
 	uv_tcp_init(l->loop, &r->tcp);
 	LIST_INSERT(l->refusals, r);
+	/* On an smtps port the client expects a TLS handshake: a plaintext 421
+	 * would only be noise, so it just sees the connection close. */
 	if (uv_accept((uv_stream_t *)&l->server, (uv_stream_t *)&r->tcp) != 0 ||
-	    uv_write(&r->write, (uv_stream_t *)&r->tcp, &b, 1, on_refusal_written) != 0) {
+	    l->lconf->mode == HK_LISTEN_SMTPS ||
+	    uv_write(&r->write, (uv_stream_t *)&r->tcp, &b, 1, on_refusal_written) != 0)
 		refusal_close(r);
-		return;
-	}
 	hk_log_warn("smtp_refused", "{s:s, s:i}", "reason", "max_sessions reached",
 	    "max_sessions", (int)l->env->conf->max_sessions);
 }
@@ -155,15 +162,15 @@ on_connection(uv_stream_t *server, int status)
 	}
 	if (l->closing)
 		return;
-	if (l->n_sessions >= l->env->conf->max_sessions) {
+	if (*l->n_sessions >= l->env->conf->max_sessions) {
 		refuse(l);
 		return;
 	}
 	c = xcalloc(1, sizeof(*c));
 	c->l = l;
-	c->s = ingress_session_new(l->loop, l->env, on_session_closed, c);
+	c->s = ingress_session_new(l->loop, l->env, l->lconf, on_session_closed, c);
 	LIST_INSERT(l->conns, c);
-	l->n_sessions++;
+	(*l->n_sessions)++;
 	if ((rc = uv_accept(server, ingress_session_stream(c->s))) != 0) {
 		hk_log_warn("accept_failed", "{s:s}", "error", uv_strerror(rc));
 		ingress_session_close(c->s, "accept failed", NULL);
@@ -202,31 +209,34 @@ listen_addr(const char *host, uint16_t port, struct sockaddr_storage *ss)
 }
 
 int
-ingress_listener_new(ingress_listener **out, uv_loop_t *loop, const struct ingress_env *env)
+ingress_listener_new(ingress_listener **out, uv_loop_t *loop, const struct ingress_env *env,
+    const struct hk_listener_conf *lconf)
 {
-	const struct hk_ingress_conf *c = env->conf;
+	const struct hk_listener_conf *c = lconf;
 	ingress_listener *l;
 	struct sockaddr_storage ss;
 	int rc, len = sizeof(ss);
 	char host[INET6_ADDRSTRLEN], where[INET6_ADDRSTRLEN + 16];
 
 	*out = NULL;
-	if ((rc = listen_addr(c->listen_host, c->listen_port, &ss)) != 0) {
-		hk_log_error("listen_failed", "{s:s, s:s}", "host", c->listen_host,
+	if ((rc = listen_addr(c->host, c->port, &ss)) != 0) {
+		hk_log_error("listen_failed", "{s:s, s:s}", "host", c->host,
 		    "error", "cannot resolve the listen address");
 		return rc;
 	}
 	l = xcalloc(1, sizeof(*l));
 	l->loop = loop;
 	l->env = env;
+	l->lconf = lconf;
+	l->n_sessions = env->n_sessions ? env->n_sessions : &l->own_sessions;
 	uv_tcp_init(loop, &l->server);
 	l->server.data = l;
 	l->server_open = true;
 	if ((rc = uv_tcp_bind(&l->server, (struct sockaddr *)&ss, 0)) != 0 ||
 	    (rc = uv_listen((uv_stream_t *)&l->server, 511, on_connection)) != 0 ||
 	    (rc = uv_tcp_getsockname(&l->server, (struct sockaddr *)&ss, &len)) != 0) {
-		hk_log_error("listen_failed", "{s:s, s:i, s:s}", "host", c->listen_host,
-		    "port", (int)c->listen_port, "error", uv_strerror(rc));
+		hk_log_error("listen_failed", "{s:s, s:i, s:s}", "host", c->host,
+		    "port", (int)c->port, "error", uv_strerror(rc));
 		ingress_listener_close(l, NULL, NULL);
 		return rc;
 	}
@@ -239,7 +249,8 @@ ingress_listener_new(ingress_listener **out, uv_loop_t *loop, const struct ingre
 		uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof(host));
 		snprintf(where, sizeof(where), "%s:%u", host, l->port);
 	}
-	hk_log_info("ingress_listening", "{s:s}", "listen", where);
+	hk_log_info("ingress_listening", "{s:s, s:s, s:b}", "listen", where,
+	    "mode", hk_listen_mode_name(lconf->mode), "tls", env->tls_ctx != NULL);
 	*out = l;
 	return 0;
 }

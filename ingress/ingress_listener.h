@@ -14,12 +14,14 @@
 typedef struct ingress_listener ingress_listener;
 
 /*
- * ingress_listener_new - listen on env->conf's listen_host:listen_port and
- * log "ingress_listening". Returns 0 and *out, or a negative errno after
+ * ingress_listener_new - listen on LCONF's host:port and log
+ * "ingress_listening"; sessions speak as LCONF's mode says (ENV and LCONF
+ * outlive the listener). Returns 0 and *out, or a negative errno after
  * logging why (nothing is left open that needs the loop to run, except a
  * closing handle).
  */
-int ingress_listener_new(ingress_listener **out, uv_loop_t *loop, const struct ingress_env *env);
+int ingress_listener_new(ingress_listener **out, uv_loop_t *loop, const struct ingress_env *env,
+    const struct hk_listener_conf *lconf);
 
 /* ingress_listener_port - the port actually bound (listen_port 0 picks one). */
 uint16_t ingress_listener_port(const ingress_listener *l);

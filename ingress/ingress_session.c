@@ -6,10 +6,22 @@
  *
  *   NEW --HELO/EHLO--> HELO --MAIL--> MAIL --RCPT--> RCPT --DATA--> DATA
  *   DATA --CRLF.CRLF--> SUBMIT (waiting for the router) --answer--> HELO
+ *   HELO --STARTTLS--> TLS (handshake) --done--> NEW (session state forgotten)
+ *   HELO --AUTH--> AUTH (SASL exchange) --credentials--> AUTH_PENDING
+ *        (password check on the thread pool) --235/535--> HELO
+ *   start on an smtps listener: TLS --done--> NEW (then the greeting)
  *   any --QUIT, timeout, too many errors--> QUIT (last replies drain) -> closed
  *
  * The order of NEW < HELO < MAIL < RCPT matters: the command table's
- * "needs" flags compare against it.
+ * "needs" flags compare against it. TLS, SUBMIT and AUTH_PENDING execute no
+ * command (input stays buffered); in AUTH a line is a SASL response.
+ *
+ * The byte stream is plain TCP until STARTTLS (or from the start on an
+ * smtps listener), then TLS through hk_tls's memory-BIO engine: what is read
+ * from the socket is pushed into the engine and the plaintext lands in the
+ * same input buffer as before; replies are encrypted on their way out. After
+ * the 220 to STARTTLS, plaintext the client sent behind the command is
+ * dropped (RFC 3207 5, the command-injection attack).
  *
  * Input is read into a fixed buffer and executed in order (PIPELINING,
  * RFC 2920): replies are collected and written when no complete command is
@@ -21,6 +33,7 @@
  */
 /* System */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -30,10 +43,12 @@
 
 /* Third-party */
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <uv.h>
 
 /* common/ */
 #include "hk_log.h"
+#include "hk_tls.h"
 #include "hk_util.h"
 
 /* This role */
@@ -45,6 +60,10 @@
 #define INGRESS_ERROR_LIMIT 50       /* rejected commands before we hang up */
 #define INGRESS_QUIT_LINGER_MS 10000 /* time for the last replies to drain */
 #define INGRESS_HELO_MAX 255
+#define INGRESS_RAW_CAP (17 * 1024)  /* ciphertext per read: a TLS record and some */
+#define INGRESS_AUTH_FAILURES 3      /* failed AUTH before we hang up */
+
+enum auth_step { AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
 
 #define INGRESS_STATES(X)                                               \
 	X(NEW)    /* greeting sent, no HELO/EHLO yet */                 \
@@ -53,7 +72,10 @@
 	X(RCPT)   /* at least one RCPT accepted */                      \
 	X(DATA)   /* reading the message */                             \
 	X(SUBMIT) /* message handed to a router, waiting for its answer */ \
-	X(QUIT)   /* last replies draining, then close */
+	X(QUIT)   /* last replies draining, then close */               \
+	X(TLS)    /* TLS handshake in progress */                      \
+	X(AUTH)   /* AUTH: waiting for the client's SASL response */  \
+	X(AUTH_PENDING) /* AUTH: the password is being checked */
 
 enum ingress_state {
 #define X(name) ST_##name,
@@ -66,6 +88,8 @@ enum {
 	SF_ESMTP = 1 << 0,      /* EHLO rather than HELO */
 	SF_RELAY = 1 << 1,      /* client address is in relay_networks */
 	SF_READING = 1 << 2,    /* uv_read_start is in effect */
+	SF_TLS = 1 << 3,        /* TLS is established */
+	SF_AUTH = 1 << 4,       /* AUTH succeeded */
 };
 
 struct ingress_session {
@@ -75,6 +99,7 @@ struct ingress_session {
 	int open_handles;
 	bool closing;
 	const struct ingress_env *env;
+	const struct hk_listener_conf *lconf;
 	ingress_session_closed_cb closed_cb;
 	void *closed_arg;
 
@@ -84,6 +109,19 @@ struct ingress_session {
 	char client_ip[INET6_ADDRSTRLEN];
 	char client_literal[INET6_ADDRSTRLEN + 8]; /* "[1.2.3.4]", "[IPv6:::1]" */
 	char helo[INGRESS_HELO_MAX + 1];
+
+	/* TLS: the engine, and where ciphertext is read to before it goes in */
+	hk_tls_conn *tls;
+	char *raw;
+	char tls_desc[160];     /* "TLSv1.3 with cipher ... (256/256 bits)" */
+
+	/* AUTH */
+	enum auth_step auth_step;
+	const char *auth_mech;  /* "PLAIN" or "LOGIN" */
+	char auth_user[INGRESS_AUTH_USER_MAX + 1]; /* logged, never put in a header */
+	ingress_auth_job *auth_job;
+	unsigned auth_failures;
+	const struct hk_tenant_conf *tenant; /* with SF_AUTH */
 
 	/* input: in[0..in_len), executed up to in_off while processing */
 	char in[INGRESS_IN_CAP];
@@ -189,26 +227,43 @@ format_date(int64_t ms, char *out, size_t len)
 	    off < 0 ? '-' : '+', labs(off) / 60, labs(off) % 60);
 }
 
-/* Start a message: its id, its time and the Received header (RFC 5321 4.4). */
+/* The "with" keyword of the Received header (RFC 3848): ESMTP plus S for
+ * TLS and A for AUTH; SMTP (or SMTPS) after HELO. */
+static const char *
+protocol_name(const ingress_session *s)
+{
+	static const char *const esmtp[] = { "ESMTP", "ESMTPS", "ESMTPA", "ESMTPSA" };
+	bool tls = (s->flags & SF_TLS) != 0, auth = (s->flags & SF_AUTH) != 0;
+
+	if (!(s->flags & SF_ESMTP))
+		return tls ? "SMTPS" : "SMTP";
+	return esmtp[(tls ? 1 : 0) | (auth ? 2 : 0)];
+}
+
+/* Start a message: its id, its time and the Received header (RFC 5321 4.4).
+ * The TLS comment is Postfix's; the authenticated user is logged, never
+ * written into the message. */
 static void
 message_begin(ingress_session *s)
 {
-	char date[64], hdr[1024];
+	char date[64], hdr[1024], tls[200] = "";
 	int n;
 
 	hk_id_next(s->env->idgen, s->id);
 	s->received_at_ms = hk_now_ms();
 	format_date(s->received_at_ms, date, sizeof(date));
+	if (s->flags & SF_TLS)
+		snprintf(tls, sizeof(tls), "\t(using %s)\r\n", s->tls_desc);
 	if (s->n_rcpts == 1)
 		n = snprintf(hdr, sizeof(hdr),
-		    "Received: from %s (%s)\r\n\tby %s (Hikyaku) with %s id %s\r\n\tfor <%s>; %s\r\n",
-		    s->helo, s->client_literal, s->env->conf->hostname,
-		    s->flags & SF_ESMTP ? "ESMTP" : "SMTP", s->id, s->rcpts[0].addr, date);
+		    "Received: from %s (%s)\r\n%s\tby %s (Hikyaku) with %s id %s\r\n\tfor <%s>; %s\r\n",
+		    s->helo, s->client_literal, tls, s->env->conf->hostname,
+		    protocol_name(s), s->id, s->rcpts[0].addr, date);
 	else
 		n = snprintf(hdr, sizeof(hdr),
-		    "Received: from %s (%s)\r\n\tby %s (Hikyaku) with %s id %s;\r\n\t%s\r\n",
-		    s->helo, s->client_literal, s->env->conf->hostname,
-		    s->flags & SF_ESMTP ? "ESMTP" : "SMTP", s->id, date);
+		    "Received: from %s (%s)\r\n%s\tby %s (Hikyaku) with %s id %s;\r\n\t%s\r\n",
+		    s->helo, s->client_literal, tls, s->env->conf->hostname,
+		    protocol_name(s), s->id, date);
 	ingress_buf_free(&s->msg);
 	ingress_buf_append(&s->msg, hdr, n < (int)sizeof(hdr) ? (size_t)n : sizeof(hdr) - 1);
 	ingress_data_init(&s->data, &s->msg, s->env->conf->max_message_size);
@@ -231,6 +286,11 @@ ingress_enter_state(ingress_session *s, enum ingress_state next)
 		break;
 	case ST_QUIT:
 		session_flush(s);
+		if (s->tls && (s->flags & SF_TLS) && !s->closing) {
+			/* After the last reply: a clean TLS end, then the FIN. */
+			hk_tls_conn_close_notify(s->tls);
+			session_flush(s);
+		}
 		if (s->closing)
 			return;
 		if (uv_shutdown(&s->shutdown, (uv_stream_t *)&s->tcp, on_shutdown) != 0) {
@@ -288,20 +348,40 @@ on_write(uv_write_t *req, int status)
 		session_process(s);
 }
 
+/*
+ * session_flush - hand the collected replies to the socket: as they are, or
+ * encrypted once TLS is on (with whatever else the engine has to send:
+ * handshake records, session tickets, alerts).
+ */
 static void
 session_flush(ingress_session *s)
 {
 	struct ingress_write *w;
 	uv_buf_t b;
+	size_t n;
 	int rc;
 
-	if (s->out.len == 0 || s->closing)
+	if (s->closing)
 		return;
-	w = xmalloc(sizeof(*w) + s->out.len);
+	if (s->tls) {
+		if (s->out.len > 0 && hk_tls_conn_write(s->tls, s->out.data, s->out.len) != 0) {
+			ingress_session_close(s, "TLS write failed", NULL);
+			return;
+		}
+		s->out.len = 0;
+		if ((n = hk_tls_conn_pending(s->tls)) == 0)
+			return;
+		w = xmalloc(sizeof(*w) + n);
+		n = hk_tls_conn_pull(s->tls, w->data, n);
+	} else {
+		if ((n = s->out.len) == 0)
+			return;
+		w = xmalloc(sizeof(*w) + n);
+		memcpy(w->data, s->out.data, n);
+		s->out.len = 0;
+	}
 	w->s = s;
-	memcpy(w->data, s->out.data, s->out.len);
-	b = uv_buf_init(w->data, (unsigned)s->out.len);
-	s->out.len = 0;
+	b = uv_buf_init(w->data, (unsigned)n);
 	if ((rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, on_write)) != 0) {
 		free(w);
 		ingress_session_close(s, uv_strerror(rc), NULL);
@@ -321,7 +401,127 @@ cmd_error(ingress_session *s, const char *text)
 	}
 }
 
+/* --- TLS ------------------------------------------------------------------ */
+
+static void
+greeting(ingress_session *s)
+{
+	reply(s, "220 %s ESMTP Hikyaku", s->env->conf->hostname);
+}
+
+/* Move what the engine has to send to the socket now, best effort: for an
+ * alert or a goodbye just before the handle is closed. */
+static void
+tls_try_send(ingress_session *s)
+{
+	size_t n;
+	char *buf;
+
+	if (s->tls == NULL || (n = hk_tls_conn_pending(s->tls)) == 0)
+		return;
+	buf = xmalloc(n);
+	n = hk_tls_conn_pull(s->tls, buf, n);
+	uv_buf_t b = uv_buf_init(buf, (unsigned)n);
+	uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+	free(buf);
+}
+
+/* Put a server-side TLS engine on the connection, with the context of the
+ * moment (a reload swaps it for new sessions only). */
+static int
+tls_begin(ingress_session *s)
+{
+	if (s->env->tls_ctx == NULL || (s->tls = hk_tls_conn_new(s->env->tls_ctx, true)) == NULL)
+		return -1;
+	s->raw = xmalloc(INGRESS_RAW_CAP);
+	return 0;
+}
+
+static void
+tls_established(ingress_session *s)
+{
+	s->flags |= SF_TLS;
+	hk_tls_conn_describe(s->tls, s->tls_desc, sizeof(s->tls_desc));
+	hk_log_info("tls_established", "{s:s, s:s, s:s}", "client", s->client_ip,
+	    "version", hk_tls_conn_version(s->tls), "cipher", hk_tls_conn_cipher(s->tls));
+	ingress_enter_state(s, ST_NEW);
+	if (s->lconf->mode == HK_LISTEN_SMTPS)
+		greeting(s); /* RFC 8314 3.3: the greeting comes after the handshake */
+}
+
+/*
+ * tls_fill - advance the handshake, then move the plaintext the engine holds
+ * into the input buffer, as much as fits. Returns false if the session was
+ * closed (handshake failure, TLS error, close_notify).
+ */
+static bool
+tls_fill(ingress_session *s)
+{
+	char err[256];
+	int rc;
+
+	if (s->tls == NULL || s->closing)
+		return !s->closing;
+	if (s->state == ST_TLS) {
+		rc = hk_tls_conn_handshake(s->tls, err, sizeof(err));
+		if (rc == HK_TLS_ERROR) {
+			hk_log_info("tls_failed", "{s:s, s:s}", "client", s->client_ip, "error", err);
+			tls_try_send(s); /* the alert tells the client why */
+			ingress_session_close(s, "TLS handshake failed", NULL);
+			return false;
+		}
+		if (rc == HK_TLS_AGAIN)
+			return true;
+		tls_established(s);
+	}
+	while (s->in_len < sizeof(s->in)) {
+		rc = hk_tls_conn_read(s->tls, s->in + s->in_len, sizeof(s->in) - s->in_len);
+		if (rc > 0) {
+			s->in_len += (size_t)rc;
+			continue;
+		}
+		if (rc == HK_TLS_AGAIN)
+			break;
+		ingress_session_close(s, rc == HK_TLS_CLOSED ? "client disconnected" : "TLS error", NULL);
+		return false;
+	}
+	return true;
+}
+
 /* --- commands ------------------------------------------------------------ */
+
+/* AUTH could be offered on this listener at some point of the session. */
+static bool
+auth_possible(const ingress_session *s)
+{
+	return s->env->auth != NULL && (s->env->tls_ctx != NULL || s->tls != NULL ||
+	    s->lconf->allow_plaintext_auth);
+}
+
+/* AUTH is offered now: passwords never cross in clear unless allowed. */
+static bool
+auth_offered(const ingress_session *s)
+{
+	return s->env->auth != NULL && ((s->flags & SF_TLS) || s->lconf->allow_plaintext_auth);
+}
+
+/* Whose mail this is: the authenticated tenant, or network_tenant for a
+ * client in relay_networks; NULL for anyone else (who may not relay). */
+static const struct hk_tenant_conf *
+session_tenant(const ingress_session *s)
+{
+	if (s->flags & SF_AUTH)
+		return s->tenant;
+	if (s->flags & SF_RELAY)
+		return s->env->conf->tenant;
+	return NULL;
+}
+
+static bool
+starttls_offered(const ingress_session *s)
+{
+	return s->env->tls_ctx != NULL && s->tls == NULL;
+}
 
 static void
 cmd_helo_common(ingress_session *s, const char *args, bool esmtp)
@@ -353,6 +553,10 @@ cmd_helo_common(ingress_session *s, const char *args, bool esmtp)
 		reply(s, "250-PIPELINING");
 		reply(s, "250-SIZE %zu", c->max_message_size);
 		reply(s, "250-8BITMIME");
+		if (starttls_offered(s))
+			reply(s, "250-STARTTLS");
+		if (auth_offered(s))
+			reply(s, "250-AUTH PLAIN LOGIN");
 		reply(s, "250 ENHANCEDSTATUSCODES");
 	} else {
 		s->flags &= ~(unsigned)SF_ESMTP;
@@ -386,8 +590,10 @@ copy_params(const struct ingress_path *p)
 static void
 cmd_mail(ingress_session *s, const char *args)
 {
+	const struct hk_tenant_conf *t;
 	struct ingress_path p;
 	char err[INGRESS_REPLY_MAX];
+	uint64_t retry_ms = 0;
 
 	if (ingress_parse_path(args, INGRESS_PATH_MAIL, &p, err) != 0) {
 		cmd_error(s, err);
@@ -395,6 +601,25 @@ cmd_mail(ingress_session *s, const char *args)
 	}
 	if (p.has_size && p.size > s->env->conf->max_message_size) {
 		reply(s, "552 5.3.4 Message size exceeds fixed limit");
+		return;
+	}
+	/* Submission and smtps: AUTH first, whatever the client's address. */
+	if (s->lconf->mode != HK_LISTEN_RELAY && !(s->flags & SF_AUTH)) {
+		cmd_error(s, "530 5.7.0 Authentication required");
+		return;
+	}
+	if ((t = session_tenant(s)) != NULL && !hk_tenant_owns_sender(t, p.addr)) {
+		snprintf(err, sizeof(err), "553 5.7.1 Sender address not owned by tenant %s", t->name);
+		hk_log_info("sender_refused", "{s:s, s:s, s:s, s:s}", "client", s->client_ip,
+		    "tenant", t->name, "user", s->auth_user, "from", p.addr);
+		cmd_error(s, err);
+		return;
+	}
+	if (t != NULL && s->env->admit && !s->env->admit(s->env->arg, t, &retry_ms)) {
+		hk_log_info("rate_limited", "{s:s, s:s, s:s, s:I}", "client", s->client_ip,
+		    "tenant", t->name, "user", s->auth_user, "retry_ms", (json_int_t)retry_ms);
+		reply(s, "450 4.7.1 Message rate limit exceeded for tenant %s, try again in %llu s", t->name,
+		    (unsigned long long)(retry_ms + 999) / 1000);
 		return;
 	}
 	txn_reset(s);
@@ -428,7 +653,7 @@ cmd_rcpt(ingress_session *s, const char *args)
 		cmd_error(s, err);
 		return;
 	}
-	if (!(s->flags & SF_RELAY)) {
+	if (session_tenant(s) == NULL) {
 		cmd_error(s, "554 5.7.1 Relay access denied");
 		return;
 	}
@@ -493,11 +718,235 @@ cmd_vrfy(ingress_session *s, const char *args)
 	reply(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
 }
 
+/*
+ * cmd_starttls - RFC 3207. The 220 goes out in plaintext; then whatever the
+ * client sent behind the command is dropped unread (a man in the middle
+ * could have put commands there to run under TLS), and everything learnt
+ * before TLS is forgotten: the client must EHLO again.
+ */
+static void
+cmd_starttls(ingress_session *s, const char *args)
+{
+	(void)args;
+	if (s->tls != NULL) {
+		cmd_error(s, "503 5.5.1 Error: TLS already active");
+		return;
+	}
+	if (s->env->tls_ctx == NULL) {
+		cmd_error(s, "502 5.5.1 Error: STARTTLS not available");
+		return;
+	}
+	reply(s, "220 2.0.0 Ready to start TLS");
+	session_flush(s);
+	if (s->closing)
+		return;
+	if (s->in_len > s->in_off)
+		hk_log_info("starttls_input_dropped", "{s:s, s:i}", "client", s->client_ip,
+		    "bytes", (int)(s->in_len - s->in_off));
+	s->in_len = s->in_off;
+	memset(&s->lines, 0, sizeof(s->lines));
+	if (tls_begin(s) != 0) {
+		ingress_session_close(s, "TLS not available", NULL);
+		return;
+	}
+	txn_reset(s);
+	s->helo[0] = '\0';
+	s->flags &= ~(unsigned)(SF_ESMTP | SF_AUTH);
+	s->tenant = NULL;
+	s->auth_user[0] = '\0';
+	ingress_enter_state(s, ST_TLS);
+}
+
+/* --- AUTH (RFC 4954) --------------------------------------------------------- */
+
+static void
+auth_end(ingress_session *s)
+{
+	if (s->state == ST_AUTH || s->state == ST_AUTH_PENDING)
+		ingress_enter_state(s, ST_HELO);
+}
+
+static void
+auth_done(ingress_session *s, const struct hk_tenant_conf *t, bool cached)
+{
+	if (t != NULL) {
+		s->flags |= SF_AUTH;
+		s->tenant = t;
+		hk_log_info("auth_success", "{s:s, s:s, s:s, s:s, s:b}", "client", s->client_ip,
+		    "user", s->auth_user, "tenant", t->name, "mechanism", s->auth_mech, "cached", cached);
+		reply(s, "235 2.7.0 Authentication successful");
+		auth_end(s);
+		return;
+	}
+	s->auth_failures++;
+	hk_log_info("auth_failed", "{s:s, s:s, s:s, s:i}", "client", s->client_ip,
+	    "user", s->auth_user, "mechanism", s->auth_mech, "failures", (int)s->auth_failures);
+	s->auth_user[0] = '\0';
+	auth_end(s);
+	cmd_error(s, "535 5.7.8 Error: authentication failed");
+	if (s->auth_failures >= INGRESS_AUTH_FAILURES && s->state != ST_QUIT) {
+		reply(s, "421 4.7.0 %s Error: too many failed authentications", s->env->conf->hostname);
+		ingress_enter_state(s, ST_QUIT);
+	}
+}
+
+/* The check came back from the thread pool. */
+static void
+on_auth_checked(void *arg, const struct hk_tenant_conf *t)
+{
+	ingress_session *s = arg;
+
+	s->auth_job = NULL;
+	if (s->closing || s->state != ST_AUTH_PENDING)
+		return;
+	auth_done(s, t, false);
+	session_process(s); /* what the client pipelined behind AUTH */
+}
+
+/* Check USER's PASSWORD (wiped here): at once from the cache, or later. */
+static void
+auth_verify(ingress_session *s, const char *user, char *password)
+{
+	const struct hk_tenant_conf *t;
+	int rc;
+
+	if (user != s->auth_user)
+		snprintf(s->auth_user, sizeof(s->auth_user), "%s", user);
+	rc = ingress_auth_check(s->env->auth, s->auth_user, password, on_auth_checked, s, &s->auth_job, &t);
+	OPENSSL_cleanse(password, strlen(password));
+	if (rc == 1)
+		auth_done(s, t, true);
+	else
+		ingress_enter_state(s, ST_AUTH_PENDING);
+}
+
+static void
+auth_sasl_error(ingress_session *s, int rc)
+{
+	if (rc == INGRESS_SASL_AUTHZID) {
+		auth_done(s, NULL, false); /* authorization identity other than the user's */
+		return;
+	}
+	auth_end(s);
+	cmd_error(s, rc == INGRESS_SASL_BAD_BASE64 ? "501 5.5.2 Invalid base64 data" :
+	    "501 5.5.2 Malformed authentication data");
+}
+
+/* One SASL response (initial or after a 334), in state AUTH. */
+static void
+auth_response(ingress_session *s, const char *line)
+{
+	char user[INGRESS_AUTH_USER_MAX + 1], pass[INGRESS_AUTH_PASS_MAX + 1];
+	int rc;
+
+	if (strcmp(line, "*") == 0) {
+		auth_end(s);
+		cmd_error(s, "501 5.0.0 Authentication cancelled");
+		return;
+	}
+	switch (s->auth_step) {
+	case AUTH_PLAIN:
+		if ((rc = ingress_sasl_plain(line, user, pass)) != INGRESS_SASL_OK)
+			auth_sasl_error(s, rc);
+		else
+			auth_verify(s, user, pass);
+		break;
+	case AUTH_LOGIN_USER:
+		if ((rc = ingress_sasl_field(line, s->auth_user, sizeof(s->auth_user))) != INGRESS_SASL_OK) {
+			auth_sasl_error(s, rc);
+			break;
+		}
+		s->auth_step = AUTH_LOGIN_PASS;
+		reply(s, "334 UGFzc3dvcmQ6"); /* "Password:" */
+		break;
+	case AUTH_LOGIN_PASS:
+		if ((rc = ingress_sasl_field(line, pass, sizeof(pass))) != INGRESS_SASL_OK)
+			auth_sasl_error(s, rc);
+		else
+			auth_verify(s, s->auth_user, pass);
+		break;
+	}
+	OPENSSL_cleanse(pass, sizeof(pass));
+	OPENSSL_cleanse(user, sizeof(user));
+}
+
+/* A line in state AUTH: wipe it from the input buffer once read. */
+static void
+auth_line(ingress_session *s, enum ingress_line_result r, const char *line, size_t len)
+{
+	char buf[INGRESS_LINE_MAX + 1];
+
+	if (r == INGRESS_LINE_TOO_LONG) {
+		auth_end(s);
+		cmd_error(s, "500 5.5.6 Authentication exchange line is too long");
+		return;
+	}
+	memcpy(buf, line, len);
+	buf[len] = '\0';
+	OPENSSL_cleanse((char *)line, len);
+	auth_response(s, buf);
+	OPENSSL_cleanse(buf, sizeof(buf));
+	session_flush(s);
+}
+
+static void
+cmd_auth(ingress_session *s, const char *args)
+{
+	char mech[16];
+	size_t n = strcspn(args, " ");
+	const char *resp = args + n;
+
+	if (s->flags & SF_AUTH) {
+		cmd_error(s, "503 5.5.1 Error: already authenticated");
+		return;
+	}
+	if (!auth_possible(s)) {
+		cmd_error(s, "503 5.5.1 Error: authentication not enabled");
+		return;
+	}
+	if (!auth_offered(s)) {
+		cmd_error(s, "538 5.7.11 Encryption required for requested authentication mechanism");
+		return;
+	}
+	if (s->state >= ST_MAIL) {
+		cmd_error(s, "503 5.5.1 Error: MAIL transaction in progress");
+		return;
+	}
+	if (n == 0 || n >= sizeof(mech)) {
+		cmd_error(s, n == 0 ? "501 5.5.4 Syntax: AUTH mechanism [initial-response]" :
+		    "504 5.5.4 Unrecognized authentication type");
+		return;
+	}
+	for (size_t i = 0; i < n; i++)
+		mech[i] = (char)toupper((unsigned char)args[i]);
+	mech[n] = '\0';
+	while (*resp == ' ')
+		resp++;
+	if (!strcmp(mech, "PLAIN")) {
+		s->auth_mech = "PLAIN";
+		s->auth_step = AUTH_PLAIN;
+	} else if (!strcmp(mech, "LOGIN")) {
+		s->auth_mech = "LOGIN";
+		s->auth_step = AUTH_LOGIN_USER;
+	} else {
+		cmd_error(s, "504 5.5.4 Unrecognized authentication type");
+		return;
+	}
+	s->auth_user[0] = '\0';
+	ingress_enter_state(s, ST_AUTH);
+	if (*resp != '\0')
+		auth_response(s, resp); /* the initial response (RFC 4954 4) */
+	else if (s->auth_step == AUTH_PLAIN)
+		reply(s, "334 ");
+	else
+		reply(s, "334 VXNlcm5hbWU6"); /* "Username:" */
+}
+
 static void
 cmd_help(ingress_session *s, const char *args)
 {
 	(void)args;
-	reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP");
+	reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH");
 }
 
 /* Command table flags. */
@@ -508,6 +957,7 @@ enum {
 	CMD_NO_TXN = 1 << 3,    /* 503 inside a transaction (nested MAIL) */
 	CMD_NO_ARGS = 1 << 4,   /* 501 if arguments are given */
 	CMD_FLUSH = 1 << 5,     /* ends a pipeline group: reply at once (RFC 2920 3.1) */
+	CMD_SECRET = 1 << 6,    /* the line may hold a password: wipe it after use */
 };
 
 static const struct ingress_cmd {
@@ -525,6 +975,8 @@ static const struct ingress_cmd {
 	{ "QUIT", CMD_NO_ARGS | CMD_FLUSH, cmd_quit },
 	{ "VRFY", CMD_FLUSH, cmd_vrfy },
 	{ "HELP", CMD_FLUSH, cmd_help },
+	{ "STARTTLS", CMD_NEED_HELO | CMD_NO_ARGS | CMD_FLUSH, cmd_starttls },
+	{ "AUTH", CMD_NEED_HELO | CMD_FLUSH | CMD_SECRET, cmd_auth },
 };
 
 static void
@@ -561,6 +1013,10 @@ session_execute(ingress_session *s, const char *line, size_t len)
 		cmd_error(s, err);
 	} else
 		cmd->handler(s, cl.args);
+	if (cmd != NULL && (cmd->flags & CMD_SECRET)) {
+		OPENSSL_cleanse(buf, sizeof(buf));
+		OPENSSL_cleanse((char *)line, len);
+	}
 	if (cmd != NULL && (cmd->flags & CMD_FLUSH))
 		session_flush(s);
 }
@@ -599,7 +1055,7 @@ data_end(ingress_session *s)
 	}
 	t = (struct ingress_txn){
 		.id = s->id,
-		.tenant = s->env->conf->network_tenant,
+		.tenant = session_tenant(s)->name,
 		.mail_from = s->mail_from,
 		.mail_params = s->mail_params,
 		.n_mail_params = s->n_mail_params,
@@ -647,9 +1103,10 @@ ingress_session_submitted(ingress_session *s, bool ok, const char *reason)
 	}
 	if (ok) {
 		reply(s, "250 2.0.0 Ok: queued as %s", s->id);
-		hk_log_info("accepted", "{s:s, s:s, s:s, s:s, s:i, s:I}", "id", s->id,
-		    "client", s->client_ip, "tenant", s->env->conf->network_tenant,
-		    "from", s->mail_from, "rcpts", (int)s->n_rcpts, "size", (json_int_t)s->body_size);
+		hk_log_info("accepted", "{s:s, s:s, s:s, s:s, s:s, s:i, s:I, s:s}", "id", s->id,
+		    "client", s->client_ip, "tenant", session_tenant(s)->name, "user", s->auth_user,
+		    "from", s->mail_from, "rcpts", (int)s->n_rcpts, "size", (json_int_t)s->body_size,
+		    "tls", (s->flags & SF_TLS) ? hk_tls_conn_version(s->tls) : "");
 		txn_reset(s);
 		ingress_enter_state(s, ST_HELO);
 	} else {
@@ -680,10 +1137,20 @@ update_reading(ingress_session *s)
  * session_process - execute buffered input until it runs out or a command
  * must wait, then write the collected replies and decide whether to read.
  */
+static bool
+runnable(const ingress_session *s)
+{
+	return !s->closing && s->state != ST_QUIT && s->state != ST_SUBMIT && s->state != ST_TLS &&
+	    s->state != ST_AUTH_PENDING;
+}
+
 static void
 session_process(ingress_session *s)
 {
-	while (!s->closing && s->state != ST_QUIT && s->state != ST_SUBMIT && !output_full(s)) {
+again:
+	if (!tls_fill(s))
+		return;
+	while (runnable(s) && !output_full(s)) {
 		const char *p = s->in + s->in_off, *line;
 		size_t n = s->in_len - s->in_off, used, line_len;
 		enum ingress_line_result r;
@@ -700,7 +1167,9 @@ session_process(ingress_session *s)
 		s->in_off += used;
 		if (r == INGRESS_LINE_MORE)
 			break;
-		if (r == INGRESS_LINE_TOO_LONG)
+		if (s->state == ST_AUTH)
+			auth_line(s, r, line, line_len);
+		else if (r == INGRESS_LINE_TOO_LONG)
 			cmd_error(s, "500 5.5.2 Line too long");
 		else
 			session_execute(s, line, line_len);
@@ -712,6 +1181,17 @@ session_process(ingress_session *s)
 		s->in_len -= s->in_off;
 		s->in_off = 0;
 	}
+	/* The engine may hold more plaintext than fitted; or the handshake just
+	 * ended with the client's first command behind it. */
+	if (s->tls && (runnable(s) || s->state == ST_TLS) && !output_full(s) &&
+	    s->in_len < sizeof(s->in)) {
+		size_t had = s->in_len;
+		enum ingress_state st = s->state;
+		if (!tls_fill(s))
+			return;
+		if (s->in_len > had || s->state != st)
+			goto again;
+	}
 	session_flush(s);
 	update_reading(s);
 }
@@ -722,7 +1202,10 @@ on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	ingress_session *s = h->data;
 
 	(void)suggested;
-	*buf = uv_buf_init(s->in + s->in_len, (unsigned)(sizeof(s->in) - s->in_len));
+	if (s->tls)
+		*buf = uv_buf_init(s->raw, INGRESS_RAW_CAP);
+	else
+		*buf = uv_buf_init(s->in + s->in_len, (unsigned)(sizeof(s->in) - s->in_len));
 }
 
 static void
@@ -741,7 +1224,10 @@ on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 		ingress_session_close(s, nread == UV_EOF ? "client disconnected" : uv_strerror((int)nread), NULL);
 		return;
 	}
-	s->in_len += (size_t)nread;
+	if (s->tls)
+		hk_tls_conn_push(s->tls, s->raw, (size_t)nread);
+	else
+		s->in_len += (size_t)nread;
 	if (s->state != ST_SUBMIT && s->state != ST_QUIT)
 		arm_timer(s); /* idle timeouts count from the last input */
 	session_process(s);
@@ -794,16 +1280,19 @@ on_closed(uv_handle_t *h)
 		s->closed_cb(s, s->closed_arg);
 	txn_reset(s);
 	ingress_buf_free(&s->out);
+	hk_tls_conn_free(&s->tls);
+	free(s->raw);
 	free(s);
 }
 
 ingress_session *
 ingress_session_new(uv_loop_t *loop, const struct ingress_env *env,
-    ingress_session_closed_cb closed, void *arg)
+    const struct hk_listener_conf *lconf, ingress_session_closed_cb closed, void *arg)
 {
 	ingress_session *s = xcalloc(1, sizeof(*s));
 
 	s->env = env;
+	s->lconf = lconf;
 	s->closed_cb = closed;
 	s->closed_arg = arg;
 	s->state = ST_NEW;
@@ -844,7 +1333,8 @@ peer_address(ingress_session *s)
 			snprintf(s->client_literal, sizeof(s->client_literal), "[IPv6:%s]", s->client_ip);
 		}
 	}
-	for (size_t i = 0; i < c->n_relay_networks; i++) {
+	/* Only a relay listener lets an address stand in for AUTH. */
+	for (size_t i = 0; s->lconf->mode == HK_LISTEN_RELAY && i < c->n_relay_networks; i++) {
 		if (hk_cidr_match(&c->relay_networks[i], (struct sockaddr *)&ss)) {
 			s->flags |= SF_RELAY;
 			break;
@@ -856,10 +1346,18 @@ void
 ingress_session_start(ingress_session *s)
 {
 	peer_address(s);
-	hk_log_info("smtp_connect", "{s:s, s:b}", "client", s->client_ip, "relay",
-	    (s->flags & SF_RELAY) != 0);
-	reply(s, "220 %s ESMTP Hikyaku", s->env->conf->hostname);
-	ingress_enter_state(s, ST_NEW);
+	hk_log_info("smtp_connect", "{s:s, s:s, s:b}", "client", s->client_ip,
+	    "listener", hk_listen_mode_name(s->lconf->mode), "relay", (s->flags & SF_RELAY) != 0);
+	if (s->lconf->mode == HK_LISTEN_SMTPS) {
+		if (tls_begin(s) != 0) {
+			ingress_session_close(s, "TLS not available", NULL);
+			return;
+		}
+		ingress_enter_state(s, ST_TLS);
+	} else {
+		greeting(s);
+		ingress_enter_state(s, ST_NEW);
+	}
 	session_process(s);
 }
 
@@ -868,12 +1366,18 @@ ingress_session_close(ingress_session *s, const char *reason, const char *goodby
 {
 	if (s->closing)
 		return;
-	if (goodbye != NULL) {
+	if (goodbye != NULL && s->tls != NULL) {
+		/* Best effort, as below; only once TLS is up can the client read it. */
+		if ((s->flags & SF_TLS) && hk_tls_conn_write(s->tls, goodbye, strlen(goodbye)) == 0)
+			tls_try_send(s);
+	} else if (goodbye != NULL) {
 		/* Best effort: the socket buffer takes it or it is lost. */
 		uv_buf_t b = uv_buf_init((char *)goodbye, (unsigned)strlen(goodbye));
 		uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
 	}
 	s->closing = true;
+	ingress_auth_cancel(s->auth_job); /* a check in flight finds no one */
+	s->auth_job = NULL;
 	if (s->state == ST_SUBMIT) {
 		/* The answer may still come; the node will find no one waiting. */
 		s->env->cancel(s->env->arg, s->req_id);

@@ -14,10 +14,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/ssl.h>
 #include <uv.h>
 
 #include "hk_config.h"
 #include "hk_id.h"
+#include "ingress_auth.h"
 
 typedef struct ingress_session ingress_session;
 
@@ -31,7 +33,7 @@ struct ingress_rcpt {
  * is valid only during the env->submit() call. */
 struct ingress_txn {
 	const char *id;
-	const char *tenant;
+	const char *tenant;     /* the authenticated tenant, or network_tenant */
 	const char *mail_from;  /* "" for the null sender */
 	char *const *mail_params;
 	size_t n_mail_params;
@@ -49,12 +51,24 @@ struct ingress_env {
 	const struct hk_ingress_conf *conf;
 	const char *node_name;
 	hk_idgen *idgen;
+	/* The server context for new TLS sessions, or NULL without tls:. The
+	 * node may swap it (certificate reload); a session that started TLS
+	 * keeps the context it started with. */
+	SSL_CTX *tls_ctx;
+	/* Sessions of every listener, against conf->max_sessions (NULL: each
+	 * listener counts its own). */
+	size_t *n_sessions;
+	/* Credentials and password checks for AUTH; NULL: AUTH is not offered. */
+	ingress_auth *auth;
 	/* submit - send TXN to a router. On 0 the answer comes later through
 	 * ingress_session_submitted(s, ...) unless cancel(req_id) is called
 	 * first; otherwise a negative errno (-EAGAIN: no router connected). */
 	int (*submit)(void *arg, ingress_session *s, const struct ingress_txn *txn, uint64_t *req_id);
 	/* cancel - forget a pending request: the session gave up on it. */
 	void (*cancel)(void *arg, uint64_t req_id);
+	/* admit - may tenant T start a message now (its rate_limit)? If not,
+	 * *retry_ms says when. NULL: no limits. */
+	bool (*admit)(void *arg, const struct hk_tenant_conf *t, uint64_t *retry_ms);
 	void *arg;
 };
 
@@ -62,17 +76,19 @@ typedef void (*ingress_session_closed_cb)(ingress_session *s, void *arg);
 
 /*
  * ingress_session_new - a session whose TCP handle is initialised on LOOP,
- * ready for uv_accept(server, ingress_session_stream(s)). Call
+ * ready for uv_accept(server, ingress_session_stream(s)), speaking as
+ * listener LCONF says (relay, submission, smtps; both outlive it). Call
  * ingress_session_start() after a successful accept, or
  * ingress_session_close() if it failed. CLOSED is called once, just before
  * the session is freed.
  */
 ingress_session *ingress_session_new(uv_loop_t *loop, const struct ingress_env *env,
-    ingress_session_closed_cb closed, void *arg);
+    const struct hk_listener_conf *lconf, ingress_session_closed_cb closed, void *arg);
 
 uv_stream_t *ingress_session_stream(ingress_session *s);
 
-/* ingress_session_start - send the greeting and start the dialogue. */
+/* ingress_session_start - send the greeting (smtps: start the TLS
+ * handshake first) and start the dialogue. */
 void ingress_session_start(ingress_session *s);
 
 /* ingress_session_submitted - the router's answer to the pending request.

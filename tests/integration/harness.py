@@ -11,7 +11,9 @@ Everything here runs real programs on loopback addresses:
   - Cluster: writes a Hikyaku YAML config and runs `hikyaku all` or single
     nodes, each process's JSON-lines stdout in its own file, with waits on
     log events;
-  - RawSmtp and submit(): SMTP clients (raw socket, and smtplib).
+  - RawSmtp and submit(): SMTP clients (raw socket, and smtplib);
+  - TestPki: a test CA (root and intermediate) and server certificates made
+    with the openssl CLI, and client SSL contexts that trust it.
 Every process is started by pid in a ProcessGroup and stopped by pid.
 """
 import atexit
@@ -550,6 +552,8 @@ class SmtpSink:
 # ---------------------------------------------------------------- Hikyaku
 
 def _yaml_scalar(v):
+    if isinstance(v, dict) or (isinstance(v, (list, tuple)) and any(isinstance(x, dict) for x in v)):
+        return json.dumps(v)       # JSON is YAML flow style
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -572,6 +576,7 @@ class Cluster:
         self.mx_port = mx_port
         self.group = group or ProcessGroup()
         self.nodes = {}             # name -> dict of settings (with "role")
+        self.tenants = None         # the top-level tenants: map, if any
         self.procs = {}             # node name (or "all") -> current Proc
         self._runs = {}
         self.config_path = os.path.join(workdir, "hikyaku.yaml")
@@ -606,6 +611,8 @@ class Cluster:
                     network_tenant="default", routers=routers or self.router_names(),
                     submit_timeout="3s", command_timeout="30s", data_timeout="30s",
                     max_message_size="10M", max_recipients=100, max_sessions=100)
+        if "listeners" in kw:
+            del conf["listen"]
         conf.update(kw)
         self.nodes[name] = conf
         return conf
@@ -616,11 +623,29 @@ class Cluster:
     def router_names(self):
         return self.names("router")
 
-    def port(self, ingress="ingress-1"):
-        return int(self.nodes[ingress]["listen"].rsplit(":", 1)[1])
+    def listen_addresses(self, ingress="ingress-1"):
+        conf = self.nodes[ingress]
+        if "listeners" in conf:
+            return [l["address"] for l in conf["listeners"]]
+        return [conf["listen"]]
+
+    def port(self, ingress="ingress-1", mode=None):
+        """The port of the ingress's `listen`, or of its first listener of
+        MODE (relay, submission, smtps) under `listeners`."""
+        conf = self.nodes[ingress]
+        if "listeners" in conf:
+            addr = next(l["address"] for l in conf["listeners"]
+                        if mode is None or l.get("mode", "relay") == mode)
+        else:
+            assert mode in (None, "relay"), "ingress %s has only a relay listener" % ingress
+            addr = conf["listen"]
+        return int(addr.rsplit(":", 1)[1])
 
     def write_config(self):
-        lines = ["nodes:"]
+        lines = []
+        if self.tenants is not None:
+            lines.append("tenants: " + json.dumps(self.tenants))
+        lines.append("nodes:")
         for name, conf in self.nodes.items():
             lines.append("  %s:" % name)
             lines.append("    role: %s" % conf["role"])
@@ -655,7 +680,8 @@ class Cluster:
         p = self._start(name, [role, "--config", self.config_path, "--node", name])
         if wait:
             if role == "ingress":
-                self.wait_event("ingress_listening", node=name, timeout=10)
+                for addr in self.listen_addresses(name):
+                    self.wait_event("ingress_listening", node=name, timeout=10, listen=addr)
             elif role == "sender":
                 for r, m in marks.items():
                     self.wait_event("member_up", node=r, timeout=10, since=m, member=name)
@@ -695,10 +721,15 @@ class Cluster:
 
     def wait_ready(self, timeout=15.0):
         for i in self.names("ingress"):
-            self.wait_event("ingress_listening", node=i, timeout=timeout)
+            for addr in self.listen_addresses(i):
+                self.wait_event("ingress_listening", node=i, timeout=timeout, listen=addr)
         for r in self.router_names():
             for s in self.names("sender"):
                 self.wait_event("member_up", node=r, timeout=timeout, member=s)
+
+    def signal(self, node, sig):
+        """Send SIG to the process running NODE (`all` in embedded mode)."""
+        self.proc_of(node).popen.send_signal(sig)
 
     def stop(self, node, timeout=10.0):
         p = self.procs.get(node)
@@ -873,3 +904,92 @@ class RawSmtp:
             self.sock.close()
         except OSError:
             pass
+
+
+# ---------------------------------------------------------------- AUTH
+
+def passwd_hash(password, rounds=5000):
+    """A password hash made by `hikyaku passwd` (few rounds: tests only)."""
+    r = subprocess.run([HIKYAKU_BIN, "passwd", "--rounds", str(rounds)], input=password,
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise RuntimeError("hikyaku passwd: %s" % r.stderr)
+    return r.stdout.strip()
+
+
+def sasl_plain(user, password, authzid=""):
+    """The base64 AUTH PLAIN response (RFC 4616)."""
+    import base64
+    return base64.b64encode(("%s\0%s\0%s" % (authzid, user, password)).encode()).decode()
+
+
+# ---------------------------------------------------------------- TLS
+
+class TestPki:
+    """A root CA, an intermediate CA under it and server certificates under
+    the intermediate, made with the openssl CLI in WORKDIR (EC P-256 keys,
+    fast to make). A server's certificate file is its leaf followed by the
+    intermediate, so a client that trusts only the root verifies it only if
+    the server sends the chain."""
+
+    __test__ = False    # not a pytest class
+
+    def __init__(self, workdir):
+        self.dir = os.path.join(workdir, "pki")
+        os.makedirs(self.dir, exist_ok=True)
+        self.ca = self._path("root.pem")
+        self._req("root", "/CN=Hikyaku Test Root CA", ca=True)
+        self._openssl("x509", "-req", "-in", self._path("root.csr"), "-signkey",
+                      self._path("root.key"), "-days", "3", "-out", self.ca,
+                      "-extfile", self._ext("root", "basicConstraints=critical,CA:TRUE\n"
+                                            "keyUsage=critical,keyCertSign,cRLSign\n"))
+        self._req("inter", "/CN=Hikyaku Test Intermediate CA")
+        self._sign("inter", self.ca, self._path("root.key"), 2,
+                   "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n")
+
+    def _path(self, name):
+        return os.path.join(self.dir, name)
+
+    def _openssl(self, *args):
+        r = subprocess.run(["openssl"] + list(args), capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError("openssl %s: %s" % (" ".join(args), r.stderr))
+
+    def _ext(self, name, text):
+        path = self._path(name + ".ext")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def _req(self, name, subject, ca=False):
+        self._openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                      "-nodes", "-keyout", self._path(name + ".key"), "-out",
+                      self._path(name + ".csr"), "-subj", subject)
+
+    def _sign(self, name, ca_cert, ca_key, serial, ext):
+        self._openssl("x509", "-req", "-in", self._path(name + ".csr"), "-CA", ca_cert,
+                      "-CAkey", ca_key, "-set_serial", str(serial), "-days", "3",
+                      "-out", self._path(name + ".pem"), "-extfile", self._ext(name, ext))
+
+    def server(self, name, serial, cn="relay.hikyaku.test"):
+        """A server certificate (leaf + intermediate in one file) and its key;
+        returns (certificate path, key path)."""
+        self._req(name, "/CN=%s/O=Hikyaku test %s" % (cn, name))
+        self._sign(name, self._path("inter.pem"), self._path("inter.key"), serial,
+                   "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                   "subjectAltName=DNS:%s,IP:127.0.0.1\n" % cn)
+        chain = self._path(name + ".chain.pem")
+        with open(chain, "w") as out:
+            for part in (name + ".pem", "inter.pem"):
+                with open(self._path(part)) as f:
+                    out.write(f.read())
+        return chain, self._path(name + ".key")
+
+    def client_context(self, **kw):
+        """An ssl.SSLContext that trusts only the test root and checks the
+        server name (relay.hikyaku.test, or 127.0.0.1 by its IP SAN)."""
+        import ssl
+        ctx = ssl.create_default_context(cafile=self.ca)
+        for k, v in kw.items():
+            setattr(ctx, k, v)
+        return ctx

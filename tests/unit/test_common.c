@@ -15,6 +15,8 @@
 #include "hk_id.h"
 #include "hk_u64map.h"
 
+#define HASH "$6$rounds=1000$saltsalt$w9KQdgZ0Ki6LoC1UHsgXGBQaO4XJhW7upynW4LSaoTX6YuFX0KIqzhQcvdJFwTJS.I2sYmby8LApILDV7m1xF/" /* "x" */
+
 static char *
 write_tmp(const char *text)
 {
@@ -68,7 +70,11 @@ test_config_good(void **state)
 	assert_int_equal(s->u.sender.connection_reuse_limit, 100); /* default */
 	const struct hk_node_conf *i = hk_config_node(cfg, "i1");
 	assert_string_equal(i->u.ingress.routers[0], "tcp://127.0.0.1:7101");
-	assert_int_equal(i->u.ingress.listen_port, 2525);
+	assert_int_equal(i->u.ingress.n_listeners, 1);
+	assert_int_equal(i->u.ingress.listeners[0].port, 2525);
+	assert_int_equal(i->u.ingress.listeners[0].mode, HK_LISTEN_RELAY);
+	assert_false(i->u.ingress.listeners[0].allow_plaintext_auth);
+	assert_false(i->u.ingress.has_tls);
 	assert_int_equal(i->u.ingress.n_relay_networks, 2);
 	hk_config_use_inproc(cfg);
 	assert_string_equal(i->u.ingress.routers[0], "inproc://r1.front");
@@ -95,6 +101,29 @@ test_config_errors(void **state)
 		{ "nodes:\n  x:\n    role: mailer\n", ":3: key 'role':" },
 		{ "nodes:\n  i:\n    role: ingress\n    listen: nowhere\n", ":4: key 'listen':" },
 		{ "nodes:\n  i:\n    role: ingress\n    relay_networks: [10.0.0.0/33]\n", ":4: key 'relay_networks': '10.0.0.0/33'" },
+		{ "nodes:\n  i:\n    role: ingress\n    routers: [r]\n    listen: 127.0.0.1:25\n"
+		  "    listeners: [{address: '127.0.0.1:26'}]\n", ":6: key 'listeners': give either listen or listeners" },
+		{ "nodes:\n  i:\n    role: ingress\n    listeners:\n      - address: 127.0.0.1:465\n        mode: tls\n",
+		  ":6: key 'mode': expected relay, submission or smtps" },
+		{ "nodes:\n  i:\n    role: ingress\n    listeners:\n      - address: 127.0.0.1:465\n        port: 1\n",
+		  ":6: key 'port': unknown key in a listener" },
+		{ "nodes:\n  r:\n    role: router\n    front: tcp://a:1\n    back: tcp://a:2\n"
+		  "  i:\n    role: ingress\n    routers: [r]\n    listeners:\n      - {address: '127.0.0.1:465', mode: smtps}\n",
+		  ":6: key 'listeners': node 'i', listener 127.0.0.1:465: an smtps listener needs a tls: map" },
+		{ "nodes:\n  i:\n    role: ingress\n    tls:\n      certificate: /c.pem\n",
+		  ":5: key 'key': required in tls" },
+		{ "tenants:\n  a:\n    credentials:\n      - {user: u, password_hash: plaintext}\nnodes: {}\n",
+		  ":4: key 'password_hash': user 'u': not a password hash" },
+		{ "tenants:\n  a:\n    credentials: [{user: u, password_hash: '" HASH "'}]\n"
+		  "  b:\n    credentials: [{user: u, password_hash: '" HASH "'}]\nnodes: {}\n",
+		  ":4: key 'user': 'u' belongs to tenant 'a' and to tenant 'b'" },
+		{ "tenants:\n  a:\n    rate_limit: 10/day\nnodes: {}\n", ":3: key 'rate_limit': expected a rate" },
+		{ "tenants:\n  a:\n    sender_domain: x.test\nnodes: {}\n", ":3: key 'sender_domain': unknown key in a tenant" },
+		{ "tenants:\n  a:\n    credentials_file: /nonexistent/creds\nnodes: {}\n",
+		  ":3: key 'credentials_file': cannot open /nonexistent/creds" },
+		{ "tenants:\n  a: {}\nnodes:\n  r: {role: router, front: 'tcp://a:1', back: 'tcp://a:2'}\n"
+		  "  i: {role: ingress, listen: '127.0.0.1:1', routers: [r], network_tenant: b}\n",
+		  ":5: key 'network_tenant': node 'i' names tenant 'b', which is not in tenants:" },
 		{ "nodes: [\n", "YAML syntax error" },
 		{ "other: 1\n", ":1: key 'other': unknown top-level key" },
 	};
@@ -110,6 +139,81 @@ test_config_errors(void **state)
 			fail_msg("case %zu: error '%s' lacks '%s' or the path", k, err, cases[k].expect);
 		unlink(path);
 	}
+}
+
+
+/* tenants: credentials inline and from a file in both formats, sender
+ * domains canonical, pool and rate; network_tenant resolved. */
+static void
+test_config_tenants(void **state)
+{
+	char text[4096], err[512], *cfgpath, lines_path[64], yaml_path[64];
+	struct hk_config *cfg;
+	(void)state;
+
+	snprintf(lines_path, sizeof(lines_path), "%s", write_tmp("# comment\n\nbob:" HASH "\n  carol:" HASH "\n"));
+	snprintf(yaml_path, sizeof(yaml_path), "%s", write_tmp("dave: \"" HASH "\"\n"));
+	snprintf(text, sizeof(text),
+	    "tenants:\n"
+	    "  acme:\n"
+	    "    credentials:\n"
+	    "      - {user: alice, password_hash: \"" HASH "\"}\n"
+	    "    credentials_file: %s\n"
+	    "    sender_domains: [Example.COM, b\xc3\xbc" "cher.example]\n"
+	    "    pool: dedicated-1\n"
+	    "    rate_limit: 6000/m\n"
+	    "  beta:\n"
+	    "    credentials_file: %s\n"
+	    "  net:\n"
+	    "nodes:\n"
+	    "  r1: {role: router, front: 'tcp://127.0.0.1:1', back: 'tcp://127.0.0.1:2'}\n"
+	    "  i1: {role: ingress, listen: '127.0.0.1:25', routers: [r1], network_tenant: net}\n",
+	    lines_path, yaml_path);
+	cfgpath = write_tmp(text);
+	if (hk_config_load(cfgpath, &cfg, err, sizeof(err)) != 0)
+		fail_msg("%s", err);
+	const struct hk_tenant_conf *t = hk_config_tenant(cfg, "acme");
+	assert_non_null(t);
+	assert_int_equal(t->n_credentials, 3);
+	assert_string_equal(t->credentials[0].user, "alice");
+	assert_string_equal(t->credentials[1].user, "bob");
+	assert_string_equal(t->credentials[2].user, "carol");
+	assert_string_equal(t->credentials[2].hash, HASH);
+	assert_int_equal(t->n_sender_domains, 2);
+	assert_string_equal(t->sender_domains[0], "example.com");
+	assert_string_equal(t->sender_domains[1], "xn--bcher-kva.example");
+	assert_string_equal(t->pool, "dedicated-1");
+	assert_int_equal(t->rate_count, 6000);
+	assert_int_equal(t->rate_per_ms, 60000);
+	assert_true(hk_tenant_owns_sender(t, "x@example.com"));
+	assert_true(hk_tenant_owns_sender(t, "x@Mail.Example.com"));
+	assert_true(hk_tenant_owns_sender(t, ""));
+	assert_false(hk_tenant_owns_sender(t, "x@badexample.com"));
+	assert_false(hk_tenant_owns_sender(t, "x@example.com.evil"));
+	const struct hk_tenant_conf *b = hk_config_tenant(cfg, "beta");
+	assert_int_equal(b->n_credentials, 1);
+	assert_string_equal(b->credentials[0].user, "dave");
+	assert_string_equal(b->pool, "shared");
+	assert_int_equal(b->rate_count, 0);
+	const struct hk_node_conf *i = hk_config_node(cfg, "i1");
+	assert_ptr_equal(i->u.ingress.tenant, hk_config_tenant(cfg, "net"));
+	assert_false(i->u.ingress.tenant->implicit);
+	assert_true(hk_tenant_owns_sender(i->u.ingress.tenant, "x@anything.test"));
+	hk_config_free(&cfg);
+	unlink(cfgpath);
+
+	/* Without tenants: network_tenant is made up, with no restriction. */
+	cfgpath = write_tmp(good_cfg);
+	assert_int_equal(hk_config_load(cfgpath, &cfg, err, sizeof(err)), 0);
+	i = hk_config_node(cfg, "i1");
+	assert_non_null(i->u.ingress.tenant);
+	assert_string_equal(i->u.ingress.tenant->name, "default");
+	assert_true(i->u.ingress.tenant->implicit);
+	assert_int_equal(i->u.ingress.tenant->n_credentials, 0);
+	hk_config_free(&cfg);
+	unlink(cfgpath);
+	unlink(lines_path);
+	unlink(yaml_path);
 }
 
 static void
@@ -202,6 +306,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_config_good),
 		cmocka_unit_test(test_config_errors),
+		cmocka_unit_test(test_config_tenants),
 		cmocka_unit_test(test_ids),
 		cmocka_unit_test(test_domains),
 		cmocka_unit_test(test_cidr),

@@ -34,6 +34,8 @@
 struct harness {
 	uv_loop_t loop;
 	struct hk_ingress_conf conf;
+	struct hk_listener_conf lconf;
+	struct hk_tenant_conf tenant;
 	struct hk_cidr net;
 	struct ingress_env env;
 	ingress_listener *listener;
@@ -151,13 +153,18 @@ harness_new(void)
 {
 	struct harness *h = calloc(1, sizeof(*h));
 
-	h->conf.listen_host = "127.0.0.1";
-	h->conf.listen_port = 0;
+	h->lconf.host = "127.0.0.1";
+	h->lconf.port = 0;
+	h->lconf.mode = HK_LISTEN_RELAY;
+	h->conf.listeners = &h->lconf;
+	h->conf.n_listeners = 1;
 	h->conf.hostname = "relay.hikyaku.test";
 	assert_int_equal(hk_cidr_parse("127.0.0.0/8", &h->net), 0);
 	h->conf.relay_networks = &h->net;
 	h->conf.n_relay_networks = 1;
 	h->conf.network_tenant = "default";
+	h->tenant.name = "default";
+	h->conf.tenant = &h->tenant;
 	h->conf.submit_timeout_ms = 5000;
 	h->conf.command_timeout_ms = 5000;
 	h->conf.data_timeout_ms = 5000;
@@ -187,7 +194,7 @@ harness_run(struct harness *h, void (*client)(struct harness *h))
 	h->answer_timer.data = h;
 	uv_async_init(&h->loop, &h->done_async, on_done_async);
 	h->done_async.data = h;
-	assert_int_equal(ingress_listener_new(&h->listener, &h->loop, &h->env), 0);
+	assert_int_equal(ingress_listener_new(&h->listener, &h->loop, &h->env, &h->lconf), 0);
 	h->port = ingress_listener_port(h->listener);
 	assert_true(h->port != 0);
 	h->client = client;
