@@ -470,6 +470,8 @@ end_line(struct ingress_data *d, bool crlf)
 
 	if (raw > INGRESS_TEXT_LINE_MAX)
 		d->line_too_long = true;
+	if (!crlf)
+		d->bare_lf = true;
 	emit(d, "\r\n", 2);
 	d->prev_crlf = crlf;
 	d->line_len = 0;
@@ -570,17 +572,23 @@ ingress_data_feed(struct ingress_data *d, const char *p, size_t len)
 }
 
 bool
-ingress_data_failed(const struct ingress_data *d, char err[INGRESS_REPLY_MAX])
+ingress__msg_failed(bool too_big, bool line_too_long, bool nul, char err[INGRESS_REPLY_MAX])
 {
-	if (d->too_big)
+	if (too_big)
 		snprintf(err, INGRESS_REPLY_MAX, "552 5.3.4 Message size exceeds fixed limit");
-	else if (d->line_too_long)
+	else if (line_too_long)
 		snprintf(err, INGRESS_REPLY_MAX,
 		    "550 5.6.0 Message rejected: line too long (more than %d characters)",
 		    INGRESS_TEXT_LINE_MAX);
-	else if (d->nul)
+	else if (nul)
 		snprintf(err, INGRESS_REPLY_MAX, "554 5.6.0 Message rejected: NUL character in data");
 	else
 		return false;
 	return true;
+}
+
+bool
+ingress_data_failed(const struct ingress_data *d, char err[INGRESS_REPLY_MAX])
+{
+	return ingress__msg_failed(d->too_big, d->line_too_long, d->nul, err);
 }

@@ -1,7 +1,7 @@
 /*
  * ingress_parse - the pure parts of the ESMTP server: command lines, MAIL/RCPT
  * paths and their parameters, and the DATA reader. The parameters' rules are
- * in ingress_param.
+ * in ingress_param, BDAT in ingress_bdat.
  *
  * Nothing here touches a socket, a clock or a global: every function works on
  * the bytes it is given and on state the caller owns, so the unit tests and a
@@ -201,6 +201,7 @@ struct ingress_data {
 	bool too_big;           /* size went over limit */
 	bool line_too_long;     /* a line over INGRESS_TEXT_LINE_MAX */
 	bool nul;               /* a NUL byte */
+	bool bare_lf;           /* a line ended by a bare LF (stored as CRLF) */
 	/* private */
 	bool prev_crlf;         /* the previous line ended in a real CRLF */
 	size_t line_len;        /* raw bytes of the current line so far */
@@ -224,5 +225,9 @@ ingress_data_done(const struct ingress_data *d)
 /* ingress_data_failed - false if the message may be queued, else the reply
  * for the end of data in err (552 size, 550 line length, 554 NUL). */
 bool ingress_data_failed(const struct ingress_data *d, char err[INGRESS_REPLY_MAX]);
+
+/* ingress__msg_failed - the end-of-message reply shared by DATA and BDAT:
+ * false if nothing is wrong. */
+bool ingress__msg_failed(bool too_big, bool line_too_long, bool nul, char err[INGRESS_REPLY_MAX]);
 
 #endif

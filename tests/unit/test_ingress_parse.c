@@ -523,6 +523,15 @@ test_data_bare_lf(void **state)
 	DATA_EXPECT("a\n.\n", false, "a\r\n.\r\n");
 	/* Unstuffing applies to lines after a bare LF too. */
 	DATA_EXPECT("a\n..b\r\n.\r\n", true, "a\r\n.b\r\n");
+
+	/* The normalisation is noted, for the log. */
+	struct fed f;
+	feed(&f, "a\nb\r\n.\r\n", 8, 0, 1000);
+	assert_true(f.d.bare_lf);
+	ingress_buf_free(&f.out);
+	feed(&f, "a\r\nb\r\n.\r\n", 9, 0, 1000);
+	assert_false(f.d.bare_lf);
+	ingress_buf_free(&f.out);
 }
 
 static void
