@@ -1,7 +1,7 @@
 /*
  * ingress_parse - the pure parts of the ESMTP server: command lines, MAIL/RCPT
  * paths and their parameters, and the DATA reader. The parameters' rules are
- * in ingress_param, BDAT in ingress_bdat.
+ * in ingress_param, BDAT in ingress_bdat, header scanning in ingress_headers.
  *
  * Nothing here touches a socket, a clock or a global: every function works on
  * the bytes it is given and on state the caller owns, so the unit tests and a
