@@ -176,6 +176,29 @@ has_ctl(const char *s, size_t n)
 	return false;
 }
 
+/* Printable US-ASCII, space included: ENVID and an rfc822 ORCPT (RFC 3461). */
+static bool
+printable_ascii(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c < 32 || c > 126)
+			return false;
+	}
+	return true;
+}
+
+/* Well-formed UTF-8 (ASCII included). */
+static bool
+utf8_ok(const char *s, size_t n)
+{
+	for (size_t i = 0, k; i < n; i += k) {
+		if ((k = ingress_utf8_char(s + i, n - i)) == 0)
+			return false;
+	}
+	return true;
+}
+
 /* NOTIFY=NEVER, or a list of SUCCESS, FAILURE, DELAY, each at most once. */
 static unsigned
 notify_bits(const char *v, size_t n)
@@ -229,6 +252,9 @@ check_orcpt(const char *val, size_t vlen, unsigned flags, struct ingress_path *o
 		    out->orcpt_type == INGRESS_ORCPT_RFC822 ? "xtext" : "utf-8-addr-xtext");
 	if (has_ctl(out->orcpt, dlen))
 		return param_error(err, "501 5.5.4 Bad ORCPT parameter value (control character)");
+	/* Non-ASCII addresses have their own type, utf-8 (RFC 6533). */
+	if (out->orcpt_type == INGRESS_ORCPT_RFC822 && !printable_ascii(out->orcpt, dlen))
+		return param_error(err, "501 5.5.4 Bad ORCPT parameter value (8-bit octet in an rfc822 address)");
 	return 0;
 }
 
@@ -285,15 +311,15 @@ check_mail_param(const char *k, const char *val, size_t vlen, bool has_val,
 			    INGRESS_ENVID_MAX);
 		if (ingress_xtext_decode(val, vlen, out->envid, sizeof(out->envid), &dlen) != 0)
 			return param_error(err, "501 5.5.4 Bad ENVID parameter value (malformed xtext)");
-		if (has_ctl(out->envid, dlen))
-			return param_error(err, "501 5.5.4 Bad ENVID parameter value (control character)");
+		if (!printable_ascii(out->envid, dlen))
+			return param_error(err, "501 5.5.4 Bad ENVID parameter value (not printable US-ASCII)");
 		out->has_envid = true;
 		return 0;
 	}
 	if (!strcmp(k, "AUTH")) {
 		if (!has_val || ingress_xtext_decode(val, vlen, tmp, sizeof(tmp), &dlen) != 0)
 			return param_error(err, "501 5.5.4 Bad AUTH parameter value (malformed xtext)");
-		if (has_ctl(tmp, dlen) || dlen > INGRESS_ADDR_MAX)
+		if (has_ctl(tmp, dlen) || !utf8_ok(tmp, dlen) || dlen > INGRESS_ADDR_MAX)
 			return param_error(err, "501 5.5.4 Bad AUTH parameter value (not a mailbox)");
 		if (strcmp(tmp, "<>") == 0)
 			tmp[0] = '\0'; /* the client does not vouch for the author */

@@ -203,11 +203,18 @@ test_mail_params(void **state)
 	mail_bad("FROM:<a@example.com> RET=NONE", "501 5.5.4 Bad RET parameter value (FULL or HDRS)");
 	mail_bad("FROM:<a@example.com> ENVID=abc+2", "501 5.5.4 Bad ENVID parameter value (malformed xtext)");
 	mail_bad("FROM:<a@example.com> ENVID=a+ZZ", "501 5.5.4 Bad ENVID parameter value (malformed xtext)");
-	mail_bad("FROM:<a@example.com> ENVID=a+0Ab", "501 5.5.4 Bad ENVID parameter value (control character)");
+	mail_bad("FROM:<a@example.com> ENVID=a+0Ab", "501 5.5.4 Bad ENVID parameter value (not printable US-ASCII)");
+	mail_bad("FROM:<a@example.com> ENVID=a+E4", "501 5.5.4 Bad ENVID parameter value (not printable US-ASCII)");
+	assert_int_equal(ingress_parse_path("FROM:<a@example.com> ENVID=a+20b", INGRESS_PATH_MAIL, &p, err), 0);
+	assert_string_equal(p.envid, "a b");
 	mail_bad("FROM:<a@example.com> ENVID", "501 5.5.4 Bad ENVID parameter value (1 to 100 characters)");
 	mail_bad("FROM:<a@example.com> AUTH=a+", "501 5.5.4 Bad AUTH parameter value (malformed xtext)");
 	mail_bad("FROM:<a@example.com> AUTH", "501 5.5.4 Bad AUTH parameter value (malformed xtext)");
 	mail_bad("FROM:<a@example.com> AUTH=a+00b@example.com", "501 5.5.4 Bad AUTH parameter value (not a mailbox)");
+	/* Fuzzer find: decoded octets that are not UTF-8 never reach the typed fields. */
+	mail_bad("FROM:<a@example.com> AUTH=a+E4@example.com", "501 5.5.4 Bad AUTH parameter value (not a mailbox)");
+	assert_int_equal(ingress_parse_path("FROM:<a@example.com> AUTH=+C3+A4@example.com", INGRESS_PATH_MAIL, &p, err), 0);
+	assert_string_equal(p.auth, "\xc3\xa4@example.com");
 	mail_bad("FROM:<a@example.com> RET=FULL ret=HDRS", "501 5.5.4 Duplicate RET parameter");
 	mail_bad("FROM:<a@example.com> SMTPUTF8 smtputf8", "501 5.5.4 Duplicate SMTPUTF8 parameter");
 	mail_bad("FROM:<a@example.com> BODY=7BIT BODY=8BITMIME", "501 5.5.4 Duplicate BODY parameter");
@@ -281,6 +288,11 @@ test_rcpt_params(void **state)
 	    "501 5.5.4 Bad ORCPT parameter value (malformed xtext)");
 	rcpt_bad("TO:<b@example.com> ORCPT=rfc822;b+0D+0A@example.com", 0,
 	    "501 5.5.4 Bad ORCPT parameter value (control character)");
+	/* Fuzzer find: xtext can carry any octet, an rfc822 address only ASCII. */
+	rcpt_bad("TO:<b@example.com> ORCPT=rfc822;o!+e40Be", 0,
+	    "501 5.5.4 Bad ORCPT parameter value (8-bit octet in an rfc822 address)");
+	rcpt_bad("TO:<b@example.com> ORCPT=rfc822;+C3+A4@example.com", INGRESS_PATH_UTF8_OK,
+	    "501 5.5.4 Bad ORCPT parameter value (8-bit octet in an rfc822 address)");
 	rcpt_bad("TO:<b@example.com> ORCPT=utf-8;a\\x{D800}@example.com", 0,
 	    "501 5.5.4 Bad ORCPT parameter value (malformed utf-8-addr-xtext)");
 	rcpt_bad("TO:<b@example.com> ORCPT=utf-8;a+b@example.com", 0,
