@@ -2,18 +2,20 @@
  * ingress_parse - command lines, MAIL/RCPT paths and the DATA reader, as
  * pure functions over caller-owned state (see ingress_parse.h).
  *
- * Address policy, in short: paths must be bracketed; source routes, address
- * literals and non-ASCII local parts are refused; a dot-string local part may
- * have any atext and dots in any arrangement (some Japanese carriers issued
- * "a..b." addresses and they are still in use); a quoted local part must not
- * hide an '@'; a recipient's local part must not contain '%' or '!', the
- * classic tricks to make a relay forward mail a second time. The domain must
- * pass hk_domain_canon; the envelope keeps it as the client wrote it (the
- * envelope is the client's), unless only the canonical form is valid on the
- * wire (a U-label becomes its A-label, a trailing dot goes). The router
- * shards on the canonical form.
+ * Address policy, in short: paths must be bracketed; a dot-string local part
+ * may have any atext and dots in any arrangement (some Japanese carriers
+ * issued "a..b." addresses and they are still in use); UTF-8 in the local
+ * part only under SMTPUTF8, and only well-formed. Relay tricks are refused
+ * with 553 5.7.1 and named: source routes, address literals (unless the
+ * caller allows them), a quoted local part hiding '@', and in a recipient
+ * '%' and '!' routing, quoted or not -- all judged on the unquoted text. The
+ * domain must pass hk_domain_canon; the envelope keeps it as the client wrote
+ * it (the envelope is the client's), unless only the canonical form is valid
+ * on the wire (a U-label becomes its A-label, a trailing dot goes). The
+ * router shards on the canonical form.
  */
 /* System */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -26,6 +28,7 @@
 #include "hk_util.h"
 
 /* This role */
+#include "ingress_param.h"
 #include "ingress_parse.h"
 
 /* --- buffers and command lines ------------------------------------------- */
@@ -125,6 +128,51 @@ ingress_cmd_split(char *line, size_t len, struct ingress_cmdline *out, char err[
 
 /* --- paths ---------------------------------------------------------------- */
 
+size_t
+ingress_utf8_char(const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	unsigned char lo = 0x80, hi = 0xbf;
+	size_t need;
+
+	if (n == 0)
+		return 0;
+	if (p[0] < 0x80)
+		return 1;
+	if (p[0] >= 0xc2 && p[0] <= 0xdf)
+		need = 2;
+	else if (p[0] >= 0xe0 && p[0] <= 0xef)
+		need = 3;
+	else if (p[0] >= 0xf0 && p[0] <= 0xf4)
+		need = 4;
+	else
+		return 0; /* continuation byte, overlong lead (C0, C1) or beyond U+10FFFF */
+	/* The second byte's range is what rules out overlongs, surrogates and > U+10FFFF. */
+	if (p[0] == 0xe0)
+		lo = 0xa0;
+	else if (p[0] == 0xed)
+		hi = 0x9f;
+	else if (p[0] == 0xf0)
+		lo = 0x90;
+	else if (p[0] == 0xf4)
+		hi = 0x8f;
+	/* Byte by byte, so a NUL ends a truncated sequence before we read past it. */
+	for (size_t i = 1; i < need; i++) {
+		if (i >= n || p[i] < lo || p[i] > hi)
+			return 0;
+		lo = 0x80;
+		hi = 0xbf;
+	}
+	return need;
+}
+
+/* utf8_at - ingress_utf8_char on a NUL-terminated string. */
+static size_t
+utf8_at(const char *p)
+{
+	return ingress_utf8_char(p, strnlen(p, 4));
+}
+
 static int
 path_error(char err[INGRESS_REPLY_MAX], enum ingress_path_kind kind, const char *fmt, ...)
 {
@@ -140,14 +188,12 @@ path_error(char err[INGRESS_REPLY_MAX], enum ingress_path_kind kind, const char 
 	return -1;
 }
 
+/* A well-formed address we refuse: a relay trick, named in the reply. */
 static int
-param_error(char err[INGRESS_REPLY_MAX], const char *fmt, ...)
+path_refused(char err[INGRESS_REPLY_MAX], enum ingress_path_kind kind, const char *trick)
 {
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(err, INGRESS_REPLY_MAX, fmt, ap);
-	va_end(ap);
+	snprintf(err, INGRESS_REPLY_MAX, "553 5.7.1 %s address rejected: %s not allowed",
+	    kind == INGRESS_PATH_MAIL ? "Sender" : "Recipient", trick);
 	return -1;
 }
 
@@ -158,13 +204,20 @@ is_atext(unsigned char c)
 	return isalnum(c) || (c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
 }
 
-/* Scan a quoted-string local part at p (on the opening quote); returns the
- * byte after the closing quote, or NULL with the reason in *why. */
+/*
+ * Scan a quoted-string local part at p (on the opening quote) into its
+ * unquoted text dec[0..*dec_len) (dec holds INGRESS_LINE_MAX); returns the
+ * byte after the closing quote, or NULL with the reason in *why. UTF-8 is
+ * taken here and judged by the caller (RFC 6531 qtextSMTP).
+ */
 static const char *
-scan_quoted(const char *p, bool *has_at, bool *has_relay_char, const char **why)
+scan_quoted(const char *p, char *dec, size_t *dec_len, bool *non_ascii, const char **why)
 {
-	for (p++; *p != '"'; p++) {
+	size_t n = 0, k = 1;
+
+	for (p++; *p != '"'; p += k) {
 		unsigned char c = (unsigned char)*p;
+		k = 1;
 		if (c == '\0') {
 			*why = "unterminated quoted local part";
 			return NULL;
@@ -175,157 +228,86 @@ scan_quoted(const char *p, bool *has_at, bool *has_relay_char, const char **why)
 				*why = "bad escape in quoted local part";
 				return NULL;
 			}
+		} else if (c >= 0x80) {
+			if ((k = utf8_at(p)) == 0) {
+				*why = "invalid UTF-8 in local part";
+				return NULL;
+			}
+			*non_ascii = true;
 		} else if (c < 32 || c > 126) {
 			*why = "invalid character in quoted local part";
 			return NULL;
 		}
-		if (c == '@')
-			*has_at = true;
-		if (c == '%' || c == '!')
-			*has_relay_char = true;
+		if (n + k >= INGRESS_LINE_MAX) {
+			*why = "address too long";
+			return NULL;
+		}
+		if (k == 1)
+			dec[n] = (char)c;
+		else
+			memcpy(dec + n, p, k);
+		n += k;
 	}
+	*dec_len = n;
 	return p + 1;
 }
 
-static bool
-value_is(const char *v, size_t n, const char *word)
-{
-	return strlen(word) == n && strncasecmp(v, word, n) == 0;
-}
-
-static bool
-notify_ok(const char *v, size_t n)
-{
-	if (value_is(v, n, "NEVER"))
-		return true;
-	while (n > 0) {
-		const char *comma = memchr(v, ',', n);
-		size_t w = comma ? (size_t)(comma - v) : n;
-		if (!value_is(v, w, "SUCCESS") && !value_is(v, w, "FAILURE") && !value_is(v, w, "DELAY"))
-			return false;
-		if (comma == NULL)
-			return true;
-		v += w + 1;
-		n -= w + 1;
-		if (n == 0)
-			return false; /* trailing comma */
-	}
-	return false;
-}
-
 /*
- * check_param - apply the rules for one KEY[=VALUE] we know. We accept the
- * DSN keywords (RET, ENVID, NOTIFY, ORCPT) for the sender even though the
- * EHLO reply does not offer DSN yet: they are carried verbatim.
+ * relay_trick - the routing trick in an (unquoted) local part, or NULL.
+ * In a recipient, '%' and '!' ask a relay to forward the mail a second time
+ * (user%other@relay, host!user); in any address, a quoted '@' hides a second
+ * domain from us that a later server may act on.
  */
-static int
-check_param(enum ingress_path_kind kind, const char *key, size_t klen, const char *val,
-    size_t vlen, bool has_val, struct ingress_path *out, char err[INGRESS_REPLY_MAX])
+static const char *
+relay_trick(enum ingress_path_kind kind, bool quoted, const char *dec, size_t len)
 {
-	char k[33];
-
-	snprintf(k, sizeof(k), "%.*s", (int)klen, key);
-	for (char *c = k; *c; c++)
-		*c = (char)toupper((unsigned char)*c);
-	for (size_t i = 0; i < out->n_params; i++) {
-		const char *o = out->params[i].text;
-		if (strncasecmp(o, key, klen) == 0 && (o[klen] == '=' || out->params[i].len == klen))
-			return param_error(err, "501 5.5.4 Duplicate %s parameter", k);
-	}
-	if (kind == INGRESS_PATH_MAIL && !strcmp(k, "SIZE")) {
-		uint64_t size = 0;
-		if (!has_val || vlen > 19)
-			return param_error(err, "501 5.5.4 Bad SIZE parameter value");
-		for (size_t i = 0; i < vlen; i++) {
-			if (!isdigit((unsigned char)val[i]))
-				return param_error(err, "501 5.5.4 Bad SIZE parameter value");
-			size = size * 10 + (uint64_t)(val[i] - '0');
-		}
-		out->has_size = true;
-		out->size = size;
-		return 0;
-	}
-	if (kind == INGRESS_PATH_MAIL && !strcmp(k, "BODY")) {
-		if (!has_val || (!value_is(val, vlen, "7BIT") && !value_is(val, vlen, "8BITMIME")))
-			return param_error(err, "501 5.5.4 Bad BODY parameter value (7BIT or 8BITMIME)");
-		return 0;
-	}
-	if (kind == INGRESS_PATH_MAIL && !strcmp(k, "RET")) {
-		if (!has_val || (!value_is(val, vlen, "FULL") && !value_is(val, vlen, "HDRS")))
-			return param_error(err, "501 5.5.4 Bad RET parameter value (FULL or HDRS)");
-		return 0;
-	}
-	if (kind == INGRESS_PATH_MAIL && !strcmp(k, "ENVID")) {
-		if (!has_val || vlen > 100)
-			return param_error(err, "501 5.5.4 Bad ENVID parameter value");
-		return 0;
-	}
-	if (kind == INGRESS_PATH_RCPT && !strcmp(k, "NOTIFY")) {
-		if (!has_val || !notify_ok(val, vlen))
-			return param_error(err, "501 5.5.4 Bad NOTIFY parameter value");
-		return 0;
-	}
-	if (kind == INGRESS_PATH_RCPT && !strcmp(k, "ORCPT")) {
-		if (!has_val || vlen > 500 || memchr(val, ';', vlen) == NULL)
-			return param_error(err, "501 5.5.4 Bad ORCPT parameter value");
-		return 0;
-	}
-	return param_error(err, "555 5.5.4 Unsupported parameter: %s", k);
+	if (quoted && memchr(dec, '@', len) != NULL)
+		return "quoted local part with '@'";
+	if (kind == INGRESS_PATH_MAIL)
+		return NULL; /* a sender is not forwarded to */
+	if (quoted && memchr(dec, '%', len) != NULL)
+		return "quoted local part with '%'";
+	if (quoted && memchr(dec, '!', len) != NULL)
+		return "quoted local part with '!'";
+	if (memchr(dec, '%', len) != NULL)
+		return "%-hack (user%host@relay)";
+	if (memchr(dec, '!', len) != NULL)
+		return "bang path (host!user)";
+	return NULL;
 }
 
-/* Parse " KEY[=VALUE]..." after the closing '>'. */
-static int
-parse_params(const char *p, enum ingress_path_kind kind, struct ingress_path *out,
-    char err[INGRESS_REPLY_MAX])
+/* An address literal's text between the brackets: IPv4 or IPv6 (RFC 5321 4.1.3). */
+static bool
+literal_ok(const char *s, size_t n)
 {
-	for (;;) {
-		while (*p == ' ')
-			p++;
-		if (*p == '\0')
-			return 0;
-		const char *tok = p, *eq = NULL;
-		while (*p != '\0' && *p != ' ') {
-			if (*p == '=' && eq == NULL)
-				eq = p;
-			p++;
-		}
-		size_t tlen = (size_t)(p - tok);
-		size_t klen = eq ? (size_t)(eq - tok) : tlen;
-		const char *val = eq ? eq + 1 : p;
-		size_t vlen = eq ? (size_t)(p - val) : 0;
+	char buf[64];
+	unsigned char addr[16];
 
-		/* esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-") */
-		if (klen == 0 || klen > 32 || !isalnum((unsigned char)tok[0]) || (eq && vlen == 0))
-			return param_error(err, "501 5.5.4 Bad parameter syntax");
-		for (size_t i = 1; i < klen; i++) {
-			if (!isalnum((unsigned char)tok[i]) && tok[i] != '-')
-				return param_error(err, "501 5.5.4 Bad parameter syntax");
-		}
-		/* esmtp-value = 1*(%d33-60 / %d62-126) */
-		for (size_t i = 0; i < vlen; i++) {
-			unsigned char c = (unsigned char)val[i];
-			if (c < 33 || c > 126 || c == '=')
-				return param_error(err, "501 5.5.4 Bad parameter syntax");
-		}
-		if (out->n_params == INGRESS_PARAMS_MAX)
-			return param_error(err, "501 5.5.4 Too many parameters");
-		if (check_param(kind, tok, klen, val, vlen, eq != NULL, out, err) != 0)
-			return -1;
-		out->params[out->n_params].text = tok;
-		out->params[out->n_params].len = tlen;
-		out->n_params++;
-	}
+	if (n == 0 || n >= sizeof(buf))
+		return false;
+	memcpy(buf, s, n);
+	buf[n] = '\0';
+	if (strncasecmp(buf, "IPv6:", 5) == 0)
+		return inet_pton(AF_INET6, buf + 5, addr) == 1;
+	return inet_pton(AF_INET, buf, addr) == 1;
 }
 
 int
 ingress_parse_path(const char *args, enum ingress_path_kind kind, struct ingress_path *out,
     char err[INGRESS_REPLY_MAX])
 {
+	return ingress_parse_path2(args, kind, 0, out, err);
+}
+
+int
+ingress_parse_path2(const char *args, enum ingress_path_kind kind, unsigned flags,
+    struct ingress_path *out, char err[INGRESS_REPLY_MAX])
+{
 	const char *kw = kind == INGRESS_PATH_MAIL ? "FROM:" : "TO:";
-	const char *p, *local, *dom;
-	size_t local_len, dom_len;
-	bool has_at = false, has_relay_char = false;
-	char dbuf[HK_DOMAIN_MAX], canon[HK_DOMAIN_MAX];
+	const char *p, *local, *dom, *keep, *trick;
+	size_t local_len, dom_len, dec_len, klen;
+	bool quoted, non_ascii = false;
+	char dec[INGRESS_LINE_MAX], dbuf[HK_DOMAIN_MAX], canon[HK_DOMAIN_MAX];
 
 	memset(out, 0, sizeof(*out));
 	if (strncasecmp(args, kw, strlen(kw)) != 0) {
@@ -339,74 +321,117 @@ ingress_parse_path(const char *args, enum ingress_path_kind kind, struct ingress
 	if (*p != '<')
 		return path_error(err, kind, "address must be enclosed in <>");
 	p++;
-	if (*p == '@')
-		return path_error(err, kind, "source routes are not accepted");
+	if (*p == '@') {
+		/* RFC 5321 says accept and ignore a source route; a relay refuses it. */
+		size_t span = strcspn(p, ">");
+		if (memchr(p, ':', span) != NULL)
+			return path_refused(err, kind, "source route");
+		return path_error(err, kind, "empty local part");
+	}
 	if (*p == '>') {
 		if (kind == INGRESS_PATH_RCPT)
 			return path_error(err, kind, "empty address");
 		p++;
 		if (*p != '\0' && *p != ' ')
 			return path_error(err, kind, "unexpected text after '>'");
-		return parse_params(p, kind, out, err); /* the null sender <> */
+		return ingress__params_parse(p, kind, flags, out, err); /* the null sender <> */
 	}
 
+	/* The local part, and its unquoted text for the checks. */
 	local = p;
-	if (*p == '"') {
+	quoted = *p == '"';
+	if (quoted) {
 		const char *why = NULL;
-		if ((p = scan_quoted(p, &has_at, &has_relay_char, &why)) == NULL)
+		if ((p = scan_quoted(p, dec, &dec_len, &non_ascii, &why)) == NULL)
 			return path_error(err, kind, "%s", why);
-		if (has_at)
-			return path_error(err, kind, "quoted local part contains '@'");
 	} else {
-		for (; *p != '\0' && *p != '@' && *p != '>'; p++) {
+		while (*p != '\0' && *p != '@' && *p != '>') {
 			unsigned char c = (unsigned char)*p;
-			if (c >= 0x80)
-				return path_error(err, kind, "non-ASCII local part needs SMTPUTF8");
-			if (c != '.' && !is_atext(c))
+			size_t k = 1;
+			if (c >= 0x80) {
+				if ((k = utf8_at(p)) == 0)
+					return path_error(err, kind, "invalid UTF-8 in local part");
+				non_ascii = true; /* RFC 6531 atext */
+			} else if (c != '.' && !is_atext(c)) {
 				return path_error(err, kind, "invalid character in local part");
-			if (c == '%' || c == '!')
-				has_relay_char = true;
+			}
+			p += k;
 		}
+		dec_len = (size_t)(p - local);
+		if (dec_len >= sizeof(dec))
+			return path_error(err, kind, "address too long");
+		memcpy(dec, local, dec_len);
 	}
 	local_len = (size_t)(p - local);
-	if (kind == INGRESS_PATH_RCPT && has_relay_char)
-		return path_error(err, kind, "'%%' and '!' are not allowed in the local part");
+	if ((trick = relay_trick(kind, quoted, dec, dec_len)) != NULL)
+		return path_refused(err, kind, trick);
 	if (*p == '\0')
 		return path_error(err, kind, "missing closing '>'");
 	if (*p != '@')
 		return path_error(err, kind, "no domain");
+
+	/* The domain: a name, or an address literal. */
 	dom = ++p;
-	for (; *p != '\0' && *p != '>'; p++) {
-		unsigned char c = (unsigned char)*p;
-		if (c == '[')
-			return path_error(err, kind, "address literals are not accepted");
-		if (c == '@')
-			return path_error(err, kind, "more than one '@'");
-		if (c < 0x80 && !isalnum(c) && c != '-' && c != '.')
-			return path_error(err, kind, "invalid character in domain");
+	if (*p == '[') {
+		const char *end = strchr(p, ']');
+		if (end == NULL || !literal_ok(p + 1, (size_t)(end - p - 1)))
+			return path_error(err, kind, "invalid address literal");
+		if (!(flags & INGRESS_PATH_LITERAL_OK))
+			return path_refused(err, kind, "address literal as domain");
+		p = end + 1;
+		if (*p == '\0')
+			return path_error(err, kind, "missing closing '>'");
+		if (*p != '>')
+			return path_error(err, kind, "unexpected text after address literal");
+		out->literal = true;
+		keep = dom;
+		klen = (size_t)(p - dom);
+	} else {
+		while (*p != '\0' && *p != '>') {
+			unsigned char c = (unsigned char)*p;
+			size_t k = 1;
+			if (c == '@')
+				return path_error(err, kind, "more than one '@'");
+			if (c >= 0x80 && (k = utf8_at(p)) == 0)
+				return path_error(err, kind, "invalid UTF-8 in domain");
+			if (c < 0x80 && !isalnum(c) && c != '-' && c != '.')
+				return path_error(err, kind, "invalid character in domain");
+			p += k;
+		}
+		if (*p == '\0')
+			return path_error(err, kind, "missing closing '>'");
+		dom_len = (size_t)(p - dom);
+		if (dom_len == 0)
+			return path_error(err, kind, "no domain");
+		if (dom_len >= sizeof(dbuf))
+			return path_error(err, kind, "domain too long");
+		memcpy(dbuf, dom, dom_len);
+		dbuf[dom_len] = '\0';
+		if (hk_domain_canon(dbuf, canon) != 0)
+			return path_error(err, kind, "invalid domain name");
+		keep = strcasecmp(dbuf, canon) == 0 ? dbuf : canon;
+		klen = strlen(keep);
 	}
-	if (*p == '\0')
-		return path_error(err, kind, "missing closing '>'");
-	dom_len = (size_t)(p - dom);
-	if (dom_len == 0)
-		return path_error(err, kind, "no domain");
-	if (dom_len >= sizeof(dbuf))
-		return path_error(err, kind, "domain too long");
-	memcpy(dbuf, dom, dom_len);
-	dbuf[dom_len] = '\0';
-	if (hk_domain_canon(dbuf, canon) != 0)
-		return path_error(err, kind, "invalid domain name");
-	const char *keep = strcasecmp(dbuf, canon) == 0 ? dbuf : canon;
-	size_t clen = strlen(keep);
-	if (local_len + 1 + clen > INGRESS_ADDR_MAX)
+	if (local_len + 1 + klen > INGRESS_ADDR_MAX)
 		return path_error(err, kind, "address too long");
 	memcpy(out->addr, local, local_len);
 	out->addr[local_len] = '@';
-	memcpy(out->addr + local_len + 1, keep, clen + 1);
+	memcpy(out->addr + local_len + 1, keep, klen);
+	out->addr[local_len + 1 + klen] = '\0';
 	p++; /* '>' */
 	if (*p != '\0' && *p != ' ')
 		return path_error(err, kind, "unexpected text after '>'");
-	return parse_params(p, kind, out, err);
+	if (ingress__params_parse(p, kind, flags, out, err) != 0)
+		return -1;
+	/* Last, because a MAIL's own SMTPUTF8 parameter allows it (RFC 6531). */
+	out->non_ascii = non_ascii;
+	if (non_ascii && !(flags & INGRESS_PATH_UTF8_OK) && !out->smtputf8) {
+		snprintf(err, INGRESS_REPLY_MAX,
+		    "553 5.6.7 %s address rejected: non-ASCII local part requires SMTPUTF8",
+		    kind == INGRESS_PATH_MAIL ? "Sender" : "Recipient");
+		return -1;
+	}
+	return 0;
 }
 
 /* --- DATA ---------------------------------------------------------------- */
@@ -445,6 +470,8 @@ end_line(struct ingress_data *d, bool crlf)
 
 	if (raw > INGRESS_TEXT_LINE_MAX)
 		d->line_too_long = true;
+	if (!crlf)
+		d->bare_lf = true;
 	emit(d, "\r\n", 2);
 	d->prev_crlf = crlf;
 	d->line_len = 0;
@@ -545,17 +572,23 @@ ingress_data_feed(struct ingress_data *d, const char *p, size_t len)
 }
 
 bool
-ingress_data_failed(const struct ingress_data *d, char err[INGRESS_REPLY_MAX])
+ingress__msg_failed(bool too_big, bool line_too_long, bool nul, char err[INGRESS_REPLY_MAX])
 {
-	if (d->too_big)
+	if (too_big)
 		snprintf(err, INGRESS_REPLY_MAX, "552 5.3.4 Message size exceeds fixed limit");
-	else if (d->line_too_long)
+	else if (line_too_long)
 		snprintf(err, INGRESS_REPLY_MAX,
 		    "550 5.6.0 Message rejected: line too long (more than %d characters)",
 		    INGRESS_TEXT_LINE_MAX);
-	else if (d->nul)
+	else if (nul)
 		snprintf(err, INGRESS_REPLY_MAX, "554 5.6.0 Message rejected: NUL character in data");
 	else
 		return false;
 	return true;
+}
+
+bool
+ingress_data_failed(const struct ingress_data *d, char err[INGRESS_REPLY_MAX])
+{
+	return ingress__msg_failed(d->too_big, d->line_too_long, d->nul, err);
 }

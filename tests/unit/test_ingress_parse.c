@@ -184,12 +184,12 @@ test_path_bad(void **state)
 	path_bad("FROM:a@example.com", INGRESS_PATH_MAIL, "501 5.1.7 Bad sender address syntax: address must be enclosed");
 	path_bad("TO:a@example.com", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: address must be enclosed");
 	path_bad("TO:<>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: empty address");
-	path_bad("TO:<@relay.example:b@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: source routes");
-	path_bad("FROM:<@a,@b:c@example.com>", INGRESS_PATH_MAIL, "501 5.1.7 Bad sender address syntax: source routes");
-	path_bad("TO:<a%b@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: '%' and '!'");
-	path_bad("TO:<host!user@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: '%' and '!'");
-	path_bad("TO:<\"a%b\"@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: '%' and '!'");
-	path_bad("TO:<\"a@b\"@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: quoted local part contains '@'");
+	path_bad("TO:<@relay.example:b@example.com>", INGRESS_PATH_RCPT, "553 5.7.1 Recipient address rejected: source route not allowed");
+	path_bad("FROM:<@a,@b:c@example.com>", INGRESS_PATH_MAIL, "553 5.7.1 Sender address rejected: source route not allowed");
+	path_bad("TO:<a%b@example.com>", INGRESS_PATH_RCPT, "553 5.7.1 Recipient address rejected: %-hack (user%host@relay) not allowed");
+	path_bad("TO:<host!user@example.com>", INGRESS_PATH_RCPT, "553 5.7.1 Recipient address rejected: bang path (host!user) not allowed");
+	path_bad("TO:<\"a%b\"@example.com>", INGRESS_PATH_RCPT, "553 5.7.1 Recipient address rejected: quoted local part with '%' not allowed");
+	path_bad("TO:<\"a@b\"@example.com>", INGRESS_PATH_RCPT, "553 5.7.1 Recipient address rejected: quoted local part with '@' not allowed");
 	path_bad("TO:<\"a@b.example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: unterminated");
 	path_bad("TO:<user>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: no domain");
 	path_bad("TO:<user@>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: no domain");
@@ -198,13 +198,13 @@ test_path_bad(void **state)
 	path_bad("TO:<a@-bad-.example>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: invalid domain name");
 	path_bad("TO:<a@b..example>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: invalid domain name");
 	path_bad("TO:<a@b_c.example>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: invalid character in domain");
-	path_bad("TO:<a@[192.0.2.1]>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: address literals");
+	path_bad("TO:<a@[192.0.2.1]>", INGRESS_PATH_RCPT, "553 5.7.1 Recipient address rejected: address literal as domain not allowed");
 	path_bad("TO:<a@example.com", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: missing closing '>'");
 	path_bad("TO:<a@example.com>x", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: unexpected text");
 	path_bad("FROM:<>x", INGRESS_PATH_MAIL, "501 5.1.7 Bad sender address syntax: unexpected text");
 	path_bad("TO:<a b@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: invalid character in local part");
 	path_bad("TO:<a(b)@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: invalid character in local part");
-	path_bad("TO:<\xc3\xa4@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: non-ASCII");
+	path_bad("TO:<\xc3\xa4@example.com>", INGRESS_PATH_RCPT, "553 5.6.7 Recipient address rejected: non-ASCII local part requires SMTPUTF8");
 	path_bad("TO <a@example.com>", INGRESS_PATH_RCPT, "501 5.5.4 Syntax: RCPT TO:<address>");
 	path_bad("<a@example.com>", INGRESS_PATH_MAIL, "501 5.5.4 Syntax: MAIL FROM:<address>");
 
@@ -213,6 +213,171 @@ test_path_bad(void **state)
 	memset(longaddr + 4, 'a', 250);
 	strcat(longaddr, "@example.com>");
 	path_bad(longaddr, INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: address too long");
+}
+
+static void
+path2_ok(const char *args, enum ingress_path_kind kind, unsigned flags, const char *addr)
+{
+	struct ingress_path p;
+	char err[INGRESS_REPLY_MAX] = "";
+
+	if (ingress_parse_path2(args, kind, flags, &p, err) != 0)
+		fail_msg("'%s' (flags %u) rejected: %s", args, flags, err);
+	assert_string_equal(p.addr, addr);
+}
+
+static void
+path2_bad(const char *args, enum ingress_path_kind kind, unsigned flags, const char *reply_prefix)
+{
+	struct ingress_path p;
+	char err[INGRESS_REPLY_MAX] = "";
+
+	if (ingress_parse_path2(args, kind, flags, &p, err) == 0)
+		fail_msg("'%s' (flags %u) accepted as '%s'", args, flags, p.addr);
+	if (strncmp(err, reply_prefix, strlen(reply_prefix)) != 0)
+		fail_msg("'%s': reply '%s', expected '%s...'", args, err, reply_prefix);
+}
+
+#define UTF8 INGRESS_PATH_UTF8_OK
+#define BAD_UTF8_RCPT "501 5.1.3 Bad recipient address syntax: invalid UTF-8 in local part"
+
+static void
+test_utf8_char(void **state)
+{
+	(void)state;
+	assert_int_equal(ingress_utf8_char("a", 1), 1);
+	assert_int_equal(ingress_utf8_char("\xc3\xa4", 2), 2);
+	assert_int_equal(ingress_utf8_char("\xe7\x94\xb0", 3), 3);
+	assert_int_equal(ingress_utf8_char("\xf0\x9f\x98\x80", 4), 4);
+	assert_int_equal(ingress_utf8_char("\xf4\x8f\xbf\xbf", 4), 4);  /* U+10FFFF */
+	assert_int_equal(ingress_utf8_char("\xee\x80\x80", 3), 3);      /* U+E000, after the surrogates */
+	assert_int_equal(ingress_utf8_char("", 0), 0);
+	assert_int_equal(ingress_utf8_char("\xc3\xa4", 1), 0);          /* truncated */
+	assert_int_equal(ingress_utf8_char("\xe7\x94", 2), 0);
+	assert_int_equal(ingress_utf8_char("\xc3" "a", 2), 0);          /* not a continuation */
+	assert_int_equal(ingress_utf8_char("\x80", 1), 0);              /* lone continuation */
+	assert_int_equal(ingress_utf8_char("\xc0\xaf", 2), 0);          /* overlong '/' */
+	assert_int_equal(ingress_utf8_char("\xc1\xbf", 2), 0);
+	assert_int_equal(ingress_utf8_char("\xe0\x80\xaf", 3), 0);      /* overlong, 3 bytes */
+	assert_int_equal(ingress_utf8_char("\xf0\x80\x80\xaf", 4), 0);  /* overlong, 4 bytes */
+	assert_int_equal(ingress_utf8_char("\xed\xa0\x80", 3), 0);      /* U+D800 */
+	assert_int_equal(ingress_utf8_char("\xed\xbf\xbf", 3), 0);      /* U+DFFF */
+	assert_int_equal(ingress_utf8_char("\xf4\x90\x80\x80", 4), 0);  /* U+110000 */
+	assert_int_equal(ingress_utf8_char("\xf5\x80\x80\x80", 4), 0);
+	assert_int_equal(ingress_utf8_char("\xff", 1), 0);
+}
+
+static void
+test_path_utf8(void **state)
+{
+	struct ingress_path p;
+	char err[INGRESS_REPLY_MAX];
+
+	(void)state;
+	/* Under SMTPUTF8 a local part may be UTF-8, dot-string or quoted. */
+	path2_ok("TO:<\xc3\xa4@example.com>", INGRESS_PATH_RCPT, UTF8, "\xc3\xa4@example.com");
+	path2_ok("TO:<\xe7\x94\xb0\xe4\xb8\xad.\xe5\xa4\xaa\xe9\x83\x8e@example.jp>", INGRESS_PATH_RCPT,
+	    UTF8, "\xe7\x94\xb0\xe4\xb8\xad.\xe5\xa4\xaa\xe9\x83\x8e@example.jp");
+	path2_ok("TO:<\"j\xc3\xb6rg m\"@example.com>", INGRESS_PATH_RCPT, UTF8, "\"j\xc3\xb6rg m\"@example.com");
+	path2_ok("TO:<\xf0\x9f\x98\x80@b\xc3\xbc" "cher.example>", INGRESS_PATH_RCPT, UTF8,
+	    "\xf0\x9f\x98\x80@xn--bcher-kva.example");
+	assert_int_equal(ingress_parse_path2("TO:<\xc3\xa4@example.com>", INGRESS_PATH_RCPT, UTF8, &p, err), 0);
+	assert_true(p.non_ascii);
+	assert_int_equal(ingress_parse_path2("TO:<a@example.com>", INGRESS_PATH_RCPT, UTF8, &p, err), 0);
+	assert_false(p.non_ascii);
+
+	/* Without SMTPUTF8: 553 5.6.7, for a sender too. */
+	path2_bad("TO:<\xc3\xa4@example.com>", INGRESS_PATH_RCPT, 0,
+	    "553 5.6.7 Recipient address rejected: non-ASCII local part requires SMTPUTF8");
+	path2_bad("TO:<\"\xc3\xa4\"@example.com>", INGRESS_PATH_RCPT, 0, "553 5.6.7 ");
+	path2_bad("FROM:<\xc3\xa4@example.com>", INGRESS_PATH_MAIL, 0,
+	    "553 5.6.7 Sender address rejected: non-ASCII local part requires SMTPUTF8");
+	/* A MAIL's own SMTPUTF8 parameter is enough, with the old entry point too. */
+	assert_int_equal(ingress_parse_path("FROM:<\xc3\xa4@example.com> SMTPUTF8", INGRESS_PATH_MAIL, &p, err), 0);
+	assert_true(p.smtputf8);
+	assert_true(p.non_ascii);
+	assert_string_equal(p.addr, "\xc3\xa4@example.com");
+
+	/* Ill-formed UTF-8 is a syntax error whatever the transaction. */
+	const char *bad[] = {
+		"TO:<\xc0\xaf@example.com>",          /* overlong */
+		"TO:<a\xe0\x80\xaf@example.com>",     /* overlong, 3 bytes */
+		"TO:<\xed\xa0\x80@example.com>",      /* surrogate U+D800 */
+		"TO:<a\xc3@example.com>",             /* truncated before '@' */
+		"TO:<a\xe7\x94>",                     /* truncated before '>' */
+		"TO:<\xf4\x90\x80\x80@example.com>",  /* above U+10FFFF */
+		"TO:<\x80@example.com>",              /* lone continuation */
+		"TO:<\"a\xed\xbf\xbf\"@example.com>", /* surrogate, quoted */
+		"TO:<\"a\xc3\"@example.com>",         /* truncated before the quote */
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		path2_bad(bad[i], INGRESS_PATH_RCPT, UTF8, BAD_UTF8_RCPT);
+		path2_bad(bad[i], INGRESS_PATH_RCPT, 0, BAD_UTF8_RCPT);
+	}
+	path2_bad("FROM:<\xc0\xaf@example.com> SMTPUTF8", INGRESS_PATH_MAIL, 0,
+	    "501 5.1.7 Bad sender address syntax: invalid UTF-8 in local part");
+	path2_bad("TO:<a@\xff.example>", INGRESS_PATH_RCPT, UTF8,
+	    "501 5.1.3 Bad recipient address syntax: invalid UTF-8 in domain");
+	path2_bad("TO:<a@b\xc3>", INGRESS_PATH_RCPT, UTF8,
+	    "501 5.1.3 Bad recipient address syntax: invalid UTF-8 in domain");
+}
+
+static void
+test_path_relay_tricks(void **state)
+{
+	(void)state;
+	/* Named, 553 5.7.1, and before any question of a missing domain. */
+	path_bad("TO:<a!b>", INGRESS_PATH_RCPT, "553 5.7.1 Recipient address rejected: bang path (host!user) not allowed");
+	path_bad("TO:<a%b>", INGRESS_PATH_RCPT, "553 5.7.1 Recipient address rejected: %-hack");
+	path_bad("TO:<user%other.example@relay.example>", INGRESS_PATH_RCPT, "553 5.7.1 Recipient address rejected: %-hack");
+	path_bad("TO:<@a.example,@b.example:user@c.example>", INGRESS_PATH_RCPT,
+	    "553 5.7.1 Recipient address rejected: source route not allowed");
+	path_bad("TO:<\"a!b\"@example.com>", INGRESS_PATH_RCPT,
+	    "553 5.7.1 Recipient address rejected: quoted local part with '!' not allowed");
+	/* The checks see the unquoted text: an escaped '@' or '%' is still one. */
+	path_bad("TO:<\"user\\@other.example\"@relay.example>", INGRESS_PATH_RCPT,
+	    "553 5.7.1 Recipient address rejected: quoted local part with '@' not allowed");
+	path_bad("TO:<\"a\\%b\"@example.com>", INGRESS_PATH_RCPT,
+	    "553 5.7.1 Recipient address rejected: quoted local part with '%' not allowed");
+	path_bad("FROM:<\"a@b\"@example.com>", INGRESS_PATH_MAIL,
+	    "553 5.7.1 Sender address rejected: quoted local part with '@' not allowed");
+	/* A sender is not forwarded to: '%' and '!' are plain characters there. */
+	path_ok("FROM:<host!user@example.com>", INGRESS_PATH_MAIL, "host!user@example.com");
+	path_ok("FROM:<\"a%b\"@example.com>", INGRESS_PATH_MAIL, "\"a%b\"@example.com");
+	/* A lone '@' after '<' is an empty local part, not a route. */
+	path_bad("TO:<@example.com>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: empty local part");
+	/* Escapes that hide nothing are fine. */
+	path_ok("TO:<\"a\\ b\"@example.com>", INGRESS_PATH_RCPT, "\"a\\ b\"@example.com");
+}
+
+static void
+test_path_literal(void **state)
+{
+	struct ingress_path p;
+	char err[INGRESS_REPLY_MAX];
+
+	(void)state;
+	path_bad("TO:<a@[IPv6:2001:db8::1]>", INGRESS_PATH_RCPT,
+	    "553 5.7.1 Recipient address rejected: address literal as domain not allowed");
+	path_bad("FROM:<a@[192.0.2.1]>", INGRESS_PATH_MAIL,
+	    "553 5.7.1 Sender address rejected: address literal as domain not allowed");
+	/* Malformed literals are syntax errors, allowed or not. */
+	path_bad("TO:<a@[192.0.2.256]>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: invalid address literal");
+	path_bad("TO:<a@[foo:bar]>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: invalid address literal");
+	path_bad("TO:<a@[]>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: invalid address literal");
+	path_bad("TO:<a@[192.0.2.1>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: invalid address literal");
+	path_bad("TO:<a@b[192.0.2.1]>", INGRESS_PATH_RCPT, "501 5.1.3 Bad recipient address syntax: invalid character in domain");
+
+	assert_int_equal(ingress_parse_path2("TO:<a@[192.0.2.1]> NOTIFY=NEVER", INGRESS_PATH_RCPT,
+	    INGRESS_PATH_LITERAL_OK, &p, err), 0);
+	assert_string_equal(p.addr, "a@[192.0.2.1]");
+	assert_true(p.literal);
+	assert_int_equal(p.n_params, 1);
+	path2_ok("TO:<a@[IPv6:2001:db8::1]>", INGRESS_PATH_RCPT, INGRESS_PATH_LITERAL_OK, "a@[IPv6:2001:db8::1]");
+	path2_bad("TO:<a@[192.0.2.1]x>", INGRESS_PATH_RCPT, INGRESS_PATH_LITERAL_OK,
+	    "501 5.1.3 Bad recipient address syntax: unexpected text after address literal");
+	path2_bad("TO:<a@[192.0.2.1]", INGRESS_PATH_RCPT, INGRESS_PATH_LITERAL_OK,
+	    "501 5.1.3 Bad recipient address syntax: missing closing '>'");
 }
 
 static void
@@ -248,8 +413,10 @@ test_params(void **state)
 	assert_string_equal(err, "501 5.5.4 Bad SIZE parameter value");
 	assert_int_equal(ingress_parse_path("FROM:<a@example.com> SIZE=1 size=2", INGRESS_PATH_MAIL, &p, err), -1);
 	assert_string_equal(err, "501 5.5.4 Duplicate SIZE parameter");
-	assert_int_equal(ingress_parse_path("FROM:<a@example.com> BODY=BINARYMIME", INGRESS_PATH_MAIL, &p, err), -1);
-	assert_string_equal(err, "501 5.5.4 Bad BODY parameter value (7BIT or 8BITMIME)");
+	assert_int_equal(ingress_parse_path("FROM:<a@example.com> BODY=BINARYMIME", INGRESS_PATH_MAIL, &p, err), 0);
+	assert_int_equal(p.body, INGRESS_BODY_BINARYMIME); /* the session requires BDAT */
+	assert_int_equal(ingress_parse_path("FROM:<a@example.com> BODY=QUOTED", INGRESS_PATH_MAIL, &p, err), -1);
+	assert_string_equal(err, "501 5.5.4 Bad BODY parameter value (7BIT, 8BITMIME or BINARYMIME)");
 	assert_int_equal(ingress_parse_path("FROM:<a@example.com> XFOO=bar", INGRESS_PATH_MAIL, &p, err), -1);
 	assert_string_equal(err, "555 5.5.4 Unsupported parameter: XFOO");
 	assert_int_equal(ingress_parse_path("TO:<a@example.com> SIZE=10", INGRESS_PATH_RCPT, &p, err), -1);
@@ -356,6 +523,15 @@ test_data_bare_lf(void **state)
 	DATA_EXPECT("a\n.\n", false, "a\r\n.\r\n");
 	/* Unstuffing applies to lines after a bare LF too. */
 	DATA_EXPECT("a\n..b\r\n.\r\n", true, "a\r\n.b\r\n");
+
+	/* The normalisation is noted, for the log. */
+	struct fed f;
+	feed(&f, "a\nb\r\n.\r\n", 8, 0, 1000);
+	assert_true(f.d.bare_lf);
+	ingress_buf_free(&f.out);
+	feed(&f, "a\r\nb\r\n.\r\n", 9, 0, 1000);
+	assert_false(f.d.bare_lf);
+	ingress_buf_free(&f.out);
 }
 
 static void
@@ -462,6 +638,10 @@ main(void)
 		cmocka_unit_test(test_path_good),
 		cmocka_unit_test(test_path_bad),
 		cmocka_unit_test(test_params),
+		cmocka_unit_test(test_utf8_char),
+		cmocka_unit_test(test_path_utf8),
+		cmocka_unit_test(test_path_relay_tricks),
+		cmocka_unit_test(test_path_literal),
 		cmocka_unit_test(test_data_basic),
 		cmocka_unit_test(test_data_bare_lf),
 		cmocka_unit_test(test_data_stops_at_end),
