@@ -93,6 +93,7 @@ ingress_submit(void *arg, ingress_session *s, const struct ingress_txn *t, uint6
 	env.rcpts = rp;
 	sub.id = (char *)t->id;
 	sub.tenant = (char *)t->tenant;
+	sub.pool = (char *)(t->pool ? t->pool : "");
 	sub.envelope = &env;
 	sub.body_size = t->body_len;
 	sub.ingress_node = (char *)ing->env.node_name;

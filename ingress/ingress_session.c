@@ -6,6 +6,8 @@
  *
  *   NEW --HELO/EHLO--> HELO --MAIL--> MAIL --RCPT--> RCPT --DATA--> DATA
  *   DATA --CRLF.CRLF--> SUBMIT (waiting for the router) --answer--> HELO
+ *   RCPT --BDAT n--> BDAT (reading n octets) --chunk read--> RCPT, or
+ *        SUBMIT after BDAT LAST (CHUNKING, RFC 3030)
  *   HELO --STARTTLS--> TLS (handshake) --done--> NEW (session state forgotten)
  *   HELO --AUTH--> AUTH (SASL exchange) --credentials--> AUTH_PENDING
  *        (password check on the thread pool) --235/535--> HELO
@@ -39,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 /* Third-party */
@@ -52,6 +55,8 @@
 #include "hk_util.h"
 
 /* This role */
+#include "ingress_bdat.h"
+#include "ingress_headers.h"
 #include "ingress_parse.h"
 #include "ingress_session.h"
 
@@ -71,6 +76,7 @@ enum auth_step { AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
 	X(MAIL)   /* MAIL accepted */                                   \
 	X(RCPT)   /* at least one RCPT accepted */                      \
 	X(DATA)   /* reading the message */                             \
+	X(BDAT)   /* reading a BDAT chunk */                            \
 	X(SUBMIT) /* message handed to a router, waiting for its answer */ \
 	X(QUIT)   /* last replies draining, then close */               \
 	X(TLS)    /* TLS handshake in progress */                      \
@@ -141,6 +147,16 @@ struct ingress_session {
 	int64_t received_at_ms;
 	struct ingress_buf msg;  /* Received header + message */
 	struct ingress_data data;
+	size_t msg_start;        /* where the client's message starts in msg */
+	bool smtputf8;           /* MAIL ... SMTPUTF8 (RFC 6531) */
+	enum ingress_body body;  /* MAIL ... BODY= */
+	bool bdat;               /* the message comes in BDAT chunks */
+	bool bdat_last;          /* the chunk being read is the LAST */
+	uint64_t bdat_chunk;     /* its size, for the reply */
+	struct ingress_bdat bdat_rd;
+	/* a BDAT refused before its chunk: the octets still to drop, then the reply */
+	uint64_t discard;
+	char discard_reply[INGRESS_REPLY_MAX];
 	uint64_t req_id;         /* pending request, in state SUBMIT */
 	size_t body_size;        /* what was submitted, for the log */
 };
@@ -157,6 +173,8 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 static void on_timer(uv_timer_t *t);
 static void on_shutdown(uv_shutdown_t *req, int status);
+static void txn_fail(ingress_session *s, const char *reply_text);
+static void message_end(ingress_session *s);
 
 /* --- states ------------------------------------------------------------- */
 
@@ -178,7 +196,8 @@ arm_timer(ingress_session *s)
 	uint64_t ms;
 
 	switch (s->state) {
-	case ST_DATA: ms = c->data_timeout_ms; break;
+	case ST_DATA:
+	case ST_BDAT: ms = c->data_timeout_ms; break;
 	case ST_SUBMIT: ms = c->submit_timeout_ms; break;
 	case ST_QUIT: ms = INGRESS_QUIT_LINGER_MS; break;
 	default: ms = c->command_timeout_ms; break;
@@ -207,6 +226,9 @@ txn_reset(ingress_session *s)
 	s->n_rcpts = 0;
 	s->id[0] = '\0';
 	s->req_id = 0;
+	s->smtputf8 = false;
+	s->body = INGRESS_BODY_NONE;
+	s->bdat = s->bdat_last = false;
 	ingress_buf_free(&s->msg);
 }
 
@@ -266,7 +288,7 @@ message_begin(ingress_session *s)
 		    protocol_name(s), s->id, date);
 	ingress_buf_free(&s->msg);
 	ingress_buf_append(&s->msg, hdr, n < (int)sizeof(hdr) ? (size_t)n : sizeof(hdr) - 1);
-	ingress_data_init(&s->data, &s->msg, s->env->conf->max_message_size);
+	s->msg_start = s->msg.len;
 }
 
 /*
@@ -283,6 +305,15 @@ ingress_enter_state(ingress_session *s, enum ingress_state next)
 	switch (next) {
 	case ST_DATA:
 		message_begin(s);
+		ingress_data_init(&s->data, &s->msg, s->env->conf->max_message_size);
+		break;
+	case ST_BDAT:
+		if (!s->bdat) { /* the first chunk */
+			s->bdat = true;
+			message_begin(s);
+			ingress_bdat_init(&s->bdat_rd, &s->msg, s->env->conf->max_message_size,
+			    s->body == INGRESS_BODY_BINARYMIME);
+		}
 		break;
 	case ST_QUIT:
 		session_flush(s);
@@ -557,6 +588,10 @@ cmd_helo_common(ingress_session *s, const char *args, bool esmtp)
 			reply(s, "250-STARTTLS");
 		if (auth_offered(s))
 			reply(s, "250-AUTH PLAIN LOGIN");
+		reply(s, "250-SMTPUTF8");
+		reply(s, "250-DSN");
+		reply(s, "250-CHUNKING");
+		reply(s, "250-BINARYMIME");
 		reply(s, "250 ENHANCEDSTATUSCODES");
 	} else {
 		s->flags &= ~(unsigned)SF_ESMTP;
@@ -577,13 +612,22 @@ cmd_helo(ingress_session *s, const char *args)
 	cmd_helo_common(s, args, false);
 }
 
+/* copy_params - the parameters of P, verbatim, but for those named DROP
+ * (NULL: none); their number in *n. */
 static char **
-copy_params(const struct ingress_path *p)
+copy_params(const struct ingress_path *p, const char *drop, size_t *n)
 {
 	char **v = xcalloc(p->n_params ? p->n_params : 1, sizeof(char *));
+	size_t k = drop ? strlen(drop) : 0;
 
-	for (size_t i = 0; i < p->n_params; i++)
-		v[i] = xstrndup(p->params[i].text, p->params[i].len);
+	*n = 0;
+	for (size_t i = 0; i < p->n_params; i++) {
+		const struct ingress_param *q = &p->params[i];
+		if (drop && q->len >= k && strncasecmp(q->text, drop, k) == 0 &&
+		    (q->len == k || q->text[k] == '='))
+			continue;
+		v[(*n)++] = xstrndup(q->text, q->len);
+	}
 	return v;
 }
 
@@ -595,7 +639,8 @@ cmd_mail(ingress_session *s, const char *args)
 	char err[INGRESS_REPLY_MAX];
 	uint64_t retry_ms = 0;
 
-	if (ingress_parse_path(args, INGRESS_PATH_MAIL, &p, err) != 0) {
+	/* SMTPUTF8 on the MAIL itself allows its UTF-8 local part. */
+	if (ingress_parse_path2(args, INGRESS_PATH_MAIL, 0, &p, err) != 0) {
 		cmd_error(s, err);
 		return;
 	}
@@ -624,8 +669,11 @@ cmd_mail(ingress_session *s, const char *args)
 	}
 	txn_reset(s);
 	s->mail_from = xstrdup(p.addr);
-	s->mail_params = copy_params(&p);
-	s->n_mail_params = p.n_params;
+	/* AUTH= (RFC 4954 5) is accepted and dropped: the Submission's tenant
+	 * already says whose mail it is, and the sender does not relay it. */
+	s->mail_params = copy_params(&p, "AUTH", &s->n_mail_params);
+	s->smtputf8 = p.smtputf8;
+	s->body = p.body;
 	reply(s, "250 2.1.0 Ok");
 	ingress_enter_state(s, ST_MAIL);
 }
@@ -649,7 +697,12 @@ cmd_rcpt(ingress_session *s, const char *args)
 	char err[INGRESS_REPLY_MAX];
 	struct ingress_rcpt *r;
 
-	if (ingress_parse_path(args, INGRESS_PATH_RCPT, &p, err) != 0) {
+	if (s->bdat) {
+		cmd_error(s, "503 5.5.1 Error: RCPT after BDAT");
+		return;
+	}
+	if (ingress_parse_path2(args, INGRESS_PATH_RCPT, s->smtputf8 ? INGRESS_PATH_UTF8_OK : 0,
+	    &p, err) != 0) {
 		cmd_error(s, err);
 		return;
 	}
@@ -670,8 +723,7 @@ cmd_rcpt(ingress_session *s, const char *args)
 	s->rcpts = xrealloc(s->rcpts, (s->n_rcpts + 1) * sizeof(*s->rcpts));
 	r = &s->rcpts[s->n_rcpts++];
 	r->addr = xstrdup(p.addr);
-	r->params = copy_params(&p);
-	r->n_params = p.n_params;
+	r->params = copy_params(&p, NULL, &r->n_params);
 	reply(s, "250 2.1.5 Ok");
 	ingress_enter_state(s, ST_RCPT);
 }
@@ -680,6 +732,15 @@ static void
 cmd_data(ingress_session *s, const char *args)
 {
 	(void)args;
+	if (s->bdat) {
+		cmd_error(s, "503 5.5.1 Error: DATA after BDAT");
+		return;
+	}
+	if (s->body == INGRESS_BODY_BINARYMIME) {
+		/* RFC 3030 3: a binary body cannot be dot-stuffed lines. */
+		cmd_error(s, "503 5.6.1 Error: BODY=BINARYMIME requires BDAT");
+		return;
+	}
 	reply(s, "354 End data with <CR><LF>.<CR><LF>");
 	ingress_enter_state(s, ST_DATA);
 }
@@ -942,11 +1003,70 @@ cmd_auth(ingress_session *s, const char *args)
 		reply(s, "334 VXNlcm5hbWU6"); /* "Username:" */
 }
 
+/* --- CHUNKING (RFC 3030) ------------------------------------------------------ */
+
+/* A chunk was read whole: acknowledge it, or end the message after LAST. A
+ * message already too big fails at once (RFC 3030 4.2: the client sends no
+ * more chunks after a 5xx; pipelined ones find no transaction: 503). */
+static void
+bdat_chunk_end(ingress_session *s)
+{
+	char err[INGRESS_REPLY_MAX];
+
+	if ((s->bdat_last || s->bdat_rd.too_big) && ingress_bdat_failed(&s->bdat_rd, err)) {
+		txn_fail(s, err);
+		return;
+	}
+	if (!s->bdat_last) {
+		reply(s, "250 2.0.0 %llu octets received", (unsigned long long)s->bdat_chunk);
+		ingress_enter_state(s, ST_RCPT);
+		return;
+	}
+	message_end(s);
+}
+
+static void
+cmd_bdat(ingress_session *s, const char *args)
+{
+	char err[INGRESS_REPLY_MAX];
+	const char *why = NULL;
+	uint64_t size;
+	bool last;
+
+	if (ingress_parse_bdat(args, &size, &last, err) != 0) {
+		cmd_error(s, err); /* no size: there is no chunk to read */
+		return;
+	}
+	if (s->state < ST_HELO)
+		why = "503 5.5.1 Error: send HELO/EHLO first";
+	else if (s->state < ST_MAIL)
+		why = "503 5.5.1 Error: need MAIL command";
+	else if (s->state < ST_RCPT)
+		why = "503 5.5.1 Error: need RCPT command";
+	if (why != NULL) {
+		/* The octets follow the command whatever we answer: drop them
+		 * before the reply, or they would be read as commands. */
+		if (size == 0) {
+			cmd_error(s, why);
+		} else {
+			s->discard = size;
+			snprintf(s->discard_reply, sizeof(s->discard_reply), "%s", why);
+		}
+		return;
+	}
+	s->bdat_last = last;
+	s->bdat_chunk = size;
+	ingress_enter_state(s, ST_BDAT);
+	ingress_bdat_chunk(&s->bdat_rd, size);
+	if (ingress_bdat_chunk_done(&s->bdat_rd)) /* BDAT 0 [LAST] */
+		bdat_chunk_end(s);
+}
+
 static void
 cmd_help(ingress_session *s, const char *args)
 {
 	(void)args;
-	reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH");
+	reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH");
 }
 
 /* Command table flags. */
@@ -977,6 +1097,8 @@ static const struct ingress_cmd {
 	{ "HELP", CMD_FLUSH, cmd_help },
 	{ "STARTTLS", CMD_NEED_HELO | CMD_NO_ARGS | CMD_FLUSH, cmd_starttls },
 	{ "AUTH", CMD_NEED_HELO | CMD_FLUSH | CMD_SECRET, cmd_auth },
+	/* BDAT checks its state itself: refused or not, its chunk is read. */
+	{ "BDAT", 0, cmd_bdat },
 };
 
 static void
@@ -1045,17 +1167,102 @@ static void
 data_end(ingress_session *s)
 {
 	char err[INGRESS_REPLY_MAX];
-	struct ingress_txn t;
-	uint64_t req_id = 0;
-	int rc;
 
 	if (ingress_data_failed(&s->data, err)) {
 		txn_fail(s, err);
 		return;
 	}
+	message_end(s);
+}
+
+/*
+ * from_refused - may tenant T send a message whose header From: is as H
+ * says? As for MAIL FROM, a tenant with sender_domains must use one of them
+ * or a subdomain; the null sender's exemption has no header equivalent. A
+ * From: that cannot be read one way only is refused too (a mail client could
+ * show a domain we did not check). False, or true with the reply in err.
+ */
+static bool
+from_refused(ingress_session *s, const struct hk_tenant_conf *t, const struct ingress_headers *h,
+    char err[INGRESS_REPLY_MAX])
+{
+	char addr[HK_DOMAIN_MAX + 2];
+	const char *why = NULL;
+
+	if (t == NULL || t->n_sender_domains == 0)
+		return false;
+	if (h->from_fields == 0)
+		why = "no From header";
+	else if (h->from_fields > 1)
+		why = "more than one From header";
+	else if (h->from_domain[0] == '\0')
+		why = "From header cannot be parsed unambiguously";
+	else if (h->from_mailboxes > 1)
+		why = "more than one mailbox in the From header";
+	if (why != NULL) {
+		snprintf(err, INGRESS_REPLY_MAX, "550 5.7.1 Message refused for tenant %s: %s",
+		    t->name, why);
+	} else {
+		snprintf(addr, sizeof(addr), "@%s", h->from_domain);
+		if (hk_tenant_owns_sender(t, addr))
+			return false;
+		snprintf(err, INGRESS_REPLY_MAX, "550 5.7.1 From header domain not owned by tenant %s",
+		    t->name);
+	}
+	hk_log_info("from_refused", "{s:s, s:s, s:s, s:s, s:s}", "id", s->id, "client", s->client_ip,
+	    "tenant", t->name, "user", s->auth_user, "from_domain", h->from_domain);
+	return true;
+}
+
+/*
+ * add_missing_headers - a Message-ID and a Date right after our Received
+ * header when the message has none (RFC 5322 3.6 wants both; RFC 6409 8.3
+ * lets a submission server add them). Every session that may send has a
+ * tenant (authenticated, or a relay_networks client), so every message gets
+ * them; the id is the message's own, so it is unique in the cluster.
+ */
+static void
+add_missing_headers(ingress_session *s, const struct ingress_headers *h)
+{
+	char add[512], date[64];
+	size_t n = 0, tail;
+
+	if (!h->has_message_id)
+		n += (size_t)snprintf(add + n, sizeof(add) - n, "Message-ID: <%s@%s>\r\n", s->id,
+		    s->env->conf->hostname);
+	if (!h->has_date && n < sizeof(add)) {
+		format_date(s->received_at_ms, date, sizeof(date));
+		n += (size_t)snprintf(add + n, sizeof(add) - n, "Date: %s\r\n", date);
+	}
+	if (n == 0 || n >= sizeof(add))
+		return;
+	tail = s->msg.len - s->msg_start;
+	ingress_buf_append(&s->msg, add, n); /* grow; then move the message up */
+	memmove(s->msg.data + s->msg_start + n, s->msg.data + s->msg_start, tail);
+	memcpy(s->msg.data + s->msg_start, add, n);
+}
+
+/* message_end - the whole message is in (DATA or BDAT LAST) and sound:
+ * header checks, missing headers, then hand it to a router. */
+static void
+message_end(ingress_session *s)
+{
+	char err[INGRESS_REPLY_MAX];
+	struct ingress_headers h;
+	struct ingress_txn t;
+	uint64_t req_id = 0;
+	int rc;
+
+	ingress_headers_scan(s->msg.data + s->msg_start, s->msg.len - s->msg_start, &h);
+	if (from_refused(s, session_tenant(s), &h, err)) {
+		txn_fail(s, err);
+		return;
+	}
+	add_missing_headers(s, &h);
 	t = (struct ingress_txn){
 		.id = s->id,
 		.tenant = session_tenant(s)->name,
+		.pool = session_tenant(s)->pool,
 		.mail_from = s->mail_from,
 		.mail_params = s->mail_params,
 		.n_mail_params = s->n_mail_params,
@@ -1157,10 +1364,23 @@ again:
 
 		if (n == 0)
 			break;
+		if (s->discard > 0) {
+			size_t k = n < s->discard ? n : (size_t)s->discard;
+			s->in_off += k;
+			if ((s->discard -= k) == 0)
+				cmd_error(s, s->discard_reply);
+			continue;
+		}
 		if (s->state == ST_DATA) {
 			s->in_off += ingress_data_feed(&s->data, p, n);
 			if (ingress_data_done(&s->data))
 				data_end(s);
+			continue;
+		}
+		if (s->state == ST_BDAT) {
+			s->in_off += ingress_bdat_feed(&s->bdat_rd, p, n);
+			if (ingress_bdat_chunk_done(&s->bdat_rd))
+				bdat_chunk_end(s);
 			continue;
 		}
 		r = ingress_line_next(&s->lines, p, n, &used, &line, &line_len);

@@ -34,6 +34,7 @@ struct ingress_rcpt {
 struct ingress_txn {
 	const char *id;
 	const char *tenant;     /* the authenticated tenant, or network_tenant */
+	const char *pool;       /* the tenant's IP pool */
 	const char *mail_from;  /* "" for the null sender */
 	char *const *mail_params;
 	size_t n_mail_params;
