@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* Third-party */
 #include <jansson.h>
@@ -190,6 +191,49 @@ commit_work(uv_work_t *w)
 	    s->commit_err, sizeof(s->commit_err));
 }
 
+/* param_value - the value of KEY=VALUE among PARAMS (verbatim, still
+ * xtext), or NULL. */
+static const char *
+param_value(char *const *params, size_t n, const char *key)
+{
+	size_t k = strlen(key);
+
+	for (size_t i = 0; i < n; i++)
+		if (strncasecmp(params[i], key, k) == 0 && params[i][k] == '=')
+			return params[i] + k + 1;
+	return NULL;
+}
+
+/* log_queued - the "queued" event, with what the delivery will carry on:
+ * the pool, the DSN parameters of the envelope (RFC 3461) and of each
+ * recipient, as the client wrote them. */
+static void
+log_queued(const Hk__Submission *m, uint32_t shard, uint32_t n_rcpts)
+{
+	const Hk__Envelope *e = m->envelope;
+	json_t *rcpts = json_array();
+	const char *envid = NULL, *ret = NULL;
+
+	if (e != NULL) {
+		envid = param_value(e->mail_params, e->n_mail_params, "ENVID");
+		ret = param_value(e->mail_params, e->n_mail_params, "RET");
+		for (size_t i = 0; i < e->n_rcpts; i++) {
+			const Hk__Recipient *r = e->rcpts[i];
+			json_t *o = json_pack("{s:s}", "rcpt", r->address);
+			const char *notify = param_value(r->params, r->n_params, "NOTIFY");
+			const char *orcpt = param_value(r->params, r->n_params, "ORCPT");
+			if (notify)
+				json_object_set_new(o, "notify", json_string(notify));
+			if (orcpt)
+				json_object_set_new(o, "orcpt", json_string(orcpt));
+			json_array_append_new(rcpts, o);
+		}
+	}
+	hk_log_info("queued", "{s:s, s:s, s:s, s:i, s:i, s:s?, s:s?, s:o}", "id", m->id,
+	    "tenant", m->tenant, "pool", m->pool ? m->pool : "", "shard", (int)shard,
+	    "rcpts", (int)n_rcpts, "envid", envid, "ret", ret, "recipients", rcpts);
+}
+
 static void
 commit_enqueue_done(struct sender *s, struct sender_op *op, bool *stored)
 {
@@ -202,8 +246,7 @@ commit_enqueue_done(struct sender *s, struct sender_op *op, bool *stored)
 	switch (op->q.result) {
 	case SENDER_QR_DONE:
 		send_enqueue_reply(s, op->link, op->req_id, true, false, NULL);
-		hk_log_info("queued", "{s:s, s:s, s:i, s:i}", "id", m->id, "tenant", m->tenant,
-		    "shard", (int)op->q.shard, "rcpts", (int)op->q.n_rcpts);
+		log_queued(m, op->q.shard, op->q.n_rcpts);
 		*stored = true;
 		break;
 	case SENDER_QR_DUPLICATE:

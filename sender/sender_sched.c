@@ -151,6 +151,8 @@ struct job_rcpt {
 	uint32_t attempts;              /* before this one */
 	int64_t first_attempt_ms;
 	char *address;
+	char *params;                   /* RCPT parameters, NUL-terminated, back to back */
+	size_t params_len;
 };
 
 struct job {
@@ -217,8 +219,10 @@ rng_unit(sender_sched *s)
 static void
 job_free(struct job *j)
 {
-	for (size_t i = 0; i < j->n; i++)
+	for (size_t i = 0; i < j->n; i++) {
 		free(j->r[i].address);
+		free(j->r[i].params);
+	}
 	free(j->r);
 	free(j->sr);
 	free(j->id);
@@ -381,6 +385,8 @@ job_start(sender_sched *s, struct job *j)
 		.command_timeout_ms = c->command_timeout_ms,
 		.mail_from = j->meta->envelope && j->meta->envelope->mail_from
 		    ? j->meta->envelope->mail_from : "",
+		.mail_params = j->meta->envelope ? j->meta->envelope->mail_params : NULL,
+		.n_mail_params = j->meta->envelope ? j->meta->envelope->n_mail_params : 0,
 		.body = j->body,
 		.body_len = j->body_len,
 		.rcpts = j->sr,
@@ -443,6 +449,8 @@ pick_one(const struct sender_qrcpt *r, void *arg)
 	j->r[j->n] = (struct job_rcpt){
 		.idx = r->idx, .attempts = r->attempts, .first_attempt_ms = r->first_attempt_ms,
 		.address = xstrdup(r->address),
+		.params = r->params_len ? memcpy(xmalloc(r->params_len), r->params, r->params_len) : NULL,
+		.params_len = r->params_len,
 	};
 	j->n++;
 	iset_add(&p->s->inflight, r->id, r->idx);
@@ -464,7 +472,8 @@ sched_scan(sender_sched *s)
 	for (size_t i = 0; i < p.n; i++) {
 		struct job *j = p.jobs[i];
 		for (size_t k = 0; k < j->n; k++)
-			j->sr[k] = (struct sender_smtp_rcpt){ .address = j->r[k].address };
+			j->sr[k] = (struct sender_smtp_rcpt){ .address = j->r[k].address,
+			    .params = j->r[k].params, .params_len = j->r[k].params_len };
 	}
 	for (size_t i = 0; i < p.n; i++)
 		job_start(s, p.jobs[i]);

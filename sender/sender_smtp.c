@@ -91,6 +91,7 @@
 	X(DATA)                 \
 	X(BODY)                 \
 	X(EOD)                  \
+	X(BDAT)                 \
 	X(DOT)                  \
 	X(DONE)
 
@@ -119,6 +120,8 @@ static const struct {
 	[ST_DATA] = { "DATA", TO_COMMAND, "after DATA", "" },
 	[ST_BODY] = { "BODY", TO_COMMAND, "while sending message body", "" },
 	[ST_EOD] = { "EOD", TO_COMMAND, "after end of data",
+	    " -- message may be delivered more than once" },
+	[ST_BDAT] = { "BDAT", TO_COMMAND, "after BDAT LAST",
 	    " -- message may be delivered more than once" },
 	[ST_DOT] = { "DOT", TO_COMMAND, "after empty end of data", "" },
 	[ST_DONE] = { "DONE", TO_COMMAND, "after the session", "" },
@@ -169,6 +172,7 @@ struct smtp_conn {
 	size_t olen, ocap;
 
 	bool pipelining, size_ext, eightbit_ext;
+	bool smtputf8_ext, dsn_ext, chunking_ext, binarymime_ext;
 	unsigned long size_limit;
 	bool no_reuse;                  /* a 421 was seen: the server is leaving */
 	uint32_t uses;                  /* transactions started on it */
@@ -215,6 +219,9 @@ struct sender_smtp {
 	bool finishing;                 /* outcome decided; closing down */
 	bool unconfirmed;               /* on a parked connection, no reply yet */
 	bool txn_open;                  /* MAIL sent, no final reply to the data yet */
+	bool utf8;                      /* the client's MAIL had SMTPUTF8 */
+	bool binary;                    /* ... BODY=BINARYMIME: send with BDAT */
+	const char *ret, *envid;        /* ... RET=, ENVID= (verbatim), or NULL */
 	bool tried_helo;
 
 	enum smtp_state state;
@@ -846,7 +853,8 @@ smtp_on_body_written(uv_write_t *req, int status)
 		return;
 	}
 	/* Only the job that wrote the body is still interested. */
-	if (c->mode != CM_JOB || ((s = c->s)->state != ST_BODY && s->state != ST_EOD))
+	if (c->mode != CM_JOB || ((s = c->s)->state != ST_BODY && s->state != ST_EOD &&
+	    s->state != ST_BDAT))
 		return;
 	smtp_arm_timer(s);      /* progress */
 	if (s->state == ST_BODY)
@@ -890,11 +898,45 @@ smtp_has_8bit(const uint8_t *p, size_t n)
 	return false;
 }
 
-/* smtp_send_rcpt - queue RCPT TO for the next recipient. */
+/* smtp_param_ok - fit to be put on a command line as it is: printable
+ * ASCII or UTF-8 (SMTPUTF8), no blank, no control. The ingress checked it;
+ * the queue is not trusted to have kept it so. */
+static bool
+smtp_param_ok(const char *p)
+{
+	for (; *p != '\0'; p++)
+		if ((unsigned char)*p <= 0x20 || *p == 0x7f)
+			return false;
+	return true;
+}
+
+/* smtp_param - the KEY=... parameter among LEN bytes of NUL-terminated
+ * strings at P, or NULL. */
+static const char *
+smtp_param(const char *p, size_t len, const char *key)
+{
+	size_t k = strlen(key);
+
+	for (const char *end = p + len; p != NULL && p < end; p += strlen(p) + 1)
+		if (strncasecmp(p, key, k) == 0 && p[k] == '=' && smtp_param_ok(p))
+			return p;
+	return NULL;
+}
+
+/* smtp_send_rcpt - queue RCPT TO for the next recipient, with its DSN
+ * parameters when the server offers DSN. */
 static void
 smtp_send_rcpt(sender_smtp *s)
 {
-	conn_cmd(s->conn, "RCPT TO:<%s>", s->job->rcpts[s->order[s->rcpt_send++]].address);
+	const struct sender_smtp_rcpt *r = &s->job->rcpts[s->order[s->rcpt_send++]];
+	const char *notify = NULL, *orcpt = NULL;
+
+	if (s->conn->dsn_ext) {
+		notify = smtp_param(r->params, r->params_len, "NOTIFY");
+		orcpt = smtp_param(r->params, r->params_len, "ORCPT");
+	}
+	conn_cmd(s->conn, "RCPT TO:<%s>%s%s%s%s", r->address, notify ? " " : "", notify ? notify : "",
+	    orcpt ? " " : "", orcpt ? orcpt : "");
 }
 
 /* smtp_ready - the connection is greeted and EHLOed (or parked): MAIL, or
@@ -909,6 +951,19 @@ smtp_ready(sender_smtp *s)
 		snprintf(buf, sizeof(buf), "552 5.3.4 message size %zu exceeds size limit %lu "
 		    "of server %s", s->job->body_len, c->size_limit, s->peer);
 		smtp_fail_undecided(s, 552, buf);
+		return ST_DONE;
+	}
+	/* RFC 6531 3.5 and RFC 3030 3: no downgrade; the message is bounced. */
+	if (s->utf8 && !c->smtputf8_ext) {
+		snprintf(buf, sizeof(buf), "550 5.6.7 server %s does not support SMTPUTF8, "
+		    "which the message requires", s->peer);
+		smtp_fail_undecided(s, 550, buf);
+		return ST_DONE;
+	}
+	if (s->binary && !(c->chunking_ext && c->binarymime_ext)) {
+		snprintf(buf, sizeof(buf), "554 5.6.3 server %s does not support BINARYMIME "
+		    "and CHUNKING, which the message requires", s->peer);
+		smtp_fail_undecided(s, 554, buf);
 		return ST_DONE;
 	}
 	return ST_MAIL;
@@ -942,17 +997,26 @@ sender_smtp_enter_state(sender_smtp *s, enum smtp_state st)
 		break;
 	case ST_MAIL: {
 		char size[40] = "";
+		const char *body = "";
+		bool dsn = c->dsn_ext;
 		if (c->size_ext)
 			snprintf(size, sizeof(size), " SIZE=%zu", job->body_len);
+		if (s->binary)
+			body = " BODY=BINARYMIME";
+		else if (c->eightbit_ext && smtp_has_8bit(job->body, job->body_len))
+			body = " BODY=8BITMIME";
 		c->uses++;
 		s->txn_open = true;
-		conn_cmd(c, "MAIL FROM:<%s>%s%s", job->mail_from, size,
-		    c->eightbit_ext && smtp_has_8bit(job->body, job->body_len) ? " BODY=8BITMIME" : "");
+		conn_cmd(c, "MAIL FROM:<%s>%s%s%s%s%s%s%s", job->mail_from, size, body,
+		    s->utf8 ? " SMTPUTF8" : "", dsn && s->ret ? " " : "", dsn && s->ret ? s->ret : "",
+		    dsn && s->envid ? " " : "", dsn && s->envid ? s->envid : "");
 		if (c->pipelining) {
-			/* RFC 2920: the whole envelope and DATA in one go. */
+			/* RFC 2920: the whole envelope and DATA in one go. BDAT
+			 * waits for the RCPT replies: no chunk for nobody. */
 			while (s->rcpt_send < s->n_order)
 				smtp_send_rcpt(s);
-			conn_cmd(c, "DATA");
+			if (!s->binary)
+				conn_cmd(c, "DATA");
 		}
 		break;
 	}
@@ -972,6 +1036,23 @@ sender_smtp_enter_state(sender_smtp *s, enum smtp_state st)
 		return;
 	case ST_EOD:
 		break;
+	case ST_BDAT:
+		/* RFC 3030: the body as one chunk, octets as they are. */
+		conn_cmd(c, "BDAT %zu LAST", job->body_len);
+		if (conn_flush(c) != 0 || job->body_len == 0)
+			return;
+		{
+			uv_buf_t b = uv_buf_init((char *)job->body, (unsigned)job->body_len);
+			int rc;
+			c->body_req.data = c;
+			c->body_writing = true;
+			rc = uv_write(&c->body_req, (uv_stream_t *)&c->tcp, &b, 1, smtp_on_body_written);
+			if (rc < 0) {
+				c->body_writing = false;
+				smtp_conn_fail(s, "connection lost", uv_strerror(rc));
+			}
+		}
+		return;
 	case ST_DOT:
 		/* RFC 2920 §3.1: DATA accepted with no valid recipient: end it. */
 		conn_cmd(c, ".");
@@ -992,6 +1073,7 @@ smtp_ehlo_ext(struct smtp_conn *c, const struct sender_reply *r)
 	size_t i;
 
 	c->pipelining = c->size_ext = c->eightbit_ext = false;
+	c->smtputf8_ext = c->dsn_ext = c->chunking_ext = c->binarymime_ext = false;
 	c->size_limit = 0;
 	/* Line 0 is the greeting text; extensions follow, one per line. */
 	for (i = 1; (line = sender_reply_line(r, i)) != NULL; i++) {
@@ -1000,6 +1082,14 @@ smtp_ehlo_ext(struct smtp_conn *c, const struct sender_reply *r)
 			c->pipelining = true;
 		} else if (kw == 8 && strncasecmp(line, "8BITMIME", 8) == 0) {
 			c->eightbit_ext = true;
+		} else if (kw == 8 && strncasecmp(line, "SMTPUTF8", 8) == 0) {
+			c->smtputf8_ext = true;
+		} else if (kw == 3 && strncasecmp(line, "DSN", 3) == 0) {
+			c->dsn_ext = true;
+		} else if (kw == 8 && strncasecmp(line, "CHUNKING", 8) == 0) {
+			c->chunking_ext = true;
+		} else if (kw == 10 && strncasecmp(line, "BINARYMIME", 10) == 0) {
+			c->binarymime_ext = true;
 		} else if (kw == 4 && strncasecmp(line, "SIZE", 4) == 0) {
 			c->size_ext = true;
 			c->size_limit = line[4] == ' ' ? strtoul(line + 5, NULL, 10) : 0;
@@ -1085,6 +1175,8 @@ sender_smtp_response(sender_smtp *s, const struct sender_reply *r)
 		}
 		if (s->rcpt_recv < s->n_order)
 			next = ST_RCPT;
+		else if (s->binary)
+			next = s->n_accepted > 0 ? ST_BDAT : ST_DONE;
 		else if (c->pipelining || s->n_accepted > 0)
 			next = ST_DATA;     /* pipelined: DATA is on its way already */
 		else
@@ -1108,6 +1200,7 @@ sender_smtp_response(sender_smtp *s, const struct sender_reply *r)
 		/* Not reached: no reply is expected before the final dot. */
 		break;
 	case ST_EOD:
+	case ST_BDAT:
 		for (i = 0; i < s->job->n_rcpts; i++)
 			if (s->accepted[i])
 				smtp_decide(s, i, r->code, r->text);
@@ -1328,6 +1421,17 @@ sender_smtp_deliver(sender_smtp **out, uv_loop_t *loop, struct sender_smtp_job *
 	if (s->n_addrs > 0) {
 		s->addrs = xcalloc(s->n_addrs, sizeof(*s->addrs));
 		memcpy(s->addrs, job->addrs, s->n_addrs * sizeof(*s->addrs));
+	}
+	for (i = 0; i < job->n_mail_params; i++) {
+		const char *p = job->mail_params[i];
+		if (strcasecmp(p, "SMTPUTF8") == 0)
+			s->utf8 = true;
+		else if (strcasecmp(p, "BODY=BINARYMIME") == 0)
+			s->binary = true;
+		else if (strncasecmp(p, "RET=", 4) == 0 && smtp_param_ok(p))
+			s->ret = p;
+		else if (strncasecmp(p, "ENVID=", 6) == 0 && smtp_param_ok(p))
+			s->envid = p;
 	}
 	s->order = xcalloc(job->n_rcpts, sizeof(*s->order));
 	s->accepted = xcalloc(job->n_rcpts, sizeof(*s->accepted));

@@ -7,6 +7,11 @@
  * the next state). Tries the addresses in order until one answers the greeting
  * with 2xx; then EHLO (falling back to HELO), MAIL FROM, one RCPT per
  * recipient (pipelined when PIPELINING is offered), DATA with dot-stuffing.
+ * The client's MAIL/RCPT parameters are relayed as the server allows: a
+ * message that needs SMTPUTF8 (550 5.6.7) or BINARYMIME with CHUNKING (554
+ * 5.6.3, sent with BDAT) fails permanently at a server without them; DSN
+ * parameters (RET, ENVID, NOTIFY, ORCPT) go only to a server that offers DSN
+ * (RFC 3461 5.2: without it, DSNs would be ours to send; they are dropped).
  * Every recipient ends with a final code and the reply that decided it:
  * its RCPT reply if that was not 2xx, else the reply to the end of data.
  * Any failure before a recipient's fate is known (connect, timeout, dropped
@@ -33,6 +38,9 @@ typedef struct sender_smtp_pool sender_smtp_pool;
 
 struct sender_smtp_rcpt {
 	const char *address;            /* in */
+	const char *params;             /* in: RCPT parameters as the client wrote them,
+	                                 * NUL-terminated, back to back; may be NULL */
+	size_t params_len;              /* in: bytes of params */
 	int code;                       /* out: 250, 450, 550, ... */
 	char reply[512];                /* out: the remote reply (or our reason) */
 };
@@ -47,6 +55,8 @@ struct sender_smtp_job {
 	uint32_t connect_timeout_ms;
 	uint32_t command_timeout_ms;
 	const char *mail_from;          /* "" for the null sender */
+	char *const *mail_params;       /* MAIL parameters as the client wrote them */
+	size_t n_mail_params;
 	const uint8_t *body;            /* CRLF lines, not dot-stuffed */
 	size_t body_len;
 	struct sender_smtp_rcpt *rcpts;
