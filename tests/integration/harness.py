@@ -31,6 +31,7 @@ import time
 import dns.exception
 import dns.resolver
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as AioSmtp
 
 HIKYAKU_BIN = os.environ.get("HIKYAKU_BIN", "/work/main/build/hikyaku")
 
@@ -361,6 +362,10 @@ class MxMessage:
         self.mail_from = envelope.mail_from
         self.mail_options = list(envelope.mail_options)
         self.rcpt_tos = list(envelope.rcpt_tos)
+        # recipient -> its RCPT parameters (DSN ones as written, others upper-cased)
+        self.rcpt_options = dict(getattr(envelope, "rcpt_params", {}))
+        self.smtputf8 = bool(getattr(envelope, "smtp_utf8", False))
+        self.bdat = bool(getattr(envelope, "bdat", False))
         self.data = bytes(envelope.original_content)
         self.reply = reply
         self.accepted = reply.startswith("2")
@@ -376,14 +381,24 @@ class _MxHandler:
     def __init__(self, mx):
         self.mx = mx
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        extra = [name for name, on in (("DSN", self.mx.dsn), ("CHUNKING", self.mx.chunking),
+                                       ("BINARYMIME", self.mx.chunking)) if on]
+        return responses[:-1] + ["250-" + e for e in extra] + responses[-1:]
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.mx._next_reply("rcpt", address.lower())
         with self.mx._cond:
             self.mx.rcpt_attempts.append((address, reply, session.peer[0], time.monotonic()))
             self.mx._cond.notify_all()
         if reply.startswith("2"):
+            opts = list(rcpt_options) + getattr(server, "dsn_taken", [])
             envelope.rcpt_tos.append(address)
-            envelope.rcpt_options.extend(rcpt_options)
+            envelope.rcpt_options.extend(opts)
+            if not hasattr(envelope, "rcpt_params"):
+                envelope.rcpt_params = {}
+            envelope.rcpt_params[address] = opts
         return reply
 
     async def handle_DATA(self, server, session, envelope):
@@ -395,17 +410,88 @@ class _MxHandler:
         return reply
 
 
+class _FeatureSmtp(AioSmtp):
+    """aiosmtpd plus what it lacks, just enough to see it used: DSN (RFC 3461:
+    RET/ENVID on MAIL and NOTIFY/ORCPT on RCPT are taken off and recorded as
+    written) and CHUNKING with BINARYMIME (RFC 3030: BDAT, the chunks kept
+    byte for byte)."""
+
+    def __init__(self, handler, mx, **kw):
+        super().__init__(handler, **kw)
+        self.mx = mx
+        self.dsn_taken = []
+        self.chunks = []
+
+    @staticmethod
+    def _take(arg, keys):
+        kept, taken = [], []
+        for tok in (arg or "").split(" "):
+            (taken if tok.split("=", 1)[0].upper() in keys and "=" in tok else kept).append(tok)
+        return " ".join(kept), taken
+
+    async def smtp_MAIL(self, arg):
+        keys = ({"RET", "ENVID"} if self.mx.dsn else set())
+        arg, taken = self._take(arg, keys)
+        if self.mx.chunking and "BODY=BINARYMIME" in [t.upper() for t in arg.split(" ")]:
+            arg = " ".join(t for t in arg.split(" ") if t.upper() != "BODY=BINARYMIME")
+            taken.append("BODY=BINARYMIME")
+        await super().smtp_MAIL(arg)
+        if self.envelope.mail_from is not None:
+            self.envelope.mail_options.extend(taken)
+        self.chunks = []
+
+    async def smtp_RCPT(self, arg):
+        arg, self.dsn_taken = self._take(arg, {"NOTIFY", "ORCPT"} if self.mx.dsn else set())
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            self.dsn_taken = []
+
+    async def smtp_BDAT(self, arg):
+        if not self.mx.chunking:
+            return await self.push('500 Error: command "BDAT" not recognized')
+        parts = (arg or "").split()
+        size = int(parts[0])
+        last = len(parts) > 1 and parts[1].upper() == "LAST"
+        self.chunks.append(await self._reader.readexactly(size))
+        if not self.envelope.rcpt_tos:
+            self.chunks = []
+            return await self.push("503 5.5.1 Error: no valid recipients")
+        if not last:
+            return await self.push("250 2.0.0 %d octets received" % size)
+        data, self.chunks = b"".join(self.chunks), []
+        self.envelope.original_content = self.envelope.content = data
+        self.envelope.bdat = True
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
+
+
+class _FeatureController(Controller):
+    def __init__(self, mx, *a, **kw):
+        self.mx = mx
+        super().__init__(*a, **kw)
+
+    def factory(self):
+        return _FeatureSmtp(self.handler, self.mx, **self.SMTP_kwargs)
+
+
 class ScriptedMx:
     """An aiosmtpd MX on ADDR:PORT. Unscripted RCPT and DATA get 250.
     script_rcpt(addr, r1, r2, ...) answers that recipient's successive RCPTs
-    with r1, r2, ... then 250; script_data(...) does the same for DATA."""
+    with r1, r2, ... then 250; script_data(...) does the same for DATA.
+    smtputf8, dsn and chunking (CHUNKING and BINARYMIME) add those
+    extensions to its EHLO."""
 
     RCPT_OK = "250 2.1.5 Ok"
     DATA_OK = "250 2.0.0 Ok: accepted"
 
-    def __init__(self, addr, port, hostname=None):
+    def __init__(self, addr, port, hostname=None, smtputf8=False, dsn=False, chunking=False):
         self.addr = addr
         self.port = port
+        self.smtputf8 = smtputf8
+        self.dsn = dsn
+        self.chunking = chunking
         self.hostname = hostname or MX_HOSTS.get(addr, "mx.test")
         self._controller = None
         self._cond = threading.Condition()
@@ -415,9 +501,9 @@ class ScriptedMx:
 
     def start(self):
         assert self._controller is None, "MX %s already running" % self.addr
-        c = Controller(_MxHandler(self), hostname=self.addr, port=self.port,
-                       server_hostname=self.hostname, decode_data=False,
-                       ready_timeout=10)
+        c = _FeatureController(self, _MxHandler(self), hostname=self.addr, port=self.port,
+                               server_hostname=self.hostname, decode_data=False,
+                               ready_timeout=10, enable_SMTPUTF8=self.smtputf8)
         c.start()
         self._controller = c
         return self
@@ -470,9 +556,12 @@ class ScriptedMx:
 class MxPool:
     """One ScriptedMx per MX host address, all on the same port."""
 
-    def __init__(self, port, addrs=None):
+    def __init__(self, port, addrs=None, features=None):
+        """FEATURES: address -> ScriptedMx keyword arguments (smtputf8, ...)."""
         self.port = port
-        self.servers = {a: ScriptedMx(a, port) for a in (addrs or sorted(MX_HOSTS))}
+        features = features or {}
+        self.servers = {a: ScriptedMx(a, port, **features.get(a, {}))
+                        for a in (addrs or sorted(MX_HOSTS))}
 
     def __getitem__(self, addr):
         return self.servers[addr]
@@ -898,6 +987,11 @@ class RawSmtp:
             return False
         except ConnectionResetError:
             return True
+
+    def bdat(self, chunk, last=False):
+        """BDAT with CHUNK (bytes) in the same write; returns the reply."""
+        self.send(b"BDAT %d%s\r\n" % (len(chunk), b" LAST" if last else b"") + chunk)
+        return self.reply()
 
     def close(self):
         try:
