@@ -6,6 +6,8 @@
  *
  *   info   "format"                      -> [1]           queue format version
  *   msg    id                            -> [1][u32 next_idx][Submission, no rcpts]
+ *          (protobuf: fields added to Submission, e.g. pool = 8, are stored
+ *          with no format change; older records read them as empty)
  *   body   id                            -> [1][raw body]  stored once per message
  *   rcpt   id \0 be32 idx                -> [1][recipient state, see sender_queue.c]
  *   sched  be64 next_attempt_ms id \0 be32 idx -> [1]     the ready order

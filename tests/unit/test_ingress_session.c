@@ -372,6 +372,11 @@ test_pipelined_message(void **state)
 	assert_non_null(hdr_end);
 	assert_string_equal(hdr_end + 2, "Subject: t\r\n\r\n.leading dot\r\nbare\r\nend\r\n");
 	assert_null(strstr(h->body, " for <")); /* two recipients: no "for" */
+	/* No Message-ID or Date in the message: both added after Received. */
+	char mid[100];
+	snprintf(mid, sizeof(mid), "\r\nMessage-ID: <%s@relay.hikyaku.test>\r\nDate: ", h->id);
+	assert_non_null(strstr(h->body, mid));
+	assert_true(strstr(h->body, mid) < hdr_end);
 	harness_free(h);
 }
 

@@ -82,6 +82,7 @@ msg_init(struct msg *m, const char *id, const char **rcpts, size_t n)
 	hk__envelope__init(&m->env);
 	m->sub.id = (char *)id;
 	m->sub.tenant = "acme";
+	m->sub.pool = "acme-dedicated";
 	m->sub.envelope = &m->env;
 	m->env.mail_from = "bounce@sender.test";
 	m->params[0] = "NOTIFY=FAILURE";
@@ -211,6 +212,7 @@ test_enqueue_and_load(void **state)
 	assert_int_equal(sender_queue_msg_load(f->q, "01HAAA", &meta, &body, &len), 0);
 	assert_string_equal(meta->id, "01HAAA");
 	assert_string_equal(meta->tenant, "acme");
+	assert_string_equal(meta->pool, "acme-dedicated"); /* Submission field 8 */
 	assert_string_equal(meta->envelope->mail_from, "bounce@sender.test");
 	assert_int_equal(meta->envelope->n_rcpts, 0);   /* recipients live in rcpt */
 	assert_int_equal(len, sizeof(BODY) - 1);
