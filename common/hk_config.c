@@ -675,6 +675,63 @@ KEY(i_maxsize, get_size(c, v, k, &nc->u.ingress.max_message_size))
 KEY(i_maxrcpt, get_u32(c, v, k, &nc->u.ingress.max_recipients))
 KEY(i_maxsess, get_u32(c, v, k, &nc->u.ingress.max_sessions))
 
+/* An integer that must be at least 1 (0 would refuse everything). */
+static int
+get_u32_min1(struct cfg_ctx *c, const yaml_node_t *v, const char *k, uint32_t *out)
+{
+	if (get_u32(c, v, k, out))
+		return -1;
+	if (*out == 0)
+		return cfg_error(c, v, k, "must be at least 1");
+	return 0;
+}
+
+KEY(i_perip, get_u32_min1(c, v, k, &nc->u.ingress.max_sessions_per_ip))
+KEY(i_authlim, get_u32_min1(c, v, k, &nc->u.ingress.auth_failure_limit))
+KEY(i_maxerr, get_u32_min1(c, v, k, &nc->u.ingress.max_errors))
+
+static int
+k_i_authwin(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	if (get_duration_ms(c, v, k, &nc->u.ingress.auth_failure_window_ms))
+		return -1;
+	if (nc->u.ingress.auth_failure_window_ms == 0)
+		return cfg_error(c, v, k, "must be longer than 0");
+	return 0;
+}
+
+/* The DATA reader rejects any line over 998 characters (RFC 5321 4.5.3.1.6),
+ * so a header limit can only be lower. */
+static int
+k_i_hdrlen(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	uint32_t *n = &nc->u.ingress.max_header_line_length;
+
+	if (get_u32(c, v, k, n))
+		return -1;
+	if (*n < 78 || *n > 998)
+		return cfg_error(c, v, k, "must be 78-998 (RFC 5322 2.1.1)");
+	return 0;
+}
+
+static int
+k_i_barelf(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	char *s = NULL;
+	int rc = 0;
+
+	if (get_string(c, v, k, &s))
+		return -1;
+	if (!strcmp(s, "reject"))
+		nc->u.ingress.bare_lf = HK_BARE_LF_REJECT;
+	else if (!strcmp(s, "normalize"))
+		nc->u.ingress.bare_lf = HK_BARE_LF_NORMALIZE;
+	else
+		rc = cfg_error(c, v, k, "'%s' is not reject or normalize", s);
+	free(s);
+	return rc;
+}
+
 static int
 k_i_networks(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
 {
@@ -748,7 +805,10 @@ static const struct key_rule ingress_keys[] = {
 	{ "routers", k_i_routers }, { "submit_timeout", k_i_subto },
 	{ "command_timeout", k_i_cmdto }, { "data_timeout", k_i_datato },
 	{ "max_message_size", k_i_maxsize }, { "max_recipients", k_i_maxrcpt },
-	{ "max_sessions", k_i_maxsess },
+	{ "max_sessions", k_i_maxsess }, { "max_sessions_per_ip", k_i_perip },
+	{ "max_header_line_length", k_i_hdrlen }, { "bare_lf", k_i_barelf },
+	{ "auth_failure_limit", k_i_authlim }, { "auth_failure_window", k_i_authwin },
+	{ "max_errors", k_i_maxerr },
 	{ NULL, NULL },
 };
 
@@ -780,6 +840,12 @@ set_defaults(struct hk_node_conf *nc)
 		nc->u.ingress.max_message_size = 25u << 20;
 		nc->u.ingress.max_recipients = 1000;
 		nc->u.ingress.max_sessions = 1000;
+		nc->u.ingress.max_header_line_length = 998;  /* RFC 5322 2.1.1 */
+		nc->u.ingress.max_sessions_per_ip = 50;
+		nc->u.ingress.auth_failure_limit = 5;
+		nc->u.ingress.auth_failure_window_ms = 300000;
+		nc->u.ingress.max_errors = 20;               /* Postfix: smtpd_hard_error_limit */
+		nc->u.ingress.bare_lf = HK_BARE_LF_REJECT;   /* Postfix: smtpd_forbid_bare_newline */
 		break;
 	case HK_ROLE_SENDER:
 		nc->u.sender.queue_map_size = (size_t)1 << 30;

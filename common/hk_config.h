@@ -30,6 +30,12 @@ enum hk_listen_mode {
 	HK_LISTEN_SMTPS = 3,      /* port 465: implicit TLS (RFC 8314), AUTH required */
 };
 
+/* What DATA does with a line ended by a bare LF (SMTP smuggling defence). */
+enum hk_bare_lf {
+	HK_BARE_LF_REJECT = 0,    /* 550 5.5.2 at the end of data, nothing queued */
+	HK_BARE_LF_NORMALIZE = 1, /* store it as CRLF */
+};
+
 struct hk_listener_conf {
 	char *host;
 	uint16_t port;          /* 0: any free port (tests) */
@@ -90,6 +96,13 @@ struct hk_ingress_conf {
 	size_t max_message_size;     /* bytes, SIZE and DATA limit */
 	uint32_t max_recipients;
 	uint32_t max_sessions;
+	/* Limits (docs/ARCHITECTURE.md, "Limits at the ingress") */
+	uint32_t max_header_line_length; /* header line, CRLF excluded (<= 998) */
+	uint32_t max_sessions_per_ip;    /* per client IP (IPv6: per /64), all listeners */
+	uint32_t auth_failure_limit;     /* failed AUTH per client IP ... */
+	uint32_t auth_failure_window_ms; /* ... per this window; then 421 and refused */
+	uint32_t max_errors;             /* rejected commands in a session, then 421 */
+	enum hk_bare_lf bare_lf;         /* a line ended by a bare LF in DATA */
 };
 
 struct hk_sender_conf {

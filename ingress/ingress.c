@@ -21,6 +21,8 @@
  *
  * A tenant's rate_limit is a token bucket per node (hk_rate), taken at MAIL:
  * with N ingress nodes a tenant may send up to N times its rate in total.
+ * Likewise per node, over all its listeners: open sessions per client IP
+ * (hk_count) and failed AUTH per client IP (hk_rate).
  */
 /* System */
 #include <errno.h>
@@ -48,6 +50,7 @@
 
 #define INGRESS_AUTH_RUNNING 2               /* password checks on the pool at once */
 #define INGRESS_AUTH_CACHE_MS (5 * 60 * 1000) /* a success is remembered this long */
+#define INGRESS_AUTH_FAILURE_KEYS 65536      /* client IPs tracked for failed AUTH */
 
 struct ingress {
 	struct hk_node *node;
@@ -175,6 +178,8 @@ ingress_free(struct ingress *ing)
 {
 	hk_u64map_destroy(&ing->wait);
 	hk_idgen_destroy(&ing->idgen);
+	hk_count_free(ing->env.ip_sessions);
+	hk_rate_free(ing->env.auth_failures);
 	for (size_t i = 0; ing->rates && i < ing->node->cfg->n_tenants; i++)
 		hk_rate_free(ing->rates[i]);
 	free(ing->rates);
@@ -308,6 +313,17 @@ ingress_start(struct hk_node *node)
 	/* With no user anywhere AUTH could only fail: do not offer it. */
 	if (ingress_auth_users(ing->env.auth) == 0)
 		ingress_auth_destroy(&ing->env.auth);
+	/* Failed AUTH per client IP: bursts of the whole limit, refilled over
+	 * the window; when the table is full of blocked IPs it fails closed. */
+	ing->env.ip_sessions = hk_count_new();
+	if (ing->env.auth != NULL)
+		ing->env.auth_failures = hk_rate_new(c->auth_failure_limit, c->auth_failure_window_ms,
+		    0, INGRESS_AUTH_FAILURE_KEYS);
+	if (ing->env.ip_sessions == NULL || (ing->env.auth != NULL && ing->env.auth_failures == NULL)) {
+		hk_log_error("ingress_start_failed", "{s:s}", "error", "cannot make the per-IP limits");
+		ingress_free(ing);
+		return -1;
+	}
 	if (c->has_tls && (ing->env.tls_ctx = ingress_tls_load(c, "tls_loaded")) == NULL) {
 		ingress_free(ing);
 		return -1;

@@ -26,6 +26,7 @@
 #include "hk_util.h"
 
 /* This role */
+#include "ingress_limits.h"
 #include "ingress_listener.h"
 
 /* A live session, as the listener knows it. */
@@ -134,6 +135,9 @@ refuse(ingress_listener *l)
 {
 	struct refusal *r = xcalloc(1, sizeof(*r));
 	uv_buf_t b = uv_buf_init((char *)too_many, sizeof(too_many) - 1);
+	struct sockaddr_storage ss;
+	int len = sizeof(ss);
+	char client[INGRESS_IP_KEY_MAX] = "unknown";
 
 	r->l = l;
 	r->tcp.data = r->write.data = r;
@@ -141,12 +145,18 @@ refuse(ingress_listener *l)
 	LIST_INSERT(l->refusals, r);
 	/* On an smtps port the client expects a TLS handshake: a plaintext 421
 	 * would only be noise, so it just sees the connection close. */
-	if (uv_accept((uv_stream_t *)&l->server, (uv_stream_t *)&r->tcp) != 0 ||
-	    l->lconf->mode == HK_LISTEN_SMTPS ||
+	if (uv_accept((uv_stream_t *)&l->server, (uv_stream_t *)&r->tcp) != 0) {
+		refusal_close(r);
+		return;
+	}
+	if (uv_tcp_getpeername(&r->tcp, (struct sockaddr *)&ss, &len) == 0)
+		ingress_limits_ip_key((struct sockaddr *)&ss, client);
+	hk_log_warn("limit_exceeded", "{s:s, s:s, s:i, s:s}", "limit", "max_sessions",
+	    "client", client, "max_sessions", (int)l->env->conf->max_sessions,
+	    "reply", "421 4.3.2 Too many connections");
+	if (l->lconf->mode == HK_LISTEN_SMTPS ||
 	    uv_write(&r->write, (uv_stream_t *)&r->tcp, &b, 1, on_refusal_written) != 0)
 		refusal_close(r);
-	hk_log_warn("smtp_refused", "{s:s, s:i}", "reason", "max_sessions reached",
-	    "max_sessions", (int)l->env->conf->max_sessions);
 }
 
 static void

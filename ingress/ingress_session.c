@@ -12,6 +12,8 @@
  *   HELO --AUTH--> AUTH (SASL exchange) --credentials--> AUTH_PENDING
  *        (password check on the thread pool) --235/535--> HELO
  *   start on an smtps listener: TLS --done--> NEW (then the greeting)
+ *   AUTH/AUTH_PENDING --client IP over auth_failure_limit--> TARPIT (1 s,
+ *        on the timer) --535, 421--> QUIT
  *   any --QUIT, timeout, too many errors--> QUIT (last replies drain) -> closed
  *
  * The order of NEW < HELO < MAIL < RCPT matters: the command table's
@@ -32,6 +34,12 @@
  * goes on only until the buffer is full, so that a client that hangs up is
  * noticed. Replies that the client does not read stop execution at
  * INGRESS_OUT_HIGH bytes, so a flood of commands cannot grow our memory.
+ *
+ * Limits (docs/ARCHITECTURE.md): each has its standard reply and one
+ * "limit_exceeded" log line naming the limit (its config key) and the
+ * client, and none of them blocks the loop: sessions per client IP and an
+ * IP blocked for failed AUTH are refused at connect; the AUTH tarpit is a
+ * timer.
  */
 /* System */
 #include <arpa/inet.h>
@@ -57,16 +65,17 @@
 /* This role */
 #include "ingress_bdat.h"
 #include "ingress_headers.h"
+#include "ingress_limits.h"
 #include "ingress_parse.h"
 #include "ingress_session.h"
 
 #define INGRESS_IN_CAP (16 * 1024)   /* read buffer; > INGRESS_LINE_MAX */
 #define INGRESS_OUT_HIGH (64 * 1024) /* unsent replies that pause execution */
-#define INGRESS_ERROR_LIMIT 50       /* rejected commands before we hang up */
 #define INGRESS_QUIT_LINGER_MS 10000 /* time for the last replies to drain */
 #define INGRESS_HELO_MAX 255
 #define INGRESS_RAW_CAP (17 * 1024)  /* ciphertext per read: a TLS record and some */
 #define INGRESS_AUTH_FAILURES 3      /* failed AUTH before we hang up */
+#define INGRESS_AUTH_TARPIT_MS 1000  /* AUTH answer delay for a blocked client IP */
 
 enum auth_step { AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
 
@@ -81,7 +90,8 @@ enum auth_step { AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
 	X(QUIT)   /* last replies draining, then close */               \
 	X(TLS)    /* TLS handshake in progress */                      \
 	X(AUTH)   /* AUTH: waiting for the client's SASL response */  \
-	X(AUTH_PENDING) /* AUTH: the password is being checked */
+	X(AUTH_PENDING) /* AUTH: the password is being checked */ \
+	X(TARPIT) /* AUTH from a blocked client IP: answer late, then 421 */
 
 enum ingress_state {
 #define X(name) ST_##name,
@@ -114,6 +124,8 @@ struct ingress_session {
 	unsigned errors;
 	char client_ip[INET6_ADDRSTRLEN];
 	char client_literal[INET6_ADDRSTRLEN + 8]; /* "[1.2.3.4]", "[IPv6:::1]" */
+	char ip_key[INGRESS_IP_KEY_MAX]; /* what per-IP limits count ("" if unknown) */
+	bool ip_counted;        /* holds one of env->ip_sessions[ip_key] */
 	char helo[INGRESS_HELO_MAX + 1];
 
 	/* TLS: the engine, and where ciphertext is read to before it goes in */
@@ -200,6 +212,7 @@ arm_timer(ingress_session *s)
 	case ST_BDAT: ms = c->data_timeout_ms; break;
 	case ST_SUBMIT: ms = c->submit_timeout_ms; break;
 	case ST_QUIT: ms = INGRESS_QUIT_LINGER_MS; break;
+	case ST_TARPIT: ms = INGRESS_AUTH_TARPIT_MS; break;
 	default: ms = c->command_timeout_ms; break;
 	}
 	uv_timer_start(&s->timer, on_timer, ms, 0);
@@ -419,15 +432,28 @@ session_flush(ingress_session *s)
 	}
 }
 
-/* A rejected command: reply, and hang up on a client that keeps failing. */
+/* log_limit - the one log line of a limit: which (its config key), who,
+ * and the reply given. */
+static void
+log_limit(ingress_session *s, const char *limit, const char *reply_text)
+{
+	hk_log_info("limit_exceeded", "{s:s, s:s, s:s, s:s, s:s}", "limit", limit,
+	    "client", s->client_ip, "key", s->ip_key, "state", ingress_strstate(s->state),
+	    "reply", reply_text);
+}
+
+/* A rejected command: reply, and hang up on a client that keeps failing
+ * (Postfix's smtpd_hard_error_limit). */
 static void
 cmd_error(ingress_session *s, const char *text)
 {
+	char bye[INGRESS_REPLY_MAX];
+
 	reply(s, "%s", text);
-	if (++s->errors >= INGRESS_ERROR_LIMIT) {
-		hk_log_info("smtp_too_many_errors", "{s:s, s:i}", "client", s->client_ip,
-		    "errors", (int)s->errors);
-		reply(s, "421 4.7.0 %s Error: too many errors", s->env->conf->hostname);
+	if (++s->errors >= s->env->conf->max_errors) {
+		snprintf(bye, sizeof(bye), "421 4.7.0 %s Error: too many errors", s->env->conf->hostname);
+		log_limit(s, "max_errors", bye);
+		reply(s, "%s", bye);
 		ingress_enter_state(s, ST_QUIT);
 	}
 }
@@ -645,6 +671,7 @@ cmd_mail(ingress_session *s, const char *args)
 		return;
 	}
 	if (p.has_size && p.size > s->env->conf->max_message_size) {
+		log_limit(s, "max_message_size", "552 5.3.4 Message size exceeds fixed limit");
 		reply(s, "552 5.3.4 Message size exceeds fixed limit");
 		return;
 	}
@@ -661,10 +688,12 @@ cmd_mail(ingress_session *s, const char *args)
 		return;
 	}
 	if (t != NULL && s->env->admit && !s->env->admit(s->env->arg, t, &retry_ms)) {
-		hk_log_info("rate_limited", "{s:s, s:s, s:s, s:I}", "client", s->client_ip,
-		    "tenant", t->name, "user", s->auth_user, "retry_ms", (json_int_t)retry_ms);
-		reply(s, "450 4.7.1 Message rate limit exceeded for tenant %s, try again in %llu s", t->name,
-		    (unsigned long long)(retry_ms + 999) / 1000);
+		snprintf(err, sizeof(err), "451 4.7.1 Message rate limit exceeded for tenant %s, try again in %llu s",
+		    t->name, (unsigned long long)(retry_ms + 999) / 1000);
+		hk_log_info("limit_exceeded", "{s:s, s:s, s:s, s:s, s:I, s:s}", "limit", "rate_limit",
+		    "client", s->client_ip, "tenant", t->name, "user", s->auth_user,
+		    "retry_ms", (json_int_t)retry_ms, "reply", err);
+		reply(s, "%s", err);
 		return;
 	}
 	txn_reset(s);
@@ -717,6 +746,7 @@ cmd_rcpt(ingress_session *s, const char *args)
 		}
 	}
 	if (s->n_rcpts >= s->env->conf->max_recipients) {
+		log_limit(s, "max_recipients", "452 4.5.3 Too many recipients");
 		reply(s, "452 4.5.3 Too many recipients");
 		return;
 	}
@@ -820,6 +850,24 @@ cmd_starttls(ingress_session *s, const char *args)
 
 /* --- AUTH (RFC 4954) --------------------------------------------------------- */
 
+/* auth_ip_blocked - has this client IP used up its failed AUTH for now? */
+static bool
+auth_ip_blocked(const ingress_session *s)
+{
+	return s->env->auth_failures != NULL && s->ip_key[0] != '\0' &&
+	    hk_rate_retry_ms(s->env->auth_failures, s->ip_key, 1, uv_now(s->tcp.loop)) > 0;
+}
+
+/* auth_tarpit - the client IP is over auth_failure_limit: answer this AUTH
+ * only after a while (a timer, the loop goes on), then hang up. */
+static void
+auth_tarpit(ingress_session *s)
+{
+	log_limit(s, "auth_failure_limit", "421 4.7.0 too many failed authentications");
+	s->auth_user[0] = '\0';
+	ingress_enter_state(s, ST_TARPIT);
+}
+
 static void
 auth_end(ingress_session *s)
 {
@@ -843,6 +891,14 @@ auth_done(ingress_session *s, const struct hk_tenant_conf *t, bool cached)
 	hk_log_info("auth_failed", "{s:s, s:s, s:s, s:i}", "client", s->client_ip,
 	    "user", s->auth_user, "mechanism", s->auth_mech, "failures", (int)s->auth_failures);
 	s->auth_user[0] = '\0';
+	/* Across sessions: the failure that empties the IP's bucket blocks it
+	 * (a refused take, with every key slot busy, fails closed). */
+	if (s->env->auth_failures != NULL && s->ip_key[0] != '\0' &&
+	    (!hk_rate_take(s->env->auth_failures, s->ip_key, 1, uv_now(s->tcp.loop)) ||
+	    auth_ip_blocked(s))) {
+		auth_tarpit(s);
+		return;
+	}
 	auth_end(s);
 	cmd_error(s, "535 5.7.8 Error: authentication failed");
 	if (s->auth_failures >= INGRESS_AUTH_FAILURES && s->state != ST_QUIT) {
@@ -961,6 +1017,10 @@ cmd_auth(ingress_session *s, const char *args)
 		cmd_error(s, "503 5.5.1 Error: already authenticated");
 		return;
 	}
+	if (auth_possible(s) && auth_ip_blocked(s)) { /* blocked by another session's failures */
+		auth_tarpit(s);
+		return;
+	}
 	if (!auth_possible(s)) {
 		cmd_error(s, "503 5.5.1 Error: authentication not enabled");
 		return;
@@ -1020,6 +1080,16 @@ bdat_chunk_end(ingress_session *s)
 	if (!s->bdat_last) {
 		reply(s, "250 2.0.0 %llu octets received", (unsigned long long)s->bdat_chunk);
 		ingress_enter_state(s, ST_RCPT);
+		return;
+	}
+	/* Header lines as for DATA. Bare LF is no smuggling risk here: BDAT
+	 * has no end-of-data line (the reader made it CRLF, or BINARYMIME
+	 * keeps it as data). */
+	const char *limit = NULL;
+	if (ingress_limits_message(s->env->conf, false, s->msg.data + s->msg_start,
+	    s->msg.len - s->msg_start, err, &limit)) {
+		log_limit(s, limit, err);
+		txn_fail(s, err);
 		return;
 	}
 	message_end(s);
@@ -1163,12 +1233,32 @@ txn_fail(ingress_session *s, const char *reply_text)
 	ingress_enter_state(s, ST_HELO);
 }
 
+/* The end-of-data checks: the DATA reader's (size, line length, NUL),
+ * then bare LF and header lines (ingress_limits). */
+static bool
+data_limits_failed(ingress_session *s, char err[INGRESS_REPLY_MAX])
+{
+	const char *limit = NULL;
+
+	if (ingress_data_failed(&s->data, err)) {
+		if (s->data.too_big)
+			limit = "max_message_size";
+		else if (s->data.line_too_long)
+			limit = "text_line_length";
+	} else if (!ingress_limits_message(s->env->conf, s->data.bare_lf, s->msg.data + s->msg_start,
+	    s->msg.len - s->msg_start, err, &limit))
+		return false;
+	if (limit != NULL)
+		log_limit(s, limit, err);
+	return true;
+}
+
 static void
 data_end(ingress_session *s)
 {
 	char err[INGRESS_REPLY_MAX];
 
-	if (ingress_data_failed(&s->data, err)) {
+	if (data_limits_failed(s, err)) {
 		txn_fail(s, err);
 		return;
 	}
@@ -1348,7 +1438,7 @@ static bool
 runnable(const ingress_session *s)
 {
 	return !s->closing && s->state != ST_QUIT && s->state != ST_SUBMIT && s->state != ST_TLS &&
-	    s->state != ST_AUTH_PENDING;
+	    s->state != ST_AUTH_PENDING && s->state != ST_TARPIT;
 }
 
 static void
@@ -1389,9 +1479,10 @@ again:
 			break;
 		if (s->state == ST_AUTH)
 			auth_line(s, r, line, line_len);
-		else if (r == INGRESS_LINE_TOO_LONG)
+		else if (r == INGRESS_LINE_TOO_LONG) {
+			log_limit(s, "command_line_length", "500 5.5.2 Line too long");
 			cmd_error(s, "500 5.5.2 Line too long");
-		else
+		} else
 			session_execute(s, line, line_len);
 	}
 	if (s->closing)
@@ -1448,7 +1539,7 @@ on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 		hk_tls_conn_push(s->tls, s->raw, (size_t)nread);
 	else
 		s->in_len += (size_t)nread;
-	if (s->state != ST_SUBMIT && s->state != ST_QUIT)
+	if (s->state != ST_SUBMIT && s->state != ST_QUIT && s->state != ST_TARPIT)
 		arm_timer(s); /* idle timeouts count from the last input */
 	session_process(s);
 }
@@ -1457,6 +1548,7 @@ static void
 on_timer(uv_timer_t *t)
 {
 	ingress_session *s = t->data;
+	char bye[INGRESS_REPLY_MAX];
 
 	if (s->closing)
 		return;
@@ -1469,10 +1561,16 @@ on_timer(uv_timer_t *t)
 	case ST_QUIT:
 		ingress_session_close(s, "replies not read in time", NULL);
 		break;
+	case ST_TARPIT:
+		reply(s, "535 5.7.8 Error: authentication failed");
+		reply(s, "421 4.7.0 %s Error: too many failed authentications from %s",
+		    s->env->conf->hostname, s->client_ip);
+		ingress_enter_state(s, ST_QUIT);
+		break;
 	default:
-		hk_log_info("smtp_timeout", "{s:s, s:s}", "client", s->client_ip,
-		    "state", ingress_strstate(s->state));
-		reply(s, "421 4.4.2 %s Error: timeout exceeded", s->env->conf->hostname);
+		snprintf(bye, sizeof(bye), "421 4.4.2 %s Error: timeout exceeded", s->env->conf->hostname);
+		log_limit(s, s->state == ST_DATA ? "data_timeout" : "command_timeout", bye);
+		reply(s, "%s", bye);
 		ingress_enter_state(s, ST_QUIT);
 		break;
 	}
@@ -1540,6 +1638,7 @@ peer_address(ingress_session *s)
 
 	if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) != 0)
 		return;
+	ingress_limits_ip_key((struct sockaddr *)&ss, s->ip_key);
 	if (ss.ss_family == AF_INET) {
 		inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, s->client_ip, sizeof(s->client_ip));
 		snprintf(s->client_literal, sizeof(s->client_literal), "[%s]", s->client_ip);
@@ -1562,12 +1661,56 @@ peer_address(ingress_session *s)
 	}
 }
 
+/*
+ * refused_at_connect - the limits on who may start a session: open sessions
+ * per client IP, and an IP blocked for failed AUTH. A refused client gets
+ * its 421 instead of the greeting (on smtps only the close: it expects a
+ * TLS handshake, not text).
+ */
+static bool
+refused_at_connect(ingress_session *s)
+{
+	const struct hk_ingress_conf *c = s->env->conf;
+	char bye[INGRESS_REPLY_MAX];
+	const char *limit;
+
+	if (s->ip_key[0] == '\0')
+		return false;
+	if (s->env->ip_sessions != NULL) {
+		s->ip_counted = true;
+		if (hk_count_add(s->env->ip_sessions, s->ip_key, 1) > (long)c->max_sessions_per_ip) {
+			limit = "max_sessions_per_ip";
+			snprintf(bye, sizeof(bye), "421 4.7.0 %s Error: too many connections from %s",
+			    c->hostname, s->client_ip);
+			goto refuse;
+		}
+	}
+	if (s->env->auth != NULL && auth_ip_blocked(s)) {
+		limit = "auth_failure_limit";
+		snprintf(bye, sizeof(bye), "421 4.7.0 %s Error: too many failed authentications from %s",
+		    c->hostname, s->client_ip);
+		goto refuse;
+	}
+	return false;
+refuse:
+	log_limit(s, limit, bye);
+	if (s->lconf->mode == HK_LISTEN_SMTPS) {
+		ingress_session_close(s, limit, NULL);
+		return true;
+	}
+	reply(s, "%s", bye);
+	ingress_enter_state(s, ST_QUIT);
+	return true;
+}
+
 void
 ingress_session_start(ingress_session *s)
 {
 	peer_address(s);
 	hk_log_info("smtp_connect", "{s:s, s:s, s:b}", "client", s->client_ip,
 	    "listener", hk_listen_mode_name(s->lconf->mode), "relay", (s->flags & SF_RELAY) != 0);
+	if (refused_at_connect(s))
+		return;
 	if (s->lconf->mode == HK_LISTEN_SMTPS) {
 		if (tls_begin(s) != 0) {
 			ingress_session_close(s, "TLS not available", NULL);
@@ -1596,6 +1739,10 @@ ingress_session_close(ingress_session *s, const char *reason, const char *goodby
 		uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
 	}
 	s->closing = true;
+	if (s->ip_counted) {
+		hk_count_add(s->env->ip_sessions, s->ip_key, -1);
+		s->ip_counted = false;
+	}
 	ingress_auth_cancel(s->auth_job); /* a check in flight finds no one */
 	s->auth_job = NULL;
 	if (s->state == ST_SUBMIT) {

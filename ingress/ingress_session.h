@@ -19,6 +19,7 @@
 
 #include "hk_config.h"
 #include "hk_id.h"
+#include "hk_rate.h"
 #include "ingress_auth.h"
 
 typedef struct ingress_session ingress_session;
@@ -61,6 +62,12 @@ struct ingress_env {
 	size_t *n_sessions;
 	/* Credentials and password checks for AUTH; NULL: AUTH is not offered. */
 	ingress_auth *auth;
+	/* Open sessions per client IP key (ingress_limits_ip_key), every
+	 * listener's, against conf->max_sessions_per_ip; NULL: no limit. */
+	hk_count *ip_sessions;
+	/* Failed AUTH per client IP key: a bucket of conf->auth_failure_limit
+	 * per auth_failure_window; an empty bucket blocks the IP. NULL: none. */
+	hk_rate *auth_failures;
 	/* submit - send TXN to a router. On 0 the answer comes later through
 	 * ingress_session_submitted(s, ...) unless cancel(req_id) is called
 	 * first; otherwise a negative errno (-EAGAIN: no router connected). */

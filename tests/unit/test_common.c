@@ -76,6 +76,13 @@ test_config_good(void **state)
 	assert_false(i->u.ingress.listeners[0].allow_plaintext_auth);
 	assert_false(i->u.ingress.has_tls);
 	assert_int_equal(i->u.ingress.n_relay_networks, 2);
+	/* limits: defaults */
+	assert_int_equal(i->u.ingress.max_header_line_length, 998);
+	assert_int_equal(i->u.ingress.max_sessions_per_ip, 50);
+	assert_int_equal(i->u.ingress.auth_failure_limit, 5);
+	assert_int_equal(i->u.ingress.auth_failure_window_ms, 300000);
+	assert_int_equal(i->u.ingress.max_errors, 20);
+	assert_int_equal(i->u.ingress.bare_lf, HK_BARE_LF_REJECT);
 	hk_config_use_inproc(cfg);
 	assert_string_equal(i->u.ingress.routers[0], "inproc://r1.front");
 	assert_string_equal(s->u.sender.routers[0], "inproc://r1.back");
@@ -124,6 +131,11 @@ test_config_errors(void **state)
 		{ "tenants:\n  a: {}\nnodes:\n  r: {role: router, front: 'tcp://a:1', back: 'tcp://a:2'}\n"
 		  "  i: {role: ingress, listen: '127.0.0.1:1', routers: [r], network_tenant: b}\n",
 		  ":5: key 'network_tenant': node 'i' names tenant 'b', which is not in tenants:" },
+		{ "nodes:\n  i:\n    role: ingress\n    bare_lf: allow\n", ":4: key 'bare_lf': 'allow' is not reject or normalize" },
+		{ "nodes:\n  i:\n    role: ingress\n    max_header_line_length: 999\n", ":4: key 'max_header_line_length': must be 78-998" },
+		{ "nodes:\n  i:\n    role: ingress\n    max_sessions_per_ip: 0\n", ":4: key 'max_sessions_per_ip': must be at least 1" },
+		{ "nodes:\n  i:\n    role: ingress\n    max_errors: 0\n", ":4: key 'max_errors': must be at least 1" },
+		{ "nodes:\n  i:\n    role: ingress\n    auth_failure_window: 0s\n", ":4: key 'auth_failure_window': must be longer than 0" },
 		{ "nodes: [\n", "YAML syntax error" },
 		{ "other: 1\n", ":1: key 'other': unknown top-level key" },
 	};

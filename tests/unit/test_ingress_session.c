@@ -171,6 +171,9 @@ harness_new(void)
 	h->conf.max_message_size = 1 << 20;
 	h->conf.max_recipients = 100;
 	h->conf.max_sessions = 10;
+	h->conf.max_errors = 50;
+	h->conf.max_header_line_length = 998;
+	h->conf.bare_lf = HK_BARE_LF_NORMALIZE; /* the DATA reader tests store bare LF as CRLF */
 	h->answer_ms = 0;
 	h->answer_ok = true;
 	return h;
