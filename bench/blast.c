@@ -6,6 +6,7 @@
  *		[--size BYTES] [--domains D] [--domain-fmt FMT] [--skew F] [--rcpts R]
  *		[--from ADDR] [--helo NAME] [--pipelining] [--max-seconds T]
  *		[--timeout T] [--seed N] [--json]
+ *		[--starttls | --tls] [--cafile FILE | --insecure] [--auth USER:PASS]
  * DESCRIPTION
  *	Drives an SMTP server as fast as it accepts mail, the way an ESP's
  *	bulk senders do: S concurrent sessions, each sending up to K messages
@@ -25,6 +26,20 @@
  *	With --pipelining (and PIPELINING advertised) MAIL, every RCPT and DATA
  *	go out in one write; the replies are then consumed in order by the
  *	same states without writing.
+ *
+ *	TLS: --starttls sends EHLO, STARTTLS, does the handshake and EHLO
+ *	again; --tls (smtps listeners) does the handshake on connect, before
+ *	the greeting. --auth USER:PASS then sends AUTH PLAIN with the initial
+ *	response before the first MAIL. OpenSSL runs over memory BIOs (the
+ *	hk_tls engine of common/, as the ingress uses it): ciphertext read from
+ *	the socket is pushed in and plaintext read out into the same reply
+ *	buffer; what a state writes is copied into a per-session 16 KB staging
+ *	buffer, so a 4 KB message (headers, body, terminator) is one TLS record,
+ *	and the ciphertext is pulled into a per-session output buffer and
+ *	written with uv_try_write as in clear. Those buffers exist once per
+ *	session; the SSL object is made per connection (each connection is a
+ *	full handshake: no session resumption). --cafile verifies the chain and
+ *	that the certificate names the --server host (DNS name or IP address).
  *
  *	Exit status: 0 if every message got a 2xx final reply and no recipient
  *	was rejected, 1 otherwise, 2 on usage errors.
@@ -47,7 +62,14 @@
 #include <unistd.h>
 
 /* Third-party */
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <uv.h>
+
+/* Hikyaku */
+#include "hk_tls.h"
 
 #define BLAST_RBUF 4096		/* per-session reply buffer; RFC 5321 lines are <= 512 */
 #define BLAST_LINE 72		/* body line content; + CRLF = 74 bytes, <= 76 */
@@ -55,6 +77,9 @@
 #define BLAST_TICK_MS 100	/* timeout scan period */
 #define BLAST_MAX_WARN 10	/* connection errors printed to stderr; the rest only counted */
 #define BLAST_ID_DOMAIN "client.bench"
+#define BLAST_TLS_REC 16384	/* plaintext staging: one full TLS record */
+#define BLAST_TLS_OUT 32768	/* ciphertext pulled per write: two records and their overhead */
+#define BLAST_TLS_IN 17408	/* ciphertext read at once: one record with its overhead */
 
 /*
  * Latency histogram, in microseconds: exact below 1024 us, then 512
@@ -68,13 +93,16 @@
 
 /*
  * Session states. The real states (CONNECT..QUIT) are in the order an
- * SMTP dialogue visits them; NEXT, CLOSE and ABORT are pseudo-states that
- * only appear as transition targets in blast_rows[], and IDLE means "no
+ * SMTP dialogue visits them (TLS is the handshake: on connect with --tls,
+ * after STARTTLS's 220 otherwise); READY (after EHLO/HELO: STARTTLS, AUTH
+ * or the first MAIL), NEXT, CLOSE and ABORT are pseudo-states that only
+ * appear as transition targets in blast_rows[], and IDLE means "no
  * connection" (waiting to reconnect, or finished).
  */
 #define BLAST_STATE_MAP(X) \
-	X(CONNECT) X(GREETING) X(EHLO) X(HELO) X(MAIL) X(RCPT) X(DATA) \
-	X(BODY) X(RSET) X(QUIT) X(IDLE) X(NEXT) X(CLOSE) X(ABORT)
+	X(CONNECT) X(TLS) X(GREETING) X(EHLO) X(HELO) X(STARTTLS) X(AUTH) \
+	X(MAIL) X(RCPT) X(DATA) X(BODY) X(RSET) X(QUIT) \
+	X(IDLE) X(READY) X(NEXT) X(CLOSE) X(ABORT)
 
 enum blast_state {
 #define X(name) ST_##name,
@@ -96,6 +124,7 @@ static const char *const blast_state_names[ST_COUNT] = {
 #define SF_PIPELINING	(1u << 3)	/* server advertised it and --pipelining */
 #define SF_DOT_PENDING	(1u << 4)	/* body write not flushed: stamp t_dot in on_write */
 #define SF_DONE		(1u << 5)	/* session finished for good */
+#define SF_TLS_UP	(1u << 6)	/* handshake done: all I/O goes through s->tls */
 
 struct blast_opts {
 	const char *server;
@@ -114,6 +143,11 @@ struct blast_opts {
 	double timeout;
 	uint64_t seed;
 	int json;
+	int starttls;
+	int tls;		/* implicit TLS (smtps) */
+	int insecure;
+	const char *cafile;
+	const char *auth;	/* USER:PASS */
 };
 
 struct blast_stats {
@@ -126,6 +160,11 @@ struct blast_stats {
 	uint64_t connects;	/* TCP connections established */
 	uint64_t pipelined;	/* connections that used PIPELINING */
 	uint64_t conn_failures;	/* connection-level errors (refused, reset, timeout, protocol) */
+	uint64_t sessions;	/* connections whose QUIT was answered 2xx */
+	uint64_t handshakes;	/* TLS handshakes completed */
+	uint64_t t_sess_last;	/* uv_hrtime() of the last session completed */
+	const char *tls_version;	/* of the first handshake; "mixed" if another differed */
+	const char *cipher;
 	uint64_t t_first;	/* uv_hrtime() of the first connect */
 	uint64_t t_last;	/* uv_hrtime() of the last message outcome */
 	uint64_t lat_count;
@@ -161,8 +200,13 @@ struct blast_session {
 	uint32_t *rdom;		/* domain index per recipient */
 	char *cmd;		/* RCPT (and DATA) commands */
 	char *hdr;		/* per-message headers */
+	/* TLS: the engine per connection, the buffers per session (NULL without TLS). */
+	hk_tls_conn *tls;
+	char *tls_rec;		/* plaintext staged into records */
+	char *tls_out;		/* ciphertext for the socket (uv_write reads it while SF_WRITING) */
+	char *tls_in;		/* ciphertext from the socket */
 	size_t rlen;
-	char rbuf[BLAST_RBUF];
+	char rbuf[BLAST_RBUF];	/* reply text (plaintext from the engine under TLS) */
 };
 
 struct blast {
@@ -186,8 +230,9 @@ struct blast {
 	char *dom;		/* D domain names, back to back */
 	uint32_t *dom_off;	/* D + 1 offsets into dom */
 	size_t dom_max;
-	char *ehlo_line, *helo_line, *mail_line, *hdr_fixed;
-	size_t ehlo_len, helo_len, mail_len, hdr_fixed_len;
+	char *ehlo_line, *helo_line, *mail_line, *hdr_fixed, *auth_line;
+	size_t ehlo_len, helo_len, mail_len, hdr_fixed_len, auth_len;
+	SSL_CTX *ssl_ctx;	/* client context, when TLS is asked for */
 	char pid[24];
 	size_t pid_len;
 	size_t cmd_cap, hdr_cap;
@@ -206,6 +251,10 @@ static void send_data(struct blast_session *);
 static void send_body(struct blast_session *);
 static void send_rset(struct blast_session *);
 static void send_quit(struct blast_session *);
+static void send_starttls(struct blast_session *);
+static void send_auth(struct blast_session *);
+static void tls_start(struct blast_session *);
+static int tls_flush(struct blast_session *);
 
 /*
  * The state table. A final reply of class `ok` moves to on_ok, anything
@@ -223,9 +272,12 @@ struct blast_row {
 static const struct blast_row blast_rows[ST_IDLE] = {
 	/*		ok  on ok      on failure  entering writes */
 	[ST_CONNECT] =	{0, ST_ABORT,  ST_ABORT,   NULL},
+	[ST_TLS] =	{0, ST_ABORT,  ST_ABORT,   tls_start},
 	[ST_GREETING] =	{2, ST_EHLO,   ST_ABORT,   NULL},
-	[ST_EHLO] =	{2, ST_NEXT,   ST_HELO,    send_ehlo},
-	[ST_HELO] =	{2, ST_NEXT,   ST_ABORT,   send_helo},
+	[ST_EHLO] =	{2, ST_READY,  ST_HELO,    send_ehlo},
+	[ST_HELO] =	{2, ST_READY,  ST_ABORT,   send_helo},
+	[ST_STARTTLS] =	{2, ST_TLS,    ST_ABORT,   send_starttls},
+	[ST_AUTH] =	{2, ST_NEXT,   ST_ABORT,   send_auth},
 	[ST_MAIL] =	{2, ST_RCPT,   ST_RSET,    send_mail},
 	[ST_RCPT] =	{2, ST_RCPT,   ST_RCPT,    send_rcpt},
 	[ST_DATA] =	{3, ST_BODY,   ST_RSET,    send_data},
@@ -464,6 +516,9 @@ static void on_write(uv_write_t *req, int status)
 		session_fail(s, "write", status);
 		return;
 	}
+	/* Under TLS the write is done when the engine has nothing more to send. */
+	if (s->tls != NULL && tls_flush(s) != 0)
+		return;
 	if (s->flags & SF_DOT_PENDING) {
 		s->flags &= ~SF_DOT_PENDING;
 		s->t_dot = uv_hrtime();
@@ -472,6 +527,76 @@ static void on_write(uv_write_t *req, int status)
 		s->flags &= ~SF_SEND_PENDING;
 		session_send(s);
 	}
+}
+
+/*
+ * tls_flush - pull the engine's ciphertext and write it: 0 if it all went
+ * out now, 1 if a write is in flight (on_write calls again), < 0 after
+ * failing the session. tls_out is only refilled once the socket took it.
+ */
+static int tls_flush(struct blast_session *s)
+{
+	uv_buf_t buf;
+	size_t n;
+	int rc;
+
+	while (!(s->flags & SF_WRITING)) {
+		n = hk_tls_conn_pull(s->tls, s->tls_out, BLAST_TLS_OUT);
+		if (n == 0)
+			return 0;
+		buf = uv_buf_init(s->tls_out, (unsigned)n);
+		rc = uv_try_write((uv_stream_t *)&s->tcp, &buf, 1);
+		if (rc < 0 && rc != UV_EAGAIN) {
+			session_fail(s, "write", rc);
+			return rc;
+		}
+		if (rc > 0 && (size_t)rc == n)
+			continue;
+		if (rc > 0) {
+			buf.base += rc;
+			buf.len -= (size_t)rc;
+		}
+		s->wreq.data = s;
+		rc = uv_write(&s->wreq, (uv_stream_t *)&s->tcp, &buf, 1, on_write);
+		if (rc < 0) {
+			session_fail(s, "write", rc);
+			return rc;
+		}
+		s->flags |= SF_WRITING;
+	}
+	return 1;
+}
+
+/*
+ * tls_write - copy the buffers into BLAST_TLS_REC-byte records, encrypt,
+ * flush: session_write's contract. One copy of the plaintext (cheaper than
+ * the cipher) buys one record per 16 KB instead of one per buffer.
+ */
+static int tls_write(struct blast_session *s, const uv_buf_t *bufs, unsigned n)
+{
+	size_t used = 0, off, take;
+	unsigned i;
+
+	for (i = 0; i < n; i++) {
+		for (off = 0; off < bufs[i].len; off += take) {
+			take = bufs[i].len - off;
+			if (take > BLAST_TLS_REC - used)
+				take = BLAST_TLS_REC - used;
+			memcpy(s->tls_rec + used, bufs[i].base + off, take);
+			used += take;
+			if (used == BLAST_TLS_REC) {
+				if (hk_tls_conn_write(s->tls, s->tls_rec, used) != 0)
+					goto fail;
+				used = 0;
+			}
+		}
+	}
+	if (used > 0 && hk_tls_conn_write(s->tls, s->tls_rec, used) != 0)
+		goto fail;
+	return tls_flush(s);
+fail:
+	session_fail(s, "TLS write", 0);
+	return -1;
 }
 
 /*
@@ -487,6 +612,11 @@ static int session_write(struct blast_session *s, uv_buf_t *bufs, unsigned n, un
 	unsigned i = 0;
 	int rc;
 
+	if (s->flags & SF_TLS_UP) {
+		s->expect += ncmds;
+		s->last_ms = uv_now(&s->b->loop);
+		return tls_write(s, bufs, n);
+	}
 	rc = uv_try_write((uv_stream_t *)&s->tcp, bufs, n);
 	if (rc < 0 && rc != UV_EAGAIN) {
 		session_fail(s, "write", rc);
@@ -577,6 +707,16 @@ static void send_rset(struct blast_session *s)
 static void send_quit(struct blast_session *s)
 {
 	send_line(s, "QUIT\r\n", 6);
+}
+
+static void send_starttls(struct blast_session *s)
+{
+	send_line(s, "STARTTLS\r\n", 10);
+}
+
+static void send_auth(struct blast_session *s)
+{
+	send_line(s, s->b->auth_line, s->b->auth_len);
 }
 
 /*
@@ -683,8 +823,9 @@ static void on_close(uv_handle_t *h)
 	struct blast *b = s->b;
 	uint64_t delay;
 
-	s->flags &= ~(SF_CLOSING | SF_WRITING | SF_SEND_PENDING | SF_PIPELINING | SF_DOT_PENDING);
+	s->flags &= ~(SF_CLOSING | SF_WRITING | SF_SEND_PENDING | SF_PIPELINING | SF_DOT_PENDING | SF_TLS_UP);
 	s->state = ST_IDLE;
+	hk_tls_conn_free(&s->tls);
 	if (s->fails > BLAST_MAX_RETRIES) {
 		fprintf(stderr, "hk-blast: session %u: giving up after %u consecutive connection failures\n",
 		    s->idx, s->fails);
@@ -731,6 +872,7 @@ static void session_fail(struct blast_session *s, const char *what, int err)
 
 static void on_alloc(uv_handle_t *, size_t, uv_buf_t *);
 static void on_read(uv_stream_t *, ssize_t, const uv_buf_t *);
+static void tls_input(struct blast_session *);
 
 static void on_connect(uv_connect_t *req, int status)
 {
@@ -744,12 +886,95 @@ static void on_connect(uv_connect_t *req, int status)
 	}
 	s->b->st.connects++;
 	uv_tcp_nodelay(&s->tcp, 1);	/* small pipelined commands must not wait for ACKs */
+	s->last_ms = uv_now(&s->b->loop);
+	if ((status = uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read)) != 0) {
+		session_fail(s, "read start", status);
+		return;
+	}
+	if (s->b->o.tls) {
+		session_enter(s, ST_TLS);	/* smtps: the greeting comes inside TLS */
+		return;
+	}
 	s->state = ST_GREETING;
 	s->expect = 1;
-	s->last_ms = uv_now(&s->b->loop);
-	if ((status = uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read)) == 0)
+}
+
+/* TLS. */
+
+/* tls_start - entering ST_TLS: a new engine, and the ClientHello out */
+static void tls_start(struct blast_session *s)
+{
+	s->tls = hk_tls_conn_new(s->b->ssl_ctx, false);
+	if (s->tls == NULL) {
+		session_fail(s, "TLS: out of memory", 0);
 		return;
-	session_fail(s, "read start", status);
+	}
+	s->last_ms = uv_now(&s->b->loop);
+	tls_input(s);
+}
+
+/* tls_up - the handshake is done: note what was negotiated, then the greeting (smtps) or EHLO again */
+static void tls_up(struct blast_session *s)
+{
+	struct blast *b = s->b;
+	const char *v = hk_tls_conn_version(s->tls), *c = hk_tls_conn_cipher(s->tls);
+
+	s->flags |= SF_TLS_UP;
+	s->flags &= ~SF_PIPELINING;	/* RFC 3207: forget what EHLO said before TLS */
+	b->st.handshakes++;
+	if (b->st.tls_version == NULL) {
+		b->st.tls_version = v;	/* OpenSSL's static strings */
+		b->st.cipher = c;
+	} else {
+		if (strcmp(b->st.tls_version, v) != 0)
+			b->st.tls_version = "mixed";
+		if (strcmp(b->st.cipher, c) != 0)
+			b->st.cipher = "mixed";
+	}
+	if (b->o.tls) {
+		s->state = ST_GREETING;
+		s->expect = 1;
+	} else {
+		session_enter(s, ST_EHLO);
+	}
+}
+
+static void session_parse(struct blast_session *, size_t);
+
+/* tls_input - after ciphertext was pushed: advance the handshake, then parse the plaintext replies */
+static void tls_input(struct blast_session *s)
+{
+	char err[256];
+	int n;
+
+	if (!(s->flags & SF_TLS_UP)) {
+		n = hk_tls_conn_handshake(s->tls, err, sizeof(err));
+		if (tls_flush(s) < 0)
+			return;
+		if (n == HK_TLS_ERROR) {
+			session_fail(s, err, 0);
+			return;
+		}
+		if (n != 1)
+			return;
+		tls_up(s);
+	}
+	while (!(s->flags & SF_CLOSING)) {
+		n = hk_tls_conn_read(s->tls, s->rbuf + s->rlen, sizeof(s->rbuf) - s->rlen);
+		if (n > 0) {
+			session_parse(s, (size_t)n);
+			continue;
+		}
+		if (n == HK_TLS_AGAIN)
+			break;
+		if (n == HK_TLS_CLOSED && s->state == ST_QUIT)
+			session_close(s);
+		else
+			session_fail(s, n == HK_TLS_CLOSED ? "server closed TLS" : "TLS read", 0);
+		return;
+	}
+	if (!(s->flags & SF_CLOSING))
+		tls_flush(s);
 }
 
 static void session_connect(struct blast_session *s)
@@ -774,6 +999,18 @@ static void session_connect(struct blast_session *s)
 
 /* Replies. */
 
+/* session_ready - after EHLO (or HELO): STARTTLS, AUTH, or the first message */
+static enum blast_state session_ready(struct blast_session *s)
+{
+	struct blast *b = s->b;
+
+	if (b->o.starttls && !(s->flags & SF_TLS_UP))
+		return ST_STARTTLS;
+	if (b->auth_line != NULL)
+		return ST_AUTH;
+	return ST_NEXT;
+}
+
 /* session_next - start the next message on this connection, or say goodbye */
 static enum blast_state session_next(struct blast_session *s)
 {
@@ -787,6 +1024,8 @@ static enum blast_state session_next(struct blast_session *s)
 
 static void session_enter(struct blast_session *s, enum blast_state next)
 {
+	if (next == ST_READY)
+		next = session_ready(s);
 	switch (next) {
 	case ST_NEXT:
 		next = session_next(s);
@@ -840,8 +1079,22 @@ static void session_reply(struct blast_session *s, int code)
 	case ST_EHLO:
 		if (!ok)
 			s->flags &= ~SF_PIPELINING;	/* falling back to HELO */
-		else if (s->flags & SF_PIPELINING)
-			b->st.pipelined++;
+		else if ((s->flags & SF_PIPELINING) && (!b->o.starttls || (s->flags & SF_TLS_UP)))
+			b->st.pipelined++;	/* counted once, for the EHLO that governs the transactions */
+		break;
+	case ST_STARTTLS:
+		if (!ok)
+			s->why = "STARTTLS refused";
+		break;
+	case ST_AUTH:
+		if (!ok)
+			s->why = "AUTH refused";
+		break;
+	case ST_QUIT:
+		if (ok) {
+			b->st.sessions++;
+			b->st.t_sess_last = uv_hrtime();
+		}
 		break;
 	case ST_MAIL:
 		if (!ok) {
@@ -926,15 +1179,52 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 	struct blast_session *s = h->data;
 
 	(void)hint;
+	if (s->tls != NULL) {
+		buf->base = s->tls_in;
+		buf->len = BLAST_TLS_IN;
+		return;
+	}
 	buf->base = s->rbuf + s->rlen;
 	buf->len = sizeof(s->rbuf) - s->rlen;
+}
+
+/* session_parse - NREAD more bytes of reply text at rbuf + rlen: handle each complete line */
+static void session_parse(struct blast_session *s, size_t nread)
+{
+	char *p, *end, *nl;
+	size_t len;
+
+	s->rlen += nread;
+	p = s->rbuf;
+	end = s->rbuf + s->rlen;
+	while ((nl = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+		len = (size_t)(nl - p);
+		if (len > 0 && p[len - 1] == '\r')
+			len--;
+		session_line(s, p, len);
+		p = nl + 1;
+		if (s->flags & SF_CLOSING)
+			return;
+		if (s->state == ST_TLS && !(s->flags & SF_TLS_UP)) {
+			/* STARTTLS's 220 ends the clear text: anything after it would be injected. */
+			if (p != end)
+				session_fail(s, "clear text after the 220 to STARTTLS", 0);
+			s->rlen = 0;
+			return;
+		}
+	}
+	s->rlen = (size_t)(end - p);
+	if (s->rlen == sizeof(s->rbuf)) {
+		session_fail(s, "reply line too long", 0);
+		return;
+	}
+	if (s->rlen > 0 && p != s->rbuf)
+		memmove(s->rbuf, p, s->rlen);
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
 	struct blast_session *s = stream->data;
-	char *p, *end, *nl;
-	size_t len;
 
 	(void)buf;
 	if (s->flags & SF_CLOSING)
@@ -950,25 +1240,12 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 	if (nread == 0)
 		return;
 	s->last_ms = uv_now(&s->b->loop);
-	s->rlen += (size_t)nread;
-	p = s->rbuf;
-	end = s->rbuf + s->rlen;
-	while ((nl = memchr(p, '\n', (size_t)(end - p))) != NULL) {
-		len = (size_t)(nl - p);
-		if (len > 0 && p[len - 1] == '\r')
-			len--;
-		session_line(s, p, len);
-		if (s->flags & SF_CLOSING)
-			return;
-		p = nl + 1;
-	}
-	s->rlen = (size_t)(end - p);
-	if (s->rlen == sizeof(s->rbuf)) {
-		session_fail(s, "reply line too long", 0);
+	if (s->tls != NULL) {
+		hk_tls_conn_push(s->tls, s->tls_in, (size_t)nread);
+		tls_input(s);
 		return;
 	}
-	if (s->rlen > 0 && p != s->rbuf)
-		memmove(s->rbuf, p, s->rlen);
+	session_parse(s, (size_t)nread);
 }
 
 /* Timers and signals. */
@@ -984,7 +1261,7 @@ static void on_tick(uv_timer_t *t)
 
 		if (s->state == ST_IDLE || (s->flags & (SF_CLOSING | SF_DONE)))
 			continue;
-		if ((s->state == ST_CONNECT || s->expect > 0 || (s->flags & SF_WRITING))
+		if ((s->state == ST_CONNECT || s->state == ST_TLS || s->expect > 0 || (s->flags & SF_WRITING))
 		    && now - s->last_ms > b->timeout_ms)
 			session_fail(s, "timeout", UV_ETIMEDOUT);
 	}
@@ -1145,6 +1422,77 @@ static void blast_build_lines(struct blast *b)
 	b->hdr_cap = 160 + b->pid_len + b->dom_max + b->hdr_fixed_len;
 }
 
+/* blast_build_auth - "AUTH PLAIN base64(\\0user\\0pass)\r\n" once (RFC 4616, initial response) */
+static void blast_build_auth(struct blast *b)
+{
+	const char *colon = strchr(b->o.auth, ':');
+	size_t ulen = (size_t)(colon - b->o.auth), plen = strlen(colon + 1), rawlen = ulen + plen + 2;
+	unsigned char *raw = xmalloc(rawlen);
+	char *line = xmalloc(11 + 4 * ((rawlen + 2) / 3) + 3);
+	int n;
+
+	raw[0] = '\0';
+	memcpy(raw + 1, b->o.auth, ulen);
+	raw[1 + ulen] = '\0';
+	memcpy(raw + 2 + ulen, colon + 1, plen);
+	memcpy(line, "AUTH PLAIN ", 11);
+	n = EVP_EncodeBlock((unsigned char *)line + 11, raw, (int)rawlen);
+	memcpy(line + 11 + n, "\r\n", 3);
+	b->auth_line = line;
+	b->auth_len = 11 + (size_t)n + 2;
+	OPENSSL_cleanse(raw, rawlen);
+	free(raw);
+}
+
+/*
+ * blast_ssl_ctx - the client context: TLS 1.2 or 1.3, OpenSSL's defaults
+ * otherwise (what a stock client offers). With --cafile the chain must
+ * verify and the certificate name the --server host (or its IP address).
+ */
+static int blast_ssl_ctx(struct blast *b)
+{
+	const char *spec = b->o.server, *end;
+	char host[256];
+	size_t hlen;
+	X509_VERIFY_PARAM *vp;
+	unsigned long e;
+
+	b->ssl_ctx = SSL_CTX_new(TLS_client_method());
+	if (b->ssl_ctx == NULL)
+		goto ssl_fail;
+	SSL_CTX_set_min_proto_version(b->ssl_ctx, TLS1_2_VERSION);
+	if (b->o.insecure) {
+		SSL_CTX_set_verify(b->ssl_ctx, SSL_VERIFY_NONE, NULL);
+		return 0;
+	}
+	if (SSL_CTX_load_verify_locations(b->ssl_ctx, b->o.cafile, NULL) != 1) {
+		fprintf(stderr, "hk-blast: cannot load --cafile %s\n", b->o.cafile);
+		goto ssl_fail;
+	}
+	SSL_CTX_set_verify(b->ssl_ctx, SSL_VERIFY_PEER, NULL);
+	/* The host part of --server, already checked by blast_resolve. */
+	if (spec[0] == '[') {
+		spec++;
+		end = strchr(spec, ']');
+	} else {
+		end = strrchr(spec, ':');
+	}
+	hlen = (size_t)(end - spec);
+	memcpy(host, spec, hlen);
+	host[hlen] = '\0';
+	vp = SSL_CTX_get0_param(b->ssl_ctx);
+	if (X509_VERIFY_PARAM_set1_ip_asc(vp, host) != 1) {
+		ERR_clear_error();
+		if (X509_VERIFY_PARAM_set1_host(vp, host, 0) != 1)
+			goto ssl_fail;
+	}
+	return 0;
+ssl_fail:
+	e = ERR_get_error();
+	fprintf(stderr, "hk-blast: TLS setup: %s\n", e ? ERR_error_string(e, NULL) : "failed");
+	return -1;
+}
+
 static void blast_raise_nofile(unsigned want)
 {
 	struct rlimit rl;
@@ -1176,6 +1524,11 @@ static void usage(FILE *f)
 	    "  --timeout T         seconds to wait for a reply or a connect (60)\n"
 	    "  --seed N            domain picking seed (1)\n"
 	    "  --json              one JSON object on stdout\n"
+	    "  --starttls          EHLO, STARTTLS, handshake, EHLO again, then the transactions\n"
+	    "  --tls               implicit TLS from connect (smtps listeners)\n"
+	    "  --cafile FILE       with TLS: trust these CAs; the certificate must name the --server host\n"
+	    "  --insecure          with TLS: verify nothing\n"
+	    "  --auth USER:PASS    AUTH PLAIN once per connection (after TLS, if any), before MAIL\n"
 	    "exit: 0 all messages got 2xx, 1 otherwise, 2 usage error\n");
 }
 
@@ -1215,7 +1568,7 @@ static int blast_parse(struct blast_opts *o, int argc, char **argv)
 {
 	enum { O_SERVER = 256, O_SESSIONS, O_MESSAGES, O_PER_SESSION, O_SIZE, O_DOMAINS,
 		O_DOMAIN_FMT, O_SKEW, O_RCPTS, O_FROM, O_HELO, O_PIPELINING, O_MAX_SECONDS,
-		O_TIMEOUT, O_SEED, O_JSON };
+		O_TIMEOUT, O_SEED, O_JSON, O_STARTTLS, O_TLS, O_CAFILE, O_INSECURE, O_AUTH };
 	static const struct option longopts[] = {
 		{"server", required_argument, NULL, O_SERVER},
 		{"sessions", required_argument, NULL, O_SESSIONS},
@@ -1233,6 +1586,11 @@ static int blast_parse(struct blast_opts *o, int argc, char **argv)
 		{"timeout", required_argument, NULL, O_TIMEOUT},
 		{"seed", required_argument, NULL, O_SEED},
 		{"json", no_argument, NULL, O_JSON},
+		{"starttls", no_argument, NULL, O_STARTTLS},
+		{"tls", no_argument, NULL, O_TLS},
+		{"cafile", required_argument, NULL, O_CAFILE},
+		{"insecure", no_argument, NULL, O_INSECURE},
+		{"auth", required_argument, NULL, O_AUTH},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -1304,6 +1662,21 @@ static int blast_parse(struct blast_opts *o, int argc, char **argv)
 		case O_JSON:
 			o->json = 1;
 			break;
+		case O_STARTTLS:
+			o->starttls = 1;
+			break;
+		case O_TLS:
+			o->tls = 1;
+			break;
+		case O_CAFILE:
+			o->cafile = optarg;
+			break;
+		case O_INSECURE:
+			o->insecure = 1;
+			break;
+		case O_AUTH:
+			o->auth = optarg;
+			break;
 		case 'h':
 			usage(stdout);
 			return 1;
@@ -1337,6 +1710,22 @@ static int blast_parse(struct blast_opts *o, int argc, char **argv)
 		fprintf(stderr, "hk-blast: --helo \"%s\" must be one non-empty word\n", o->helo);
 		return -1;
 	}
+	if (o->starttls && o->tls) {
+		fprintf(stderr, "hk-blast: --starttls and --tls exclude each other\n");
+		return -1;
+	}
+	if ((o->starttls || o->tls) && !o->cafile == !o->insecure) {
+		fprintf(stderr, "hk-blast: TLS needs exactly one of --cafile FILE and --insecure\n");
+		return -1;
+	}
+	if (!(o->starttls || o->tls) && (o->cafile || o->insecure)) {
+		fprintf(stderr, "hk-blast: --cafile and --insecure only go with --starttls or --tls\n");
+		return -1;
+	}
+	if (o->auth && (strchr(o->auth, ':') == NULL || o->auth[0] == ':' || strlen(o->auth) > 1000)) {
+		fprintf(stderr, "hk-blast: --auth wants USER:PASS (the user non-empty; the password may hold ':')\n");
+		return -1;
+	}
 	return 0;
 }
 
@@ -1358,6 +1747,14 @@ static void json_string(FILE *f, const char *s)
 	fputc('"', f);
 }
 
+static void json_or_null(FILE *f, const char *s)
+{
+	if (s == NULL)
+		fputs("null", f);
+	else
+		json_string(f, s);
+}
+
 static void blast_report(const struct blast *b)
 {
 	const struct blast_stats *st = &b->st;
@@ -1366,6 +1763,9 @@ static void blast_report(const struct blast *b)
 	uint64_t unsent = b->o.messages - st->claimed;
 	double p50 = hist_pct_ms(st, 0.50), p90 = hist_pct_ms(st, 0.90), p99 = hist_pct_ms(st, 0.99);
 	double max = (double)st->lat_max_us / 1000.0;
+	double sess_elapsed = st->t_sess_last > st->t_first ? (double)(st->t_sess_last - st->t_first) / 1e9 : 0;
+	double sess_rate = sess_elapsed > 0 ? (double)st->sessions / sess_elapsed : 0;
+	const char *tls_mode = b->o.tls ? "smtps" : b->o.starttls ? "starttls" : "none";
 
 	if (b->o.json) {
 		printf("{\"server\":");
@@ -1376,11 +1776,19 @@ static void blast_report(const struct blast *b)
 		    ",\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f"
 		    ",\"sessions\":%u,\"size\":%zu,\"rcpts\":%u,\"per_session\":%" PRIu64
 		    ",\"pipelining\":%s,\"connects\":%" PRIu64 ",\"pipelined_connects\":%" PRIu64
-		    ",\"conn_failures\":%" PRIu64 "}\n",
+		    ",\"conn_failures\":%" PRIu64,
 		    b->o.messages, st->sent, st->temp_failed, st->perm_failed, st->conn_errors, unsent,
 		    st->rcpt_rejected, elapsed, rate, p50, p90, p99, max, b->o.sessions, b->o.size,
 		    b->o.rcpts, b->o.per_session, b->o.pipelining ? "true" : "false",
 		    st->connects, st->pipelined, st->conn_failures);
+		printf(",\"tls\":\"%s\",\"auth\":%s,\"tls_version\":", tls_mode,
+		    b->o.auth ? "true" : "false");
+		json_or_null(stdout, st->tls_version);
+		printf(",\"cipher\":");
+		json_or_null(stdout, st->cipher);
+		printf(",\"handshakes\":%" PRIu64 ",\"sessions_completed\":%" PRIu64
+		    ",\"sessions_elapsed_s\":%.3f,\"sessions_per_s\":%.1f}\n",
+		    st->handshakes, st->sessions, sess_elapsed, sess_rate);
 		return;
 	}
 	printf("hk-blast: %s, %u sessions, %zu bytes, %u rcpt/msg, %" PRIu64 " msg/connection, pipelining %s\n",
@@ -1392,6 +1800,11 @@ static void blast_report(const struct blast *b)
 	printf("  elapsed %.3f s  rate %.1f msg/s  connects %" PRIu64 " (%" PRIu64 " pipelined)  conn_failures %"
 	    PRIu64 "\n", elapsed, rate, st->connects, st->pipelined, st->conn_failures);
 	printf("  latency ms: p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n", p50, p90, p99, max);
+	printf("  sessions completed %" PRIu64 " in %.3f s: %.1f sessions/s\n", st->sessions, sess_elapsed, sess_rate);
+	if (b->ssl_ctx != NULL)
+		printf("  TLS %s: %" PRIu64 " handshakes, %s, %s%s\n", tls_mode, st->handshakes,
+		    st->tls_version ? st->tls_version : "-", st->cipher ? st->cipher : "-",
+		    b->o.auth ? ", AUTH PLAIN" : "");
 }
 
 static void blast_free(struct blast *b)
@@ -1402,6 +1815,9 @@ static void blast_free(struct blast *b)
 		free(b->sessions[i].rdom);
 		free(b->sessions[i].cmd);
 		free(b->sessions[i].hdr);
+		free(b->sessions[i].tls_rec);
+		free(b->sessions[i].tls_out);
+		free(b->sessions[i].tls_in);
 	}
 	free(b->sessions);
 	free(b->body);
@@ -1411,6 +1827,8 @@ static void blast_free(struct blast *b)
 	free(b->helo_line);
 	free(b->mail_line);
 	free(b->hdr_fixed);
+	free(b->auth_line);
+	SSL_CTX_free(b->ssl_ctx);
 }
 
 int main(int argc, char **argv)
@@ -1426,7 +1844,8 @@ int main(int argc, char **argv)
 	}
 	signal(SIGPIPE, SIG_IGN);	/* a peer reset must be a write error, not our death */
 	uv_loop_init(&b->loop);
-	if (blast_resolve(b) < 0 || blast_build_domains(b) < 0) {
+	if (blast_resolve(b) < 0 || blast_build_domains(b) < 0
+	    || ((b->o.starttls || b->o.tls) && blast_ssl_ctx(b) < 0)) {
 		uv_loop_close(&b->loop);
 		blast_free(b);
 		free(b);
@@ -1434,6 +1853,8 @@ int main(int argc, char **argv)
 	}
 	blast_build_body(b);
 	blast_build_lines(b);
+	if (b->o.auth)
+		blast_build_auth(b);
 	b->rng = b->o.seed;
 	b->max_ms = (uint64_t)(b->o.max_seconds * 1000);
 	b->timeout_ms = (uint64_t)(b->o.timeout * 1000);
@@ -1460,6 +1881,11 @@ int main(int argc, char **argv)
 		s->rdom = xcalloc(b->o.rcpts, sizeof(*s->rdom));
 		s->cmd = xmalloc(b->cmd_cap);
 		s->hdr = xmalloc(b->hdr_cap);
+		if (b->ssl_ctx != NULL) {
+			s->tls_rec = xmalloc(BLAST_TLS_REC);
+			s->tls_out = xmalloc(BLAST_TLS_OUT);
+			s->tls_in = xmalloc(BLAST_TLS_IN);
+		}
 		uv_timer_init(&b->loop, &s->retry);
 		s->retry.data = s;
 	}
