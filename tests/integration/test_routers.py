@@ -241,3 +241,44 @@ def test_hot_domain_spread_over_three_senders(cluster_of, mx):
                     first.setdefault(x["rcpt"], set()).add(s)
     assert all(len(v) == 1 for v in first.values()), \
         [k for k, v in first.items() if len(v) > 1][:5]
+
+
+def test_hung_router_is_avoided(cluster_of, mx):
+    """A router that hangs (SIGSTOP) keeps its TCP connection, so plain
+    DEALER round-robin would give it every other submission, each answered
+    451 only after submit_timeout. The ingress makes a router that timed out
+    suspect and prefers the others: one 451, then all 250; once the router
+    answers again it gets traffic again."""
+    import signal
+    c = cluster_of()
+    c.add_router("router-1")
+    c.add_router("router-2")
+    c.add_sender("sender-1", source_address="127.0.0.2")
+    c.add_ingress(submit_timeout="1s")
+    c.write_config()
+    c.start_node("router-1")
+    c.start_node("router-2")
+    c.start_node("sender-1")
+    c.start_node("ingress-1")
+    for _ in range(4):
+        r, _ = harness.submit_retrying(c.port(), "f@client.test", ["w@a.test"],
+                                       harness.make_message(uuid.uuid4().hex, lines=1))
+        assert r["data"][0] == 250
+    c.signal("router-1", signal.SIGSTOP)
+    try:
+        codes = []
+        for i in range(10):
+            r = harness.submit(c.port(), "f@client.test", ["x%d@a.test" % i],
+                               harness.make_message(uuid.uuid4().hex, lines=1))
+            codes.append(r["data"][0])
+    finally:
+        c.signal("router-1", signal.SIGCONT)
+    print("hung router: replies to 10 sequential submissions: %r" % codes)
+    assert codes.count(451) <= 1 and codes.count(250) >= 9, codes
+    c.wait_event("router_suspect", node="ingress-1", router="router-1")
+    # SIGCONT: router-1 answers its stale request late (or not), and is used
+    # again after the suspect period or its first answer; all still 250.
+    for i in range(4):
+        r, _ = harness.submit_retrying(c.port(), "f@client.test", ["y%d@a.test" % i],
+                                       harness.make_message(uuid.uuid4().hex, lines=1))
+        assert r["data"][0] == 250, r
