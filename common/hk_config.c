@@ -524,6 +524,47 @@ load_tenants(struct cfg_ctx *c, struct hk_config *cfg, const yaml_node_t *map)
 	return 0;
 }
 
+/* --- hot_domains ------------------------------------------------------------ */
+
+/* hot_domains: {DOMAIN: K, ...}; cluster-wide, so every router reads the same map. */
+static int
+load_hot_domains(struct cfg_ctx *c, struct hk_config *cfg, const yaml_node_t *map)
+{
+	if (map->type != YAML_MAPPING_NODE)
+		return cfg_error(c, map, "hot_domains", "expected a mapping of domain to a number of senders");
+	for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+		const yaml_node_t *kn = yaml_document_get_node(c->doc, p->key);
+		const yaml_node_t *vn = yaml_document_get_node(c->doc, p->value);
+		const char *d = scalar(kn);
+		char canon[HK_DOMAIN_MAX];
+		uint32_t k;
+
+		if (d == NULL || hk_domain_canon(d, canon) != 0)
+			return cfg_error(c, kn, "hot_domains", "'%s' is not a domain name", d ? d : "?");
+		for (size_t i = 0; i < cfg->n_hot_domains; i++)
+			if (!strcmp(cfg->hot_domains[i].domain, canon))
+				return cfg_error(c, kn, d, "hot domain listed twice");
+		if (get_u32(c, vn, d, &k))
+			return -1;
+		if (k < 1)
+			return cfg_error(c, vn, d, "expected a number of senders >= 1");
+		cfg->hot_domains = xrealloc(cfg->hot_domains, (cfg->n_hot_domains + 1) * sizeof(*cfg->hot_domains));
+		cfg->hot_domains[cfg->n_hot_domains].domain = xstrdup(canon);
+		cfg->hot_domains[cfg->n_hot_domains++].k = k;
+	}
+	return 0;
+}
+
+/* hk_config_hot_k - see hk_config.h. */
+uint32_t
+hk_config_hot_k(const struct hk_config *cfg, const char *domain)
+{
+	for (size_t i = 0; i < cfg->n_hot_domains; i++)
+		if (!strcmp(cfg->hot_domains[i].domain, domain))
+			return cfg->hot_domains[i].k;
+	return 1;
+}
+
 const struct hk_tenant_conf *
 hk_config_tenant(const struct hk_config *cfg, const char *name)
 {
@@ -1039,7 +1080,7 @@ hk_config_load(const char *path, struct hk_config **out, char *err, size_t errle
 	cfg = xcalloc(1, sizeof(*cfg));
 	cfg->path = xstrdup(path);
 	yaml_node_t *root = yaml_document_get_root_node(&doc);
-	yaml_node_t *nodes = NULL, *tenants = NULL;
+	yaml_node_t *nodes = NULL, *tenants = NULL, *hot = NULL;
 	if (root == NULL || root->type != YAML_MAPPING_NODE) {
 		cfg_error(&c, root, "nodes", "the file must be a mapping with a 'nodes' key");
 		goto out;
@@ -1051,12 +1092,16 @@ hk_config_load(const char *path, struct hk_config **out, char *err, size_t errle
 			nodes = yaml_document_get_node(&doc, p->value);
 		else if (k && !strcmp(k, "tenants"))
 			tenants = yaml_document_get_node(&doc, p->value);
+		else if (k && !strcmp(k, "hot_domains"))
+			hot = yaml_document_get_node(&doc, p->value);
 		else {
-			cfg_error(&c, kn, k ? k : "?", "unknown top-level key (expected 'nodes' or 'tenants')");
+			cfg_error(&c, kn, k ? k : "?", "unknown top-level key (expected 'nodes', 'tenants' or 'hot_domains')");
 			goto out;
 		}
 	}
 	if (tenants && load_tenants(&c, cfg, tenants))
+		goto out;
+	if (hot && load_hot_domains(&c, cfg, hot))
 		goto out;
 	if (nodes == NULL || nodes->type != YAML_MAPPING_NODE ||
 	    nodes->data.mapping.pairs.top == nodes->data.mapping.pairs.start) {
@@ -1146,6 +1191,9 @@ hk_config_free(struct hk_config **cfgp)
 		free(nc->name);
 	}
 	free(cfg->nodes);
+	for (size_t i = 0; i < cfg->n_hot_domains; i++)
+		free(cfg->hot_domains[i].domain);
+	free(cfg->hot_domains);
 	for (size_t i = 0; i < cfg->n_tenants; i++) {
 		struct hk_tenant_conf *t = &cfg->tenants[i];
 		for (size_t j = 0; j < t->n_credentials; j++) {

@@ -139,12 +139,20 @@ struct hk_node_conf {
 	char **router_names;    /* ingress/sender: names behind routers[] */
 };
 
+/* A domain spread over its top k senders in rendezvous order (hot_domains:). */
+struct hk_hot_domain {
+	char *domain;           /* canonical: lower-case, IDNA A-label */
+	uint32_t k;             /* >= 1; capped at the live senders when used */
+};
+
 struct hk_config {
 	char *path;
 	struct hk_node_conf *nodes;
 	size_t n_nodes;
 	struct hk_tenant_conf *tenants; /* the tenants: section, plus implicit ones */
 	size_t n_tenants;
+	struct hk_hot_domain *hot_domains; /* the hot_domains: section (cluster-wide) */
+	size_t n_hot_domains;
 };
 
 /*
@@ -170,6 +178,9 @@ bool hk_cidr_match(const struct hk_cidr *net, const struct sockaddr *sa);
 
 /* hk_cidr_parse - "10.0.0.0/8", "::1/128", "127.0.0.1" (host). 0 or -1. */
 int hk_cidr_parse(const char *s, struct hk_cidr *out);
+
+/* hk_config_hot_k - DOMAIN's k from hot_domains: (DOMAIN canonical), or 1. */
+uint32_t hk_config_hot_k(const struct hk_config *cfg, const char *domain);
 
 /* hk_config_tenant - the tenant called NAME, or NULL. */
 const struct hk_tenant_conf *hk_config_tenant(const struct hk_config *cfg, const char *name);

@@ -1,10 +1,16 @@
 /*
  * ingress - the ingress role: ESMTP in, SubmitRequest out.
  *
- * One DEALER link (identity = node name) connects to every configured
- * router; ZeroMQ spreads requests over the connected ones, and ZMQ_IMMEDIATE
- * makes a send fail at once when none is connected, so the client gets its
- * 451 without waiting for the submit timeout. Pending requests sit in a wait
+ * One DEALER link (identity = node name) per configured router. Requests go
+ * round-robin over the routers that are connected (ZMQ_IMMEDIATE makes a send
+ * to an unconnected one fail at once, and the next is tried) and not
+ * suspect: a router that let a request time out is suspect for
+ * INGRESS_ROUTER_SUSPECT_MS, or until it answers anything, and gets requests
+ * only when every connected router is suspect. So a hung router (alive TCP,
+ * no answers) costs one 451 per suspect period instead of every other
+ * submission; a killed one is dropped by ZeroMQ as its connection closes.
+ * The request id's low 8 bits name the router it went to. With no router
+ * connected the client gets its 451 at once. Pending requests sit in a wait
  * table (request id -> session). An answer whose id is not there (the
  * session timed out or left, or the answer is from before a restart) is
  * normal in a cluster and only logged at debug level.
@@ -51,11 +57,21 @@
 #define INGRESS_AUTH_RUNNING 2               /* password checks on the pool at once */
 #define INGRESS_AUTH_CACHE_MS (5 * 60 * 1000) /* a success is remembered this long */
 #define INGRESS_AUTH_FAILURE_KEYS 65536      /* client IPs tracked for failed AUTH */
+#define INGRESS_ROUTER_SUSPECT_MS 10000      /* a router that timed out is avoided this long */
+#define INGRESS_ROUTER_BITS 8                /* low bits of a request id: the router index */
+
+/* One router's link and what its answers (or silence) said. */
+struct ingress_router {
+	hk_zlink *link;
+	uint64_t suspect_until; /* loop time; 0: not suspect */
+};
 
 struct ingress {
 	struct hk_node *node;
 	struct ingress_env env;
-	hk_zlink *link;
+	struct ingress_router *routers; /* one per conf->routers */
+	size_t n_routers;
+	size_t rr;              /* next router to try */
 	hk_u64map *wait;        /* req_id -> ingress_session */
 	hk_idgen *idgen;
 	ingress_listener **listeners;   /* one per conf->listeners */
@@ -78,8 +94,8 @@ ingress_submit(void *arg, ingress_session *s, const struct ingress_txn *t, uint6
 	Hk__Submission sub = HK__SUBMISSION__INIT;
 	Hk__SubmitRequest req = HK__SUBMIT_REQUEST__INIT;
 	Hk__Frame frame = HK__FRAME__INIT;
-	uint64_t id = ing->next_req_id++;
-	int rc;
+	uint64_t id = 0;
+	int rc = -EAGAIN;
 
 	/* protobuf-c wants non-const pointers; pack only reads them. */
 	for (size_t i = 0; i < t->n_rcpts; i++) {
@@ -102,12 +118,27 @@ ingress_submit(void *arg, ingress_session *s, const struct ingress_txn *t, uint6
 	sub.ingress_node = (char *)ing->env.node_name;
 	sub.received_at_ms = t->received_at_ms;
 	sub.client_address = (char *)t->client_address;
-	req.req_id = id;
 	req.msg = &sub;
 	frame.body_case = HK__FRAME__BODY_SUBMIT;
 	frame.submit = &req;
 
-	rc = hk_zlink_send(ing->link, NULL, 0, &frame, t->body ? t->body : "", t->body_len);
+	/* First pass: connected routers that are not suspect; second: any. */
+	uint64_t now = uv_now(ing->node->loop);
+	for (int pass = 0; pass < 2 && rc == -EAGAIN; pass++) {
+		for (size_t k = 0; k < ing->n_routers; k++) {
+			size_t i = (ing->rr + k) % ing->n_routers;
+			if (pass == 0 && ing->routers[i].suspect_until > now)
+				continue;
+			id = (ing->next_req_id++ << INGRESS_ROUTER_BITS) | i;
+			req.req_id = id;
+			rc = hk_zlink_send(ing->routers[i].link, NULL, 0, &frame, t->body ? t->body : "",
+			    t->body_len);
+			if (rc != -EAGAIN) {
+				ing->rr = (i + 1) % ing->n_routers;
+				break;
+			}
+		}
+	}
 	free(rp);
 	free(rv);
 	if (rc != 0) {
@@ -126,8 +157,16 @@ static void
 ingress_cancel(void *arg, uint64_t req_id)
 {
 	struct ingress *ing = arg;
+	size_t i = (size_t)(req_id & ((1u << INGRESS_ROUTER_BITS) - 1));
 
-	hk_u64map_pop(ing->wait, req_id);
+	/* A timeout (or a client gone while waiting): prefer the other routers
+	 * for a while; any answer from this one clears it. */
+	if (hk_u64map_pop(ing->wait, req_id) != NULL && i < ing->n_routers) {
+		if (ing->routers[i].suspect_until == 0)
+			hk_log_warn("router_suspect", "{s:s, s:i}", "router",
+			    ing->node->conf->router_names[i], "for_ms", INGRESS_ROUTER_SUSPECT_MS);
+		ing->routers[i].suspect_until = uv_now(ing->node->loop) + INGRESS_ROUTER_SUSPECT_MS;
+	}
 }
 
 /* ingress_admit - env->admit: may tenant T start one more message now? */
@@ -165,6 +204,11 @@ ingress_dispatch(hk_zlink *link, const void *peer, size_t peer_len, const Hk__Fr
 		return;
 	}
 	r = frame->submit_reply;
+	size_t i = (size_t)(r->req_id & ((1u << INGRESS_ROUTER_BITS) - 1));
+	if (i < ing->n_routers && ing->routers[i].suspect_until) {
+		ing->routers[i].suspect_until = 0;
+		hk_log_info("router_answering", "{s:s}", "router", ing->node->conf->router_names[i]);
+	}
 	if ((s = hk_u64map_pop(ing->wait, r->req_id)) == NULL) {
 		hk_log_debug("late_reply", "{s:I, s:b, s:s}", "req_id", (json_int_t)r->req_id,
 		    "ok", r->ok, "from", frame->from_node ? frame->from_node : "");
@@ -186,6 +230,7 @@ ingress_free(struct ingress *ing)
 	SSL_CTX_free(ing->env.tls_ctx);
 	ingress_auth_destroy(&ing->env.auth); /* freed when its last check returns */
 	free(ing->listeners);
+	free(ing->routers);
 	free(ing);
 }
 
@@ -261,8 +306,10 @@ ingress_stop(struct hk_node *node)
 		return;
 	ing->stopping = true;
 	/* Sessions still waiting are closed below; no answer can reach them. */
-	hk_zlink_close(ing->link);
-	ing->link = NULL;
+	for (size_t i = 0; i < ing->n_routers; i++) {
+		hk_zlink_close(ing->routers[i].link);
+		ing->routers[i].link = NULL;
+	}
 	close_listeners(ing);
 }
 
@@ -287,7 +334,7 @@ ingress_start(struct hk_node *node)
 	 * the answer to a new request (2^20 requests per millisecond of uptime
 	 * would be needed to catch up).
 	 */
-	ing->next_req_id = ((uint64_t)hk_now_ms() << 20) | 1;
+	ing->next_req_id = ((uint64_t)hk_now_ms() << 12) | 1; /* then << INGRESS_ROUTER_BITS */
 	ing->rates = xcalloc(node->cfg->n_tenants ? node->cfg->n_tenants : 1, sizeof(*ing->rates));
 	for (size_t i = 0; i < node->cfg->n_tenants; i++) {
 		const struct hk_tenant_conf *t = &node->cfg->tenants[i];
@@ -328,18 +375,22 @@ ingress_start(struct hk_node *node)
 		ingress_free(ing);
 		return -1;
 	}
-	rc = hk_zlink_new(&ing->link, node->loop, node->zctx, ZMQ_DEALER, node->conf->name,
-	    node->conf->name, ingress_dispatch, ing);
-	if (rc != 0) {
-		hk_log_error("ingress_start_failed", "{s:s}", "error", zmq_strerror(-rc));
+	if (c->n_routers >= (1u << INGRESS_ROUTER_BITS)) {
+		hk_log_error("ingress_start_failed", "{s:s}", "error", "too many routers (at most 255)");
 		ingress_free(ing);
 		return -1;
 	}
+	ing->routers = xcalloc(c->n_routers ? c->n_routers : 1, sizeof(*ing->routers));
 	for (size_t i = 0; i < c->n_routers; i++) {
-		if ((rc = hk_zlink_connect(ing->link, c->routers[i])) != 0) {
+		rc = hk_zlink_new(&ing->routers[i].link, node->loop, node->zctx, ZMQ_DEALER,
+		    node->conf->name, node->conf->name, ingress_dispatch, ing);
+		if (rc == 0)
+			ing->n_routers++;
+		if (rc != 0 || (rc = hk_zlink_connect(ing->routers[i].link, c->routers[i])) != 0) {
 			hk_log_error("ingress_start_failed", "{s:s, s:s}", "router", c->routers[i],
 			    "error", zmq_strerror(-rc));
-			hk_zlink_close(ing->link);
+			for (size_t j = 0; j < ing->n_routers; j++)
+				hk_zlink_close(ing->routers[j].link);
 			ingress_free(ing);
 			return -1;
 		}

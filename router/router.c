@@ -180,6 +180,26 @@ on_pending_timeout(uv_timer_t *t)
 	pending_finish(t->data, false, "timed out waiting for a sender to queue the message");
 }
 
+/*
+ * rcpt_owner - the index in cands of the sender that owns recipient RCPT of
+ * DOMAIN: the domain's owner, or for a hot domain (hot_domains: k > 1) one of
+ * its top k senders chosen by the recipient address (router_hrw.h).
+ */
+static int
+rcpt_owner(struct router *r, const struct router_hrw_member *cands, size_t n_cands,
+    const char *domain, const char *rcpt)
+{
+	size_t k = hk_config_hot_k(r->node->cfg, domain);
+
+	if (k <= 1 || n_cands <= 1)
+		return router_hrw_owner(cands, n_cands, domain);
+	if (k > n_cands)
+		k = n_cands;
+	int top[k];
+	k = router_hrw_top(cands, n_cands, domain, k, top);
+	return router_hrw_rcpt_owner(cands, top, k, rcpt);
+}
+
 static void
 on_submit(struct router *r, const void *peer, size_t peer_len, const Hk__SubmitRequest *req,
     const uint8_t *body, size_t body_len)
@@ -201,7 +221,7 @@ on_submit(struct router *r, const void *peer, size_t peer_len, const Hk__SubmitR
 		if (hk_domain_of(env->rcpts[i]->address, domain) != 0)
 			fail = "recipient without a valid domain";
 		else
-			owner[i] = router_hrw_owner(cands, n_cands, domain);
+			owner[i] = rcpt_owner(r, cands, n_cands, domain, env->rcpts[i]->address);
 	}
 	if (fail) {
 		reply_ingress(r, peer, peer_len, req->req_id, false, fail);
@@ -225,7 +245,10 @@ on_submit(struct router *r, const void *peer, size_t peer_len, const Hk__SubmitR
 	r->pending = p;
 
 	/* One enqueue per owner, in order of each owner's first recipient; the
-	 * shard number is that recipient's index, stable for a given split. */
+	 * shard number is that recipient's index, stable for a given split. A
+	 * hot domain's recipients are grouped by owner like any others, so the
+	 * shard stays unique per (message, owner): the groups are disjoint and
+	 * each is named by its first member. */
 	Hk__Recipient **subset = xcalloc(env->n_rcpts, sizeof(*subset));
 	for (size_t i = 0; i < env->n_rcpts; i++) {
 		if (owner[i] < 0)

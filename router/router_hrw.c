@@ -58,3 +58,56 @@ router_hrw_owner(const struct router_hrw_member *m, size_t n, const char *domain
 	}
 	return best;
 }
+
+/* Does (score a, name na) rank before (b, nb)? Higher score, then smaller name. */
+static int
+ranks_before(double a, const char *na, double b, const char *nb)
+{
+	return a > b || (a == b && strcmp(na, nb) < 0);
+}
+
+size_t
+router_hrw_top(const struct router_hrw_member *m, size_t n, const char *domain, size_t k, int out_idx[])
+{
+	double top_score[k < n ? (k ? k : 1) : (n ? n : 1)];
+	size_t got = 0;
+
+	if (k > n)
+		k = n;
+	/* Insertion into a sorted list of at most k: n and k are small. */
+	for (size_t i = 0; i < n; i++) {
+		double s = router_hrw_score(m[i].name, m[i].weight, domain);
+		size_t pos = got;
+		while (pos > 0 && ranks_before(s, m[i].name, top_score[pos - 1], m[out_idx[pos - 1]].name))
+			pos--;
+		if (pos >= k)
+			continue;
+		size_t last = got < k ? got : k - 1;
+		for (size_t j = last; j > pos; j--) {
+			out_idx[j] = out_idx[j - 1];
+			top_score[j] = top_score[j - 1];
+		}
+		out_idx[pos] = (int)i;
+		top_score[pos] = s;
+		if (got < k)
+			got++;
+	}
+	return got;
+}
+
+int
+router_hrw_rcpt_owner(const struct router_hrw_member *m, const int top_idx[], size_t k, const char *rcpt)
+{
+	int best = -1;
+	double best_score = 0;
+
+	for (size_t i = 0; i < k; i++) {
+		const struct router_hrw_member *c = &m[top_idx[i]];
+		double s = router_hrw_score(c->name, c->weight, rcpt);
+		if (best < 0 || ranks_before(s, c->name, best_score, m[best].name)) {
+			best = top_idx[i];
+			best_score = s;
+		}
+	}
+	return best;
+}

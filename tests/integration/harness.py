@@ -666,6 +666,7 @@ class Cluster:
         self.group = group or ProcessGroup()
         self.nodes = {}             # name -> dict of settings (with "role")
         self.tenants = None         # the top-level tenants: map, if any
+        self.hot_domains = None     # the top-level hot_domains: map, if any
         self.procs = {}             # node name (or "all") -> current Proc
         self._runs = {}
         self.config_path = os.path.join(workdir, "hikyaku.yaml")
@@ -734,6 +735,8 @@ class Cluster:
         lines = []
         if self.tenants is not None:
             lines.append("tenants: " + json.dumps(self.tenants))
+        if self.hot_domains is not None:
+            lines.append("hot_domains: " + json.dumps(self.hot_domains))
         lines.append("nodes:")
         for name, conf in self.nodes.items():
             lines.append("  %s:" % name)

@@ -138,6 +138,11 @@ test_config_errors(void **state)
 		{ "nodes:\n  i:\n    role: ingress\n    auth_failure_window: 0s\n", ":4: key 'auth_failure_window': must be longer than 0" },
 		{ "nodes: [\n", "YAML syntax error" },
 		{ "other: 1\n", ":1: key 'other': unknown top-level key" },
+		{ "hot_domains: [gmail.com]\nnodes: {}\n", ":1: key 'hot_domains': expected a mapping" },
+		{ "hot_domains:\n  gmail.com: 0\nnodes: {}\n", ":2: key 'gmail.com': expected a number of senders >= 1" },
+		{ "hot_domains:\n  gmail.com: many\nnodes: {}\n", ":2: key 'gmail.com': expected an integer" },
+		{ "hot_domains:\n  gmail.com: 2\n  GMail.COM: 3\nnodes: {}\n", ":3: key 'GMail.COM': hot domain listed twice" },
+		{ "hot_domains:\n  'not a domain': 2\nnodes: {}\n", ":2: key 'hot_domains': 'not a domain' is not a domain name" },
 	};
 	(void)state;
 
@@ -153,6 +158,26 @@ test_config_errors(void **state)
 	}
 }
 
+
+/* hot_domains: canonical domain -> k; every other domain has k = 1. */
+static void
+test_config_hot_domains(void **state)
+{
+	char err[512];
+	struct hk_config *cfg;
+	char *path = write_tmp("hot_domains:\n  GMail.com: 4\n  b\xc3\xbc" "cher.example: 2\n"
+	    "nodes:\n  r1: {role: router, front: 'tcp://127.0.0.1:1', back: 'tcp://127.0.0.1:2'}\n");
+	(void)state;
+
+	if (hk_config_load(path, &cfg, err, sizeof(err)) != 0)
+		fail_msg("%s", err);
+	assert_int_equal(cfg->n_hot_domains, 2);
+	assert_int_equal(hk_config_hot_k(cfg, "gmail.com"), 4);
+	assert_int_equal(hk_config_hot_k(cfg, "xn--bcher-kva.example"), 2);
+	assert_int_equal(hk_config_hot_k(cfg, "example.com"), 1);
+	hk_config_free(&cfg);
+	unlink(path);
+}
 
 /* tenants: credentials inline and from a file in both formats, sender
  * domains canonical, pool and rate; network_tenant resolved. */
@@ -319,6 +344,7 @@ main(void)
 		cmocka_unit_test(test_config_good),
 		cmocka_unit_test(test_config_errors),
 		cmocka_unit_test(test_config_tenants),
+		cmocka_unit_test(test_config_hot_domains),
 		cmocka_unit_test(test_ids),
 		cmocka_unit_test(test_domains),
 		cmocka_unit_test(test_cidr),
