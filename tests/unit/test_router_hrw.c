@@ -173,7 +173,7 @@ test_spread_quarter(void **state)
 	struct router_hrw_member m[6] = { { "s1", 1 }, { "s2", 1 }, { "s3", 1 }, { "s4", 1 },
 		{ "s5", 1 }, { "s6", 1 } };
 	int top[4], count[6] = { 0 };
-	char rcpt[64];
+	char rcpt[96];
 	(void)state;
 
 	assert_int_equal(router_hrw_top(m, 6, "gmail.com", 4, top), 4);
@@ -203,7 +203,7 @@ test_top_k_stable(void **state)
 		{ "s5", 1 }, { "s6", 1 } };
 	struct router_hrw_member rest[5];
 	int checked_out = 0, checked_in = 0;
-	char rcpt[64];
+	char rcpt[96];
 	(void)state;
 
 	for (int i = 0; i < 1000; i++) {
