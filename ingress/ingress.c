@@ -41,6 +41,7 @@
 #include "hk_tls.h"
 #include "hk_u64map.h"
 #include "hk_util.h"
+#include "hk_curve.h"
 #include "hk_zlink.h"
 
 /* This role */
@@ -335,7 +336,18 @@ ingress_start(struct hk_node *node)
 		ingress_free(ing);
 		return -1;
 	}
+	/* Only replies come back: a larger frame is refused by ZeroMQ. */
+	int64_t max_frame = (int64_t)HK_FRAME_OVERHEAD;
+	hk_zlink_setsockopt(ing->link, ZMQ_MAXMSGSIZE, &max_frame, sizeof(max_frame));
 	for (size_t i = 0; i < c->n_routers; i++) {
+		char err[512];
+		if (hk_curve_wanted(node->cfg, c->routers[i]) && hk_curve_client(ing->link, node->cfg,
+		    node->conf->name, node->conf->router_names[i], err, sizeof(err)) != 0) {
+			hk_log_error("curve_failed", "{s:s, s:s}", "router", c->routers[i], "error", err);
+			hk_zlink_close(ing->link);
+			ingress_free(ing);
+			return -1;
+		}
 		if ((rc = hk_zlink_connect(ing->link, c->routers[i])) != 0) {
 			hk_log_error("ingress_start_failed", "{s:s, s:s}", "router", c->routers[i],
 			    "error", zmq_strerror(-rc));
