@@ -26,4 +26,11 @@ struct hk_logrl {
  */
 bool hk_logrl_allow(struct hk_logrl *rl, int64_t now_ms, uint32_t per_sec, uint64_t *suppressed);
 
+/*
+ * hk_logrl_flush - lines refused and not yet reported, once their window is
+ * over: true with *suppressed > 0 when a summary line is due (call it from a
+ * timer, so the end of a storm is reported even if no junk follows).
+ */
+bool hk_logrl_flush(struct hk_logrl *rl, int64_t now_ms, uint64_t *suppressed);
+
 #endif

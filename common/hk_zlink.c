@@ -234,6 +234,14 @@ zlink_dispatch(hk_zlink *l, zmq_msg_t *parts, int n)
 	f = hk_msg_decode(zmq_msg_data(&parts[first]), zmq_msg_size(&parts[first]), &why);
 	if (f == NULL)
 		goto drop;
+	/* Over CURVE the router's ZAP handler names the node that owns the
+	 * peer's key (User-Id): a node speaks only for itself. */
+	const char *uid = zmq_msg_gets(&parts[first], "User-Id");
+	if (uid != NULL && *uid != '\0' && strcmp(uid, f->from_node) != 0) {
+		hk__frame__free_unpacked(f, NULL);
+		why = "from_node is not the node of its CURVE key";
+		goto drop;
+	}
 	l->cb(l, first ? zmq_msg_data(&parts[0]) : NULL, first ? zmq_msg_size(&parts[0]) : 0, f,
 	    n - first == 2 ? zmq_msg_data(&parts[first + 1]) : NULL,
 	    n - first == 2 ? zmq_msg_size(&parts[first + 1]) : 0, l->arg);
@@ -291,6 +299,16 @@ hk_zlink_close(hk_zlink *l)
 	uv_close((uv_handle_t *)&l->idle, on_handle_closed);
 	zmq_close(l->sock);
 	l->sock = NULL;
+}
+
+void
+hk_zlink_tick(hk_zlink *l)
+{
+	uint64_t suppressed;
+
+	if (l && hk_logrl_flush(&l->drop_log, hk_now_ms(), &suppressed))
+		hk_log_warn("log_suppressed", "{s:s, s:I, s:I}", "about", "frame_dropped",
+		    "suppressed", (json_int_t)suppressed, "total", (json_int_t)l->dropped);
 }
 
 int

@@ -66,6 +66,10 @@ void hk_zlink_close(hk_zlink *link);
  * connect (CURVE keys, ZMQ_MAXMSGSIZE). 0 or a negative errno. */
 int hk_zlink_setsockopt(hk_zlink *link, int option, const void *value, size_t len);
 
+/* hk_zlink_tick - from a timer (about once a second): report frame_dropped
+ * lines suppressed by the rate limit (log_suppressed), so none goes unseen. */
+void hk_zlink_tick(hk_zlink *link);
+
 /* Counters for metrics and tests. */
 uint64_t hk_zlink_dropped(const hk_zlink *link); /* malformed frames dropped */
 

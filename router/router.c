@@ -130,6 +130,13 @@ on_tick(uv_timer_t *t)
 {
 	struct router *r = t->data;
 	int64_t now = hk_now_ms();
+	uint64_t suppressed;
+
+	hk_zlink_tick(r->front);
+	hk_zlink_tick(r->back);
+	if (hk_logrl_flush(&r->junk_log, now, &suppressed))
+		hk_log_warn("log_suppressed", "{s:s, s:I, s:I}", "about", "frame_unexpected/heartbeat_ignored",
+		    "suppressed", (json_int_t)suppressed, "total", (json_int_t)r->junk);
 
 	for (size_t i = 0; i < r->n_members; i++) {
 		struct member *m = &r->members[i];

@@ -176,6 +176,15 @@ test_logrl(void **state)
 	assert_int_equal(sup, 0);
 	/* A clock going back starts a new window rather than blocking for long. */
 	assert_true(hk_logrl_allow(&rl, 500, 10, &sup));
+
+	/* The end of a storm is reported by the timer's flush, once. */
+	struct hk_logrl st = { 0 };
+	for (int i = 0; i < 50; i++)
+		hk_logrl_allow(&st, 20000, 10, &sup);
+	assert_false(hk_logrl_flush(&st, 20500, &sup)); /* window not over */
+	assert_true(hk_logrl_flush(&st, 21000, &sup));
+	assert_int_equal(sup, 40);
+	assert_false(hk_logrl_flush(&st, 23000, &sup)); /* nothing more to say */
 }
 
 /* --- a real CURVE pair on a libuv loop ---------------------------------------- */
