@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include <yaml.h>
+#include <zmq.h>
 
 #include "hk_config.h"
 #include "hk_domain.h"
@@ -598,6 +599,115 @@ hk_tenant_owns_sender(const struct hk_tenant_conf *t, const char *addr)
 	return false;
 }
 
+static const struct hk_node_conf *find_node(const struct hk_config *cfg, const char *name);
+
+/* --- curve: CURVE keys of the nodes ---------------------------------------- */
+
+/* A Z85 CURVE key: 40 characters of the Z85 alphabet (32 bytes). */
+static bool
+z85_key_ok(const char *s)
+{
+	uint8_t bin[32];
+
+	if (s == NULL || strlen(s) != 40)
+		return false;
+	return zmq_z85_decode(bin, s) != NULL;
+}
+
+/* curve: {NODE: {public_key: Z85, secret_key: Z85 | secret_key_file: PATH}} */
+static int
+load_curve(struct cfg_ctx *c, struct hk_config *cfg, const yaml_node_t *map)
+{
+	static const char *const keys[] = { "public_key", "secret_key", "secret_key_file", NULL };
+
+	if (map->type != YAML_MAPPING_NODE || map->data.mapping.pairs.top == map->data.mapping.pairs.start)
+		return cfg_error(c, map, "curve", "expected a mapping of node name to "
+		    "{public_key, secret_key or secret_key_file} (make keys with `hikyaku keygen`)");
+	size_t len = (size_t)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+	cfg->curve = xcalloc(len, sizeof(*cfg->curve));
+	for (size_t i = 0; i < len; i++) {
+		const yaml_node_t *kn = yaml_document_get_node(c->doc, map->data.mapping.pairs.start[i].key);
+		const yaml_node_t *v = yaml_document_get_node(c->doc, map->data.mapping.pairs.start[i].value);
+		struct hk_curve_conf *k = &cfg->curve[i];
+		const yaml_node_t *pub, *sec, *file;
+		const char *name = scalar(kn);
+
+		if (name == NULL || *name == '\0')
+			return cfg_error(c, kn, "curve", "node names must be non-empty strings");
+		if (hk_config_curve(cfg, name))
+			return cfg_error(c, kn, name, "curve keys given twice for this node");
+		k->node = xstrdup(name);
+		k->line = (int)kn->start_mark.line + 1;
+		cfg->n_curve++;
+		if (v->type != YAML_MAPPING_NODE)
+			return cfg_error(c, v, name, "expected {public_key, secret_key or secret_key_file}");
+		if (map_check_keys(c, v, "a curve entry", keys))
+			return -1;
+		if ((pub = map_get(c, v, "public_key")) == NULL)
+			return cfg_error(c, v, "public_key", "required for node '%s' (make keys with `hikyaku keygen`)", name);
+		if (!z85_key_ok(scalar(pub)))
+			return cfg_error(c, pub, "public_key", "node '%s': not a Z85 CURVE key (40 characters, "
+			    "from `hikyaku keygen`)", name);
+		memcpy(k->public_key, scalar(pub), 41);
+		sec = map_get(c, v, "secret_key");
+		file = map_get(c, v, "secret_key_file");
+		if ((sec == NULL) == (file == NULL))
+			return cfg_error(c, v, "secret_key", "node '%s': give exactly one of secret_key and secret_key_file", name);
+		if (sec) {
+			if (!z85_key_ok(scalar(sec)))
+				return cfg_error(c, sec, "secret_key", "node '%s': not a Z85 CURVE key (40 characters)", name);
+			k->secret_key = xstrdup(scalar(sec));
+		} else {
+			if (scalar(file) == NULL || *scalar(file) == '\0')
+				return cfg_error(c, file, "secret_key_file", "expected a path");
+			k->secret_key_file = resolve_path(c->path, scalar(file));
+		}
+	}
+	return 0;
+}
+
+/* With a curve: section, every node has keys, and every entry is a node. */
+static int
+check_curve(struct cfg_ctx *c, const struct hk_config *cfg)
+{
+	for (size_t i = 0; i < cfg->n_curve; i++)
+		if (find_node(cfg, cfg->curve[i].node) == NULL) {
+			snprintf(c->err, c->errlen, "%s:%d: key '%s': curve keys for a node that is not in nodes:",
+			    c->path, cfg->curve[i].line, cfg->curve[i].node);
+			return -1;
+		}
+	for (size_t i = 0; i < cfg->n_nodes; i++)
+		if (hk_config_curve(cfg, cfg->nodes[i].name) == NULL) {
+			snprintf(c->err, c->errlen, "%s:%d: key 'curve': node '%s' has no CURVE keys; with a curve: "
+			    "section every node needs them (make keys with `hikyaku keygen`)",
+			    c->path, cfg->nodes[i].line, cfg->nodes[i].name);
+			return -1;
+		}
+	return 0;
+}
+
+const struct hk_curve_conf *
+hk_config_curve(const struct hk_config *cfg, const char *node)
+{
+	for (size_t i = 0; i < cfg->n_curve; i++)
+		if (!strcmp(cfg->curve[i].node, node))
+			return &cfg->curve[i];
+	return NULL;
+}
+
+size_t
+hk_config_max_frame(const struct hk_config *cfg)
+{
+	size_t max = 0;
+
+	for (size_t i = 0; i < cfg->n_nodes; i++)
+		if (cfg->nodes[i].role == HK_ROLE_INGRESS && cfg->nodes[i].u.ingress.max_message_size > max)
+			max = cfg->nodes[i].u.ingress.max_message_size;
+	if (max == 0)
+		max = 25u << 20; /* the ingress default */
+	return max + HK_FRAME_OVERHEAD;
+}
+
 /* --- per-role key tables ------------------------------------------------- */
 
 typedef int (*key_fn)(struct cfg_ctx *, const yaml_node_t *, const char *, struct hk_node_conf *);
@@ -1080,7 +1190,7 @@ hk_config_load(const char *path, struct hk_config **out, char *err, size_t errle
 	cfg = xcalloc(1, sizeof(*cfg));
 	cfg->path = xstrdup(path);
 	yaml_node_t *root = yaml_document_get_root_node(&doc);
-	yaml_node_t *nodes = NULL, *tenants = NULL, *hot = NULL;
+	yaml_node_t *nodes = NULL, *tenants = NULL, *hot = NULL, *curve = NULL;
 	if (root == NULL || root->type != YAML_MAPPING_NODE) {
 		cfg_error(&c, root, "nodes", "the file must be a mapping with a 'nodes' key");
 		goto out;
@@ -1094,8 +1204,10 @@ hk_config_load(const char *path, struct hk_config **out, char *err, size_t errle
 			tenants = yaml_document_get_node(&doc, p->value);
 		else if (k && !strcmp(k, "hot_domains"))
 			hot = yaml_document_get_node(&doc, p->value);
+		else if (k && !strcmp(k, "curve"))
+			curve = yaml_document_get_node(&doc, p->value);
 		else {
-			cfg_error(&c, kn, k ? k : "?", "unknown top-level key (expected 'nodes', 'tenants' or 'hot_domains')");
+			cfg_error(&c, kn, k ? k : "?", "unknown top-level key (expected 'nodes', 'tenants', 'hot_domains' or 'curve')");
 			goto out;
 		}
 	}
@@ -1129,6 +1241,8 @@ hk_config_load(const char *path, struct hk_config **out, char *err, size_t errle
 	for (size_t i = 0; i < cfg->n_nodes; i++)
 		if (check_node(&c, cfg, &cfg->nodes[i], tenants != NULL))
 			goto out;
+	if (curve && (load_curve(&c, cfg, curve) || check_curve(&c, cfg)))
+		goto out;
 	/* Resolved last: implicit tenants may have moved the array. */
 	for (size_t i = 0; i < cfg->n_nodes; i++)
 		if (cfg->nodes[i].role == HK_ROLE_INGRESS)
@@ -1207,6 +1321,14 @@ hk_config_free(struct hk_config **cfgp)
 		free(t->name);
 	}
 	free(cfg->tenants);
+	for (size_t i = 0; i < cfg->n_curve; i++) {
+		free(cfg->curve[i].node);
+		if (cfg->curve[i].secret_key)
+			explicit_bzero(cfg->curve[i].secret_key, strlen(cfg->curve[i].secret_key));
+		free(cfg->curve[i].secret_key);
+		free(cfg->curve[i].secret_key_file);
+	}
+	free(cfg->curve);
 	free(cfg->path);
 	free(cfg);
 	*cfgp = NULL;

@@ -145,6 +145,15 @@ struct hk_hot_domain {
 	uint32_t k;             /* >= 1; capped at the live senders when used */
 };
 
+/* One node's CURVE keys: an entry of the top-level curve: section. */
+struct hk_curve_conf {
+	char *node;             /* the node's name (every node has one entry) */
+	char public_key[41];    /* Z85, 40 characters */
+	char *secret_key;       /* Z85 given inline, or NULL */
+	char *secret_key_file;  /* or a file holding it (resolved path; read at start) */
+	int line;
+};
+
 struct hk_config {
 	char *path;
 	struct hk_node_conf *nodes;
@@ -153,6 +162,8 @@ struct hk_config {
 	size_t n_tenants;
 	struct hk_hot_domain *hot_domains; /* the hot_domains: section (cluster-wide) */
 	size_t n_hot_domains;
+	struct hk_curve_conf *curve; /* the curve: section, or NULL (no CURVE) */
+	size_t n_curve;
 };
 
 /*
@@ -189,6 +200,15 @@ const struct hk_tenant_conf *hk_config_tenant(const struct hk_config *cfg, const
  * null sender) in MAIL FROM? Its sender_domains and their subdomains are
  * allowed; with no sender_domains, any. The null sender is always allowed. */
 bool hk_tenant_owns_sender(const struct hk_tenant_conf *t, const char *addr);
+
+/* hk_config_curve - NODE's CURVE keys, or NULL (no curve: section). */
+const struct hk_curve_conf *hk_config_curve(const struct hk_config *cfg, const char *node);
+
+/* hk_config_max_frame - the largest ZeroMQ frame a node of this cluster
+ * accepts (ZMQ_MAXMSGSIZE): the largest ingress max_message_size plus room
+ * for the envelope (HK_FRAME_OVERHEAD). */
+#define HK_FRAME_OVERHEAD ((size_t)4 << 20)
+size_t hk_config_max_frame(const struct hk_config *cfg);
 
 const char *hk_role_name(enum hk_role role);
 const char *hk_listen_mode_name(enum hk_listen_mode mode);

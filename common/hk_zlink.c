@@ -16,10 +16,15 @@
 #include <zmq.h>
 
 #include "hk_log.h"
+#include "hk_logrl.h"
 #include "hk_util.h"
 #include "hk_zlink.h"
 
 #define ZLINK_MAX_PARTS 3 /* [identity] frame [body] */
+/* Messages handled per wake-up before yielding to the loop: a peer flooding
+ * one socket must not starve the node's other sockets and timers. */
+#define ZLINK_DRAIN_BATCH 256
+#define ZLINK_DROP_LOGS_PER_SEC 10
 
 struct hk_zlink {
 	void *sock;
@@ -32,6 +37,7 @@ struct hk_zlink {
 	hk_zlink_cb cb;
 	void *arg;
 	uint64_t dropped;
+	struct hk_logrl drop_log; /* frame_dropped lines */
 };
 
 static void zlink_drain(hk_zlink *l);
@@ -191,6 +197,29 @@ recv_message(hk_zlink *l, zmq_msg_t *parts, int *nparts)
 	return 0;
 }
 
+/* Count a dropped message and log why, at most ZLINK_DROP_LOGS_PER_SEC a
+ * second; the peer's routing id is logged as printable bytes only. */
+static void
+zlink_log_drop(hk_zlink *l, const char *why, zmq_msg_t *peer)
+{
+	char id[65];
+	size_t len = 0;
+	uint64_t suppressed;
+
+	l->dropped++;
+	if (!hk_logrl_allow(&l->drop_log, hk_now_ms(), ZLINK_DROP_LOGS_PER_SEC, &suppressed))
+		return;
+	if (peer) {
+		const unsigned char *p = zmq_msg_data(peer);
+		size_t plen = zmq_msg_size(peer);
+		for (; len < plen && len < sizeof(id) - 1; len++)
+			id[len] = p[len] >= 0x20 && p[len] < 0x7f ? (char)p[len] : '?';
+	}
+	id[len] = '\0';
+	hk_log_warn("frame_dropped", "{s:s, s:s, s:I, s:I}", "reason", why, "peer", id,
+	    "dropped", (json_int_t)l->dropped, "suppressed", (json_int_t)suppressed);
+}
+
 static void
 zlink_dispatch(hk_zlink *l, zmq_msg_t *parts, int n)
 {
@@ -205,33 +234,42 @@ zlink_dispatch(hk_zlink *l, zmq_msg_t *parts, int n)
 	f = hk_msg_decode(zmq_msg_data(&parts[first]), zmq_msg_size(&parts[first]), &why);
 	if (f == NULL)
 		goto drop;
+	/* Over CURVE the router's ZAP handler names the node that owns the
+	 * peer's key (User-Id): a node speaks only for itself. */
+	const char *uid = zmq_msg_gets(&parts[first], "User-Id");
+	if (uid != NULL && *uid != '\0' && strcmp(uid, f->from_node) != 0) {
+		hk__frame__free_unpacked(f, NULL);
+		why = "from_node is not the node of its CURVE key";
+		goto drop;
+	}
 	l->cb(l, first ? zmq_msg_data(&parts[0]) : NULL, first ? zmq_msg_size(&parts[0]) : 0, f,
 	    n - first == 2 ? zmq_msg_data(&parts[first + 1]) : NULL,
 	    n - first == 2 ? zmq_msg_size(&parts[first + 1]) : 0, l->arg);
 	hk__frame__free_unpacked(f, NULL);
 	return;
 drop:
-	l->dropped++;
-	hk_log_warn("frame_dropped", "{s:s, s:s%}", "reason", why, "peer",
-	    first && n > 0 ? (const char *)zmq_msg_data(&parts[0]) : "",
-	    first && n > 0 ? zmq_msg_size(&parts[0]) : (size_t)0);
+	zlink_log_drop(l, why, first && n > 0 ? &parts[0] : NULL);
 }
 
 static void
 zlink_drain(hk_zlink *l)
 {
 	zmq_msg_t parts[ZLINK_MAX_PARTS];
-	int events, n = 0;
+	int events, n = 0, batch = 0;
 	size_t elen = sizeof(events);
 
 	while (!l->closing) {
 		if (zmq_getsockopt(l->sock, ZMQ_EVENTS, &events, &elen) != 0 || !(events & ZMQ_POLLIN))
 			break;
+		if (++batch > ZLINK_DRAIN_BATCH) {
+			/* More is waiting: carry on at the next loop iteration. */
+			uv_idle_start(&l->idle, on_idle);
+			break;
+		}
 		if (recv_message(l, parts, &n) != 0)
 			break;
 		if (n < 0) {
-			l->dropped++;
-			hk_log_warn("frame_dropped", "{s:s}", "reason", "too many parts");
+			zlink_log_drop(l, "too many parts", NULL);
 			continue;
 		}
 		zlink_dispatch(l, parts, n);
@@ -261,6 +299,22 @@ hk_zlink_close(hk_zlink *l)
 	uv_close((uv_handle_t *)&l->idle, on_handle_closed);
 	zmq_close(l->sock);
 	l->sock = NULL;
+}
+
+void
+hk_zlink_tick(hk_zlink *l)
+{
+	uint64_t suppressed;
+
+	if (l && hk_logrl_flush(&l->drop_log, hk_now_ms(), &suppressed))
+		hk_log_warn("log_suppressed", "{s:s, s:I, s:I}", "about", "frame_dropped",
+		    "suppressed", (json_int_t)suppressed, "total", (json_int_t)l->dropped);
+}
+
+int
+hk_zlink_setsockopt(hk_zlink *l, int option, const void *value, size_t len)
+{
+	return zmq_setsockopt(l->sock, option, value, len) == 0 ? 0 : -zmq_errno();
 }
 
 uint64_t

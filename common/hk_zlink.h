@@ -12,7 +12,10 @@
  *
  * Incoming frames are decoded strictly (hk_msg_decode): a frame that does not
  * parse, has an unknown version or no body case is logged, counted and
- * dropped; the callback only ever sees valid frames.
+ * dropped; the callback only ever sees valid frames. Drop lines are rate
+ * limited (10 a second per link, with the count of those suppressed). One
+ * wake-up handles at most 256 messages, then yields to the loop, so a flood
+ * on one socket does not starve the node's other sockets and timers.
  */
 #ifndef HK_ZLINK_H
 #define HK_ZLINK_H
@@ -58,6 +61,14 @@ int hk_zlink_send(hk_zlink *link, const void *peer, size_t peer_len,
 /* hk_zlink_close - stop polling, close the socket, free the link once libuv
  * has released its handle. The callback is never called afterwards. */
 void hk_zlink_close(hk_zlink *link);
+
+/* hk_zlink_setsockopt - zmq_setsockopt on the link's socket, before bind or
+ * connect (CURVE keys, ZMQ_MAXMSGSIZE). 0 or a negative errno. */
+int hk_zlink_setsockopt(hk_zlink *link, int option, const void *value, size_t len);
+
+/* hk_zlink_tick - from a timer (about once a second): report frame_dropped
+ * lines suppressed by the rate limit (log_suppressed), so none goes unseen. */
+void hk_zlink_tick(hk_zlink *link);
 
 /* Counters for metrics and tests. */
 uint64_t hk_zlink_dropped(const hk_zlink *link); /* malformed frames dropped */

@@ -47,6 +47,7 @@
 #include "hk_tls.h"
 #include "hk_u64map.h"
 #include "hk_util.h"
+#include "hk_curve.h"
 #include "hk_zlink.h"
 
 /* This role */
@@ -381,11 +382,24 @@ ingress_start(struct hk_node *node)
 		return -1;
 	}
 	ing->routers = xcalloc(c->n_routers ? c->n_routers : 1, sizeof(*ing->routers));
+	/* Only replies come back: a larger frame is refused by ZeroMQ. */
+	int64_t max_frame = (int64_t)HK_FRAME_OVERHEAD;
 	for (size_t i = 0; i < c->n_routers; i++) {
+		char err[512];
 		rc = hk_zlink_new(&ing->routers[i].link, node->loop, node->zctx, ZMQ_DEALER,
 		    node->conf->name, node->conf->name, ingress_dispatch, ing);
-		if (rc == 0)
+		if (rc == 0) {
 			ing->n_routers++;
+			hk_zlink_setsockopt(ing->routers[i].link, ZMQ_MAXMSGSIZE, &max_frame, sizeof(max_frame));
+			if (hk_curve_wanted(node->cfg, c->routers[i]) && hk_curve_client(ing->routers[i].link,
+			    node->cfg, node->conf->name, node->conf->router_names[i], err, sizeof(err)) != 0) {
+				hk_log_error("curve_failed", "{s:s, s:s}", "router", c->routers[i], "error", err);
+				for (size_t j = 0; j < ing->n_routers; j++)
+					hk_zlink_close(ing->routers[j].link);
+				ingress_free(ing);
+				return -1;
+			}
+		}
 		if (rc != 0 || (rc = hk_zlink_connect(ing->routers[i].link, c->routers[i])) != 0) {
 			hk_log_error("ingress_start_failed", "{s:s, s:s}", "router", c->routers[i],
 			    "error", zmq_strerror(-rc));

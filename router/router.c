@@ -13,8 +13,10 @@
 
 #include <zmq.h>
 
+#include "hk_curve.h"
 #include "hk_domain.h"
 #include "hk_log.h"
+#include "hk_logrl.h"
 #include "hk_node.h"
 #include "hk_u64map.h"
 #include "hk_util.h"
@@ -22,6 +24,7 @@
 #include "router_hrw.h"
 
 #define ROUTER_TICK_MS 250
+#define ROUTER_JUNK_LOGS_PER_SEC 10 /* lines about unexpected frames, per second */
 
 struct member {
 	char *name;
@@ -55,6 +58,9 @@ struct router {
 	hk_u64map *enqueues;    /* enqueue req id -> struct pending */
 	struct pending *pending; /* every pending submission, for shutdown */
 	uint64_t next_req_id;
+	hk_zap *zap;            /* CURVE: who may connect (NULL without curve:) */
+	struct hk_logrl junk_log; /* rate limit of frame_unexpected/heartbeat_ignored */
+	uint64_t junk;          /* frames ignored: unexpected kind, role or member */
 };
 
 static struct member *
@@ -66,13 +72,42 @@ member_find(struct router *r, const char *name)
 	return NULL;
 }
 
+/* Count a frame ignored for REASON; log it, at most ROUTER_JUNK_LOGS_PER_SEC
+ * lines a second (a storm must not become a log storm). */
 static void
-on_heartbeat(struct router *r, const Hk__Heartbeat *hb)
+router_junk(struct router *r, const char *event, const char *socket, const char *reason,
+    const char *kind, const char *from)
+{
+	uint64_t suppressed;
+
+	r->junk++;
+	if (hk_logrl_allow(&r->junk_log, hk_now_ms(), ROUTER_JUNK_LOGS_PER_SEC, &suppressed))
+		hk_log_warn(event, "{s:s, s:s, s:s, s:s, s:I, s:I}", "socket", socket, "reason", reason,
+		    "kind", kind, "from", from, "ignored", (json_int_t)r->junk,
+		    "suppressed", (json_int_t)suppressed);
+}
+
+static void
+on_heartbeat(struct router *r, const char *from, const Hk__Heartbeat *hb)
 {
 	struct member *m = member_find(r, hb->node_id);
+	const struct hk_node_conf *nc;
 
+	/* Members are the configured senders, each speaking for itself: fake
+	 * ids cannot grow the table, whatever their number. */
 	if (hb->role != HK__ROLE__ROLE_SENDER) {
-		hk_log_warn("heartbeat_ignored", "{s:s, s:s}", "member", hb->node_id, "reason", "not a sender");
+		router_junk(r, "heartbeat_ignored", "back", "not a sender", "Heartbeat", hb->node_id);
+		return;
+	}
+	if (strcmp(hb->node_id, from) != 0) {
+		router_junk(r, "heartbeat_ignored", "back", "node id differs from the frame's node",
+		    "Heartbeat", hb->node_id);
+		return;
+	}
+	if (m == NULL && ((nc = hk_config_node(r->node->cfg, hb->node_id)) == NULL ||
+	    nc->role != HK_ROLE_SENDER)) {
+		router_junk(r, "heartbeat_ignored", "back", "not a sender of the configuration",
+		    "Heartbeat", hb->node_id);
 		return;
 	}
 	if (m == NULL) {
@@ -95,6 +130,13 @@ on_tick(uv_timer_t *t)
 {
 	struct router *r = t->data;
 	int64_t now = hk_now_ms();
+	uint64_t suppressed;
+
+	hk_zlink_tick(r->front);
+	hk_zlink_tick(r->back);
+	if (hk_logrl_flush(&r->junk_log, now, &suppressed))
+		hk_log_warn("log_suppressed", "{s:s, s:I, s:I}", "about", "frame_unexpected/heartbeat_ignored",
+		    "suppressed", (json_int_t)suppressed, "total", (json_int_t)r->junk);
 
 	for (size_t i = 0; i < r->n_members; i++) {
 		struct member *m = &r->members[i];
@@ -327,8 +369,7 @@ on_front(hk_zlink *l, const void *peer, size_t peer_len, const Hk__Frame *f,
 	if (f->body_case == HK__FRAME__BODY_SUBMIT)
 		on_submit(arg, peer, peer_len, f->submit, body, body_len);
 	else
-		hk_log_warn("frame_unexpected", "{s:s, s:s, s:s}", "socket", "front",
-		    "kind", hk_msg_name(f), "from", f->from_node);
+		router_junk(arg, "frame_unexpected", "front", "not a submission", hk_msg_name(f), f->from_node);
 }
 
 static void
@@ -342,20 +383,56 @@ on_back(hk_zlink *l, const void *peer, size_t peer_len, const Hk__Frame *f,
 
 	/* Senders are addressed by routing id, which must be their node name. */
 	if (peer_len != strlen(f->from_node) || memcmp(peer, f->from_node, peer_len) != 0) {
-		hk_log_warn("frame_unexpected", "{s:s, s:s, s:s}", "socket", "back",
-		    "reason", "routing id differs from node name", "from", f->from_node);
+		router_junk(r, "frame_unexpected", "back", "routing id differs from node name",
+		    hk_msg_name(f), f->from_node);
 		return;
 	}
 	if (f->body_case == HK__FRAME__BODY_HEARTBEAT)
-		on_heartbeat(r, f->heartbeat);
+		on_heartbeat(r, f->from_node, f->heartbeat);
 	else if (f->body_case == HK__FRAME__BODY_ENQUEUE_REPLY)
 		on_enqueue_reply(r, f->from_node, f->enqueue_reply);
 	else
-		hk_log_warn("frame_unexpected", "{s:s, s:s, s:s}", "socket", "back",
-		    "kind", hk_msg_name(f), "from", f->from_node);
+		router_junk(r, "frame_unexpected", "back", "not a heartbeat or enqueue reply",
+		    hk_msg_name(f), f->from_node);
 }
 
 static void router_stop(struct hk_node *node);
+
+/*
+ * router_secure - limits and CURVE on both sockets, before they bind: frames
+ * over the cluster's largest message are refused by ZeroMQ, and with curve:
+ * the ZAP handler is up first (without one libzmq would let any key in).
+ */
+static int
+router_secure(struct router *r)
+{
+	const struct hk_config *cfg = r->node->cfg;
+	int64_t max = (int64_t)hk_config_max_frame(cfg);
+	char err[512];
+	int rc;
+
+	if ((rc = hk_zlink_setsockopt(r->front, ZMQ_MAXMSGSIZE, &max, sizeof(max))) != 0 ||
+	    (rc = hk_zlink_setsockopt(r->back, ZMQ_MAXMSGSIZE, &max, sizeof(max))) != 0) {
+		hk_log_error("router_socket", "{s:s}", "error", zmq_strerror(-rc));
+		return -1;
+	}
+	if (!hk_curve_wanted(cfg, r->conf->front) && !hk_curve_wanted(cfg, r->conf->back))
+		return 0;
+	if ((rc = hk_zap_new(&r->zap, r->node->loop, r->node->zctx, cfg)) != 0) {
+		hk_log_error("curve_failed", "{s:s, s:s}", "what", "ZAP handler", "error", zmq_strerror(-rc));
+		return -1;
+	}
+	if ((hk_curve_wanted(cfg, r->conf->front) &&
+	    hk_curve_server(r->front, cfg, r->node->conf->name, "front", err, sizeof(err)) != 0) ||
+	    (hk_curve_wanted(cfg, r->conf->back) &&
+	    hk_curve_server(r->back, cfg, r->node->conf->name, "back", err, sizeof(err)) != 0)) {
+		hk_log_error("curve_failed", "{s:s}", "error", err);
+		return -1;
+	}
+	hk_log_info("curve_enabled", "{s:s, s:s}", "public_key",
+	    hk_config_curve(cfg, r->node->conf->name)->public_key, "as", "server");
+	return 0;
+}
 
 static int
 router_start(struct hk_node *node)
@@ -376,6 +453,8 @@ router_start(struct hk_node *node)
 		hk_log_error("router_socket", "{s:s}", "error", zmq_strerror(-rc));
 		goto fail;
 	}
+	if (router_secure(r) != 0)
+		goto fail;
 	if ((rc = hk_zlink_bind(r->front, r->conf->front)) != 0) {
 		hk_log_error("bind_failed", "{s:s, s:s}", "endpoint", r->conf->front, "error", zmq_strerror(-rc));
 		goto fail;
@@ -414,6 +493,7 @@ router_stop(struct hk_node *node)
 		pending_finish(r->pending, false, "router shutting down");
 	hk_zlink_close(r->front);
 	hk_zlink_close(r->back);
+	hk_zap_close(r->zap);
 	uv_close((uv_handle_t *)&r->tick, router_free);
 }
 

@@ -32,6 +32,7 @@
 #include "hk_log.h"
 #include "hk_node.h"
 #include "hk_util.h"
+#include "hk_curve.h"
 #include "hk_zlink.h"
 
 /* This role */
@@ -565,8 +566,17 @@ sender_start(struct hk_node *node)
 	}
 	s->links = xcalloc(c->n_routers ? c->n_routers : 1, sizeof(*s->links));
 	for (size_t i = 0; i < c->n_routers; i++) {
+		int64_t max = (int64_t)hk_config_max_frame(node->cfg);
 		rc = hk_zlink_new(&s->links[i], node->loop, node->zctx, ZMQ_DEALER,
 		    node->conf->name, node->conf->name, on_frame, s);
+		if (rc == 0)
+			rc = hk_zlink_setsockopt(s->links[i], ZMQ_MAXMSGSIZE, &max, sizeof(max));
+		if (rc == 0 && hk_curve_wanted(node->cfg, c->routers[i]) && hk_curve_client(s->links[i],
+		    node->cfg, node->conf->name, node->conf->router_names[i], err, sizeof(err)) != 0) {
+			hk_log_error("curve_failed", "{s:s, s:s}", "router", c->routers[i], "error", err);
+			hk_zlink_close(s->links[i]);
+			goto fail;
+		}
 		if (rc == 0 && (rc = hk_zlink_connect(s->links[i], c->routers[i])) != 0) {
 			hk_zlink_close(s->links[i]);
 			s->links[i] = NULL;

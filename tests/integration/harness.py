@@ -667,6 +667,7 @@ class Cluster:
         self.nodes = {}             # name -> dict of settings (with "role")
         self.tenants = None         # the top-level tenants: map, if any
         self.hot_domains = None     # the top-level hot_domains: map, if any
+        self.curve = None           # the top-level curve: map (node -> keys), if any
         self.procs = {}             # node name (or "all") -> current Proc
         self._runs = {}
         self.config_path = os.path.join(workdir, "hikyaku.yaml")
@@ -707,6 +708,23 @@ class Cluster:
         self.nodes[name] = conf
         return conf
 
+    def enable_curve(self, **files):
+        """Give every node described so far a new CURVE keypair (from `hikyaku
+        keygen`) in the curve: section; a node named in FILES gets its secret
+        key as secret_key_file (written at that path) instead of inline."""
+        self.curve = {}
+        for name in self.nodes:
+            pub, sec = curve_keypair()
+            entry = {"public_key": pub}
+            if name in files:
+                with open(files[name], "w") as f:
+                    f.write(sec + "\n")
+                entry["secret_key_file"] = files[name]
+            else:
+                entry["secret_key"] = sec
+            self.curve[name] = entry
+        return self.curve
+
     def names(self, role):
         return [n for n, c in self.nodes.items() if c["role"] == role]
 
@@ -737,6 +755,8 @@ class Cluster:
             lines.append("tenants: " + json.dumps(self.tenants))
         if self.hot_domains is not None:
             lines.append("hot_domains: " + json.dumps(self.hot_domains))
+        if self.curve is not None:
+            lines.append("curve: " + json.dumps(self.curve))
         lines.append("nodes:")
         for name, conf in self.nodes.items():
             lines.append("  %s:" % name)
@@ -849,6 +869,14 @@ class Cluster:
 
     def tails(self):
         return "\n".join(p.tail() for p in self.group.procs)
+
+
+def curve_keypair():
+    """(public, secret) Z85 keys, as `hikyaku keygen` prints them."""
+    out = subprocess.run([HIKYAKU_BIN, "keygen", "n"], check=True, capture_output=True,
+                         text=True).stdout
+    keys = dict(re.findall(r'^\s+(public_key|secret_key): "(.{40})"$', out, re.M))
+    return keys["public_key"], keys["secret_key"]
 
 
 # ---------------------------------------------------------------- SMTP clients
