@@ -17,6 +17,7 @@
 #ifndef HK_ZLINK_H
 #define HK_ZLINK_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -58,6 +59,11 @@ int hk_zlink_send(hk_zlink *link, const void *peer, size_t peer_len,
 /* hk_zlink_close - stop polling, close the socket, free the link once libuv
  * has released its handle. The callback is never called afterwards. */
 void hk_zlink_close(hk_zlink *link);
+
+/* hk_zlink_writable - could a message be sent now? On a DEALER (with
+ * ZMQ_IMMEDIATE) that means: at least one peer is connected and not at its
+ * high-water mark. For readiness checks, from the loop's thread. */
+bool hk_zlink_writable(hk_zlink *link);
 
 /* Counters for metrics and tests. */
 uint64_t hk_zlink_dropped(const hk_zlink *link); /* malformed frames dropped */

@@ -11,6 +11,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "cmd_cluster.h"
 #include "hk_node.h"
 #include "hk_passwd.h"
 
@@ -205,6 +206,8 @@ main(int argc, char **argv)
 		return hk_node_main(argc, argv, roles, sizeof(roles) / sizeof(roles[0]));
 	if (argc >= 2 && !strcmp(argv[1], "passwd"))
 		return passwd_main(argc, argv);
+	if (argc >= 2 && !strcmp(argv[1], "cluster"))
+		return cmd_cluster_main(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "version")) {
 		printf("hikyaku 0.1.0\n");
 		return 0;
@@ -213,6 +216,7 @@ main(int argc, char **argv)
 	    "usage: hikyaku ingress|router|sender --config FILE --node NAME\n"
 	    "       hikyaku all --config FILE\n"
 	    "       hikyaku passwd [--rounds N] < password\n"
+	    "       hikyaku cluster status --config FILE\n"
 	    "       hikyaku version\n");
 	return 2;
 }
