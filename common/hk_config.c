@@ -1058,6 +1058,11 @@ load_node(struct cfg_ctx *c, const yaml_node_t *key, const yaml_node_t *map, str
 			return cfg_error(c, kn, "?", "node '%s': keys must be plain strings", name);
 		if (!strcmp(k, "role"))
 			continue;
+		if (!strcmp(k, "http")) {  /* every role: the operations endpoint */
+			if (get_hostport(c, v, k, &nc->http_host, &nc->http_port))
+				return -1;
+			continue;
+		}
 		for (r = rules; r->key; r++)
 			if (!strcmp(r->key, k))
 				break;
@@ -1303,6 +1308,7 @@ hk_config_free(struct hk_config **cfgp)
 			break;
 		}
 		free(nc->name);
+		free(nc->http_host);
 	}
 	free(cfg->nodes);
 	for (size_t i = 0; i < cfg->n_hot_domains; i++)

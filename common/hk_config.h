@@ -137,6 +137,8 @@ struct hk_node_conf {
 		struct hk_sender_conf sender;
 	} u;
 	char **router_names;    /* ingress/sender: names behind routers[] */
+	char *http_host;        /* http: /healthz, /readyz, /metrics; NULL: none */
+	uint16_t http_port;
 };
 
 /* A domain spread over its top k senders in rendezvous order (hot_domains:). */

@@ -38,6 +38,10 @@ on_stop_async(uv_async_t *a)
 	struct hk_node *node = a->data;
 
 	hk_log_info("node_stopping", NULL);
+	if (node->http) {
+		hk_http_stop(&node->http);  /* no handler reads the role from now on */
+		uv_close((uv_handle_t *)&node->http_timer, NULL);
+	}
 	node->ops->stop(node);
 	uv_close((uv_handle_t *)&node->stop_async, NULL);
 	uv_close((uv_handle_t *)&node->reload_async, NULL);
@@ -67,6 +71,41 @@ node_thread(void *arg)
 	}
 }
 
+static void
+on_http_timer(uv_timer_t *t)
+{
+	struct hk_node *node = t->data;
+
+	if (node->publish)
+		node->publish(node);
+	hk_http_beat(node->http);
+}
+
+/* Serve the node's http: address; on failure the role is stopped again. */
+static int
+node_http_start(struct hk_node *node)
+{
+	const struct hk_node_conf *nc = node->conf;
+	char err[256];
+
+	if (nc->http_host == NULL)
+		return 0;
+	if (node->publish)
+		node->publish(node);
+	if (hk_http_start(&node->http, nc->http_host, nc->http_port, nc->name, &node->http_handlers,
+	    err, sizeof(err)) != 0) {
+		hk_log_error("http_failed", "{s:s}", "error", err);
+		node->ops->stop(node);
+		return -1;
+	}
+	uv_timer_init(node->loop, &node->http_timer);
+	node->http_timer.data = node;
+	uv_timer_start(&node->http_timer, on_http_timer, 1000, 1000);
+	hk_log_info("http_listening", "{s:s, s:i}", "host", nc->http_host,
+	    "port", (int)hk_http_port(node->http));
+	return 0;
+}
+
 static int
 node_start(struct hk_node *node, const struct hk_config *cfg, const struct hk_node_conf *nc,
     void *zctx, const struct hk_role_ops *ops)
@@ -86,6 +125,10 @@ node_start(struct hk_node *node, const struct hk_config *cfg, const struct hk_no
 		hk_log_error("node_start_failed", "{s:s}", "role", hk_role_name(nc->role));
 		return -1;
 	}
+	if (node_http_start(node) != 0) {
+		hk_log_error("node_start_failed", "{s:s}", "role", hk_role_name(nc->role));
+		return -1;
+	}
 	hk_log_info("node_started", "{s:s}", "role", hk_role_name(nc->role));
 	return 0;
 }
@@ -94,6 +137,10 @@ node_start(struct hk_node *node, const struct hk_config *cfg, const struct hk_no
 static void
 node_abort(struct hk_node *node, bool started)
 {
+	if (node->http) {
+		hk_http_stop(&node->http);
+		uv_close((uv_handle_t *)&node->http_timer, NULL);
+	}
 	if (started)
 		node->ops->stop(node);
 	uv_close((uv_handle_t *)&node->stop_async, NULL);

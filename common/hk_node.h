@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <uv.h>
 #include "hk_config.h"
+#include "hk_http.h"
 
 struct hk_node {
 	/* public, read-only for roles */
@@ -28,9 +29,18 @@ struct hk_node {
 	void *zctx;
 	/* the role's own state */
 	void *role;
+	/* Operations endpoint (the node's `http:` key). start() fills
+	 * http_handlers (their arg must live until stop() returns) and may set
+	 * publish, which then runs on the loop every second to refresh what
+	 * the handlers read. The server starts after start() and is stopped
+	 * before stop(), so no handler runs outside start..stop. */
+	struct hk_http_handlers http_handlers;
+	void (*publish)(struct hk_node *node);
+	hk_http *http;          /* NULL without an http: key */
 	/* private */
 	uv_async_t stop_async;
 	uv_async_t reload_async; /* SIGHUP */
+	uv_timer_t http_timer;  /* beat and publish, when http is set */
 	uv_thread_t thread;
 	const struct hk_role_ops *ops;
 	int exit_code;

@@ -388,3 +388,16 @@ hk_msg_name(const Hk__Frame *f)
 	default: return "unknown";
 	}
 }
+
+bool
+hk_zlink_writable(hk_zlink *l)
+{
+	int events = 0;
+	size_t elen = sizeof(events);
+
+	if (l == NULL || l->closing || zmq_getsockopt(l->sock, ZMQ_EVENTS, &events, &elen) != 0)
+		return false;
+	/* Reading ZMQ_EVENTS may take the fd's edge: drain on the next turn. */
+	uv_idle_start(&l->idle, on_idle);
+	return (events & ZMQ_POLLOUT) != 0;
+}

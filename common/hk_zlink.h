@@ -20,6 +20,7 @@
 #ifndef HK_ZLINK_H
 #define HK_ZLINK_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -69,6 +70,11 @@ int hk_zlink_setsockopt(hk_zlink *link, int option, const void *value, size_t le
 /* hk_zlink_tick - from a timer (about once a second): report frame_dropped
  * lines suppressed by the rate limit (log_suppressed), so none goes unseen. */
 void hk_zlink_tick(hk_zlink *link);
+
+/* hk_zlink_writable - could a message be sent now? On a DEALER (with
+ * ZMQ_IMMEDIATE) that means: at least one peer is connected and not at its
+ * high-water mark. For readiness checks, from the loop's thread. */
+bool hk_zlink_writable(hk_zlink *link);
 
 /* Counters for metrics and tests. */
 uint64_t hk_zlink_dropped(const hk_zlink *link); /* malformed frames dropped */

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "hk_curve.h"
+#include "cmd_cluster.h"
 #include "hk_node.h"
 #include "hk_passwd.h"
 
@@ -208,6 +209,8 @@ main(int argc, char **argv)
 		return passwd_main(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "keygen"))
 		return hk_keygen_main(argc, argv);
+	if (argc >= 2 && !strcmp(argv[1], "cluster"))
+		return cmd_cluster_main(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "version")) {
 		printf("hikyaku 0.1.0\n");
 		return 0;
@@ -217,6 +220,7 @@ main(int argc, char **argv)
 	    "       hikyaku all --config FILE\n"
 	    "       hikyaku passwd [--rounds N] < password\n"
 	    "       hikyaku keygen [NODE]\n"
+	    "       hikyaku cluster status --config FILE\n"
 	    "       hikyaku version\n");
 	return 2;
 }

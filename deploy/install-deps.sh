@@ -5,6 +5,7 @@ set -e
 PKGS="build-essential cmake pkg-config
 libzmq3-dev libprotobuf-c-dev protobuf-c-compiler liblmdb-dev lmdb-utils libuv1-dev
 libc-ares-dev libyaml-dev libjansson-dev libidn2-dev libssl-dev libcrypt-dev libcmocka-dev
+libmicrohttpd-dev libcurl4-openssl-dev
 dnsmasq-base postfix libsasl2-modules swaks libnet-ssleay-perl python3 python3-pytest python3-aiosmtpd python3-dnspython python3-zmq openssl"
 missing=""
 for p in $PKGS; do

@@ -32,6 +32,7 @@
  */
 /* System */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,8 +42,10 @@
 #include <zmq.h>
 
 /* common/ */
+#include "hk_http.h"
 #include "hk_log.h"
 #include "hk_node.h"
+#include "hk_prom.h"
 #include "hk_rate.h"
 #include "hk_tls.h"
 #include "hk_u64map.h"
@@ -82,7 +85,20 @@ struct ingress {
 	hk_rate **rates;                /* per cfg->tenants[i] with a rate_limit, else NULL */
 	uint64_t next_req_id;
 	bool stopping;
+	hk_u64map *sent_at;     /* req_id -> uv_hrtime() of the submit, for the latency */
+	/* For the HTTP thread: atomics, written on the loop (publish, replies). */
+	struct {
+		_Atomic uint64_t sessions_open;
+		_Atomic uint64_t accepted, nacked, unavailable, cancelled;
+		_Atomic bool router_connected;  /* a router link could take a message */
+		_Atomic int64_t last_reply_ms;  /* a router last answered */
+		struct hk_hist submit_latency;  /* submit sent -> router's answer */
+	} stats;
 };
+
+/* A router answered within this long: the ingress counts as ready even if
+ * its links are momentarily full. */
+#define INGRESS_READY_REPLY_MS 10000
 
 /* ingress_submit - env->submit: one SubmitRequest plus the body frame. */
 static int
@@ -145,9 +161,11 @@ ingress_submit(void *arg, ingress_session *s, const struct ingress_txn *t, uint6
 	if (rc != 0) {
 		hk_log_warn("submit_failed", "{s:s, s:s}", "id", t->id, "error",
 		    rc == -EAGAIN ? "no router connected" : zmq_strerror(-rc));
+		ing->stats.unavailable++;
 		return rc;
 	}
 	hk_u64map_put(ing->wait, id, s);
+	hk_u64map_put(ing->sent_at, id, (void *)(uintptr_t)(uv_hrtime() | 1));
 	hk_log_debug("submit_sent", "{s:s, s:I}", "id", t->id, "req_id", (json_int_t)id);
 	*req_id = id;
 	return 0;
@@ -162,12 +180,16 @@ ingress_cancel(void *arg, uint64_t req_id)
 
 	/* A timeout (or a client gone while waiting): prefer the other routers
 	 * for a while; any answer from this one clears it. */
-	if (hk_u64map_pop(ing->wait, req_id) != NULL && i < ing->n_routers) {
-		if (ing->routers[i].suspect_until == 0)
-			hk_log_warn("router_suspect", "{s:s, s:i}", "router",
-			    ing->node->conf->router_names[i], "for_ms", INGRESS_ROUTER_SUSPECT_MS);
-		ing->routers[i].suspect_until = uv_now(ing->node->loop) + INGRESS_ROUTER_SUSPECT_MS;
+	if (hk_u64map_pop(ing->wait, req_id) != NULL) {
+		ing->stats.cancelled++;
+		if (i < ing->n_routers) {
+			if (ing->routers[i].suspect_until == 0)
+				hk_log_warn("router_suspect", "{s:s, s:i}", "router",
+				    ing->node->conf->router_names[i], "for_ms", INGRESS_ROUTER_SUSPECT_MS);
+			ing->routers[i].suspect_until = uv_now(ing->node->loop) + INGRESS_ROUTER_SUSPECT_MS;
+		}
 	}
+	hk_u64map_pop(ing->sent_at, req_id);
 }
 
 /* ingress_admit - env->admit: may tenant T start one more message now? */
@@ -210,18 +232,79 @@ ingress_dispatch(hk_zlink *link, const void *peer, size_t peer_len, const Hk__Fr
 		ing->routers[i].suspect_until = 0;
 		hk_log_info("router_answering", "{s:s}", "router", ing->node->conf->router_names[i]);
 	}
+	ing->stats.last_reply_ms = hk_now_ms();
+	uintptr_t t0 = (uintptr_t)hk_u64map_pop(ing->sent_at, r->req_id);
 	if ((s = hk_u64map_pop(ing->wait, r->req_id)) == NULL) {
 		hk_log_debug("late_reply", "{s:I, s:b, s:s}", "req_id", (json_int_t)r->req_id,
 		    "ok", r->ok, "from", frame->from_node ? frame->from_node : "");
 		return;
 	}
+	if (t0)
+		hk_hist_observe(&ing->stats.submit_latency, (uv_hrtime() - t0) / 1000);
+	if (r->ok)
+		ing->stats.accepted++;
+	else
+		ing->stats.nacked++;
 	ingress_session_submitted(s, r->ok, r->reason);
+}
+
+/* ---- the HTTP endpoint: publish on the loop, read on the HTTP thread ---- */
+
+static void
+ingress_publish(struct hk_node *node)
+{
+	struct ingress *ing = node->role;
+
+	if (ing == NULL || ing->stopping)
+		return;
+	ing->stats.sessions_open = ing->n_sessions;
+	bool any = false;
+	for (size_t i = 0; i < ing->n_routers && !any; i++)
+		any = hk_zlink_writable(ing->routers[i].link);
+	ing->stats.router_connected = any;
+}
+
+static bool
+ingress_ready(void *arg, char *reason, size_t len)
+{
+	struct ingress *ing = arg;
+
+	if (ing->stats.router_connected ||
+	    hk_now_ms() - ing->stats.last_reply_ms < INGRESS_READY_REPLY_MS)
+		return true;
+	snprintf(reason, len, "no router connected");
+	return false;
+}
+
+static void
+ingress_metrics(void *arg, hk_prom *p)
+{
+	struct ingress *ing = arg;
+
+	hk_prom_family(p, "hikyaku_ingress_sessions_open", "gauge", "SMTP sessions open, all listeners.");
+	hk_prom_u64(p, "hikyaku_ingress_sessions_open", NULL, NULL, ing->stats.sessions_open);
+	hk_prom_family(p, "hikyaku_ingress_messages_accepted_total", "counter",
+	    "Messages a router acked (the client got 250).");
+	hk_prom_u64(p, "hikyaku_ingress_messages_accepted_total", NULL, NULL, ing->stats.accepted);
+	hk_prom_family(p, "hikyaku_ingress_messages_refused_total", "counter",
+	    "Messages submitted but not queued (the client got 451): nack = a router refused, "
+	    "no_router = none connected, cancelled = timed out or the client left.");
+	hk_prom_u64(p, "hikyaku_ingress_messages_refused_total", "reason", "nack", ing->stats.nacked);
+	hk_prom_u64(p, "hikyaku_ingress_messages_refused_total", "reason", "no_router", ing->stats.unavailable);
+	hk_prom_u64(p, "hikyaku_ingress_messages_refused_total", "reason", "cancelled", ing->stats.cancelled);
+	hk_prom_family(p, "hikyaku_ingress_submit_latency_seconds", "histogram",
+	    "Time from a submission sent to its router's answer.");
+	hk_prom_hist(p, "hikyaku_ingress_submit_latency_seconds", NULL, NULL, &ing->stats.submit_latency);
+	hk_prom_family(p, "hikyaku_ingress_router_connected", "gauge",
+	    "1 if a router link could take a message at the last check.");
+	hk_prom_u64(p, "hikyaku_ingress_router_connected", NULL, NULL, ing->stats.router_connected);
 }
 
 static void
 ingress_free(struct ingress *ing)
 {
 	hk_u64map_destroy(&ing->wait);
+	hk_u64map_destroy(&ing->sent_at);
 	hk_idgen_destroy(&ing->idgen);
 	hk_count_free(ing->env.ip_sessions);
 	hk_rate_free(ing->env.auth_failures);
@@ -324,6 +407,7 @@ ingress_start(struct hk_node *node)
 	ing = xcalloc(1, sizeof(*ing));
 	ing->node = node;
 	ing->wait = hk_u64map_new();
+	ing->sent_at = hk_u64map_new();
 	if ((ing->idgen = hk_idgen_new()) == NULL) {
 		hk_log_error("ingress_start_failed", "{s:s}", "error", "cannot seed the id generator");
 		ingress_free(ing);
@@ -420,6 +504,10 @@ ingress_start(struct hk_node *node)
 		ing->n_listeners++;
 	}
 	node->role = ing;
+	node->http_handlers = (struct hk_http_handlers){
+		.arg = ing, .ready = ingress_ready, .metrics = ingress_metrics,
+	};
+	node->publish = ingress_publish;
 	return 0;
 }
 

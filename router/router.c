@@ -21,7 +21,9 @@
 #include "hk_u64map.h"
 #include "hk_util.h"
 #include "hk_zlink.h"
+#include "router_domains.h"
 #include "router_hrw.h"
+#include "router_http.h"
 
 #define ROUTER_TICK_MS 250
 #define ROUTER_JUNK_LOGS_PER_SEC 10 /* lines about unexpected frames, per second */
@@ -33,6 +35,8 @@ struct member {
 	bool draining;
 	bool alive;
 	int64_t last_seen_ms;
+	char *endpoint;         /* as in its last heartbeat */
+	uint64_t inflight;      /* enqueues sent and not answered (router_http) */
 };
 
 /* One submission waiting for its owners' acks. */
@@ -43,6 +47,8 @@ struct pending {
 	size_t ingress_peer_len;
 	char id[64];
 	uint64_t *enqueue_ids;  /* outstanding enqueue request ids (0 = acked) */
+	size_t *enqueue_to;     /* index in r->members of each enqueue's sender */
+	uint64_t sent_ns;       /* uv_hrtime() when the enqueues left */
 	size_t n_enqueues, n_outstanding;
 	uv_timer_t timer;
 	struct pending *prev, *next; /* router's list of pending submissions */
@@ -61,6 +67,7 @@ struct router {
 	hk_zap *zap;            /* CURVE: who may connect (NULL without curve:) */
 	struct hk_logrl junk_log; /* rate limit of frame_unexpected/heartbeat_ignored */
 	uint64_t junk;          /* frames ignored: unexpected kind, role or member */
+	router_obs *obs;        /* what the HTTP endpoint reads */
 };
 
 static struct member *
@@ -71,6 +78,8 @@ member_find(struct router *r, const char *name)
 			return &r->members[i];
 	return NULL;
 }
+
+static void publish_members(struct router *r);
 
 /* Count a frame ignored for REASON; log it, at most ROUTER_JUNK_LOGS_PER_SEC
  * lines a second (a storm must not become a log storm). */
@@ -116,13 +125,33 @@ on_heartbeat(struct router *r, const char *from, const Hk__Heartbeat *hb)
 		memset(m, 0, sizeof(*m));
 		m->name = xstrdup(hb->node_id);
 	}
-	if (!m->alive)
-		hk_log_info("member_up", "{s:s, s:i}", "member", m->name, "weight", (int)hb->weight);
+	bool up = !m->alive, changed = up || m->draining != hb->draining;
 	m->alive = true;
 	m->weight = hb->weight ? hb->weight : 1;
 	m->queue_depth = hb->queue_depth;
 	m->draining = hb->draining;
 	m->last_seen_ms = hk_now_ms();
+	free(m->endpoint);
+	m->endpoint = xstrdup(hb->endpoint ? hb->endpoint : "");
+	if (changed)
+		publish_members(r);  /* before the log line: what it says is visible */
+	if (up)
+		hk_log_info("member_up", "{s:s, s:i}", "member", m->name, "weight", (int)hb->weight);
+}
+
+/* publish_members - the member snapshot for the HTTP endpoint. */
+static void
+publish_members(struct router *r)
+{
+	struct router_member_view *v = xcalloc(r->n_members ? r->n_members : 1, sizeof(*v));
+
+	for (size_t i = 0; i < r->n_members; i++) {
+		const struct member *m = &r->members[i];
+		v[i] = (struct router_member_view){ m->name, m->endpoint, m->weight, m->queue_depth,
+		    m->draining, m->alive, m->last_seen_ms, m->inflight };
+	}
+	router_obs_members(r->obs, v, r->n_members);
+	free(v);
 }
 
 static void
@@ -146,6 +175,7 @@ on_tick(uv_timer_t *t)
 			    "silent_ms", (json_int_t)(now - m->last_seen_ms));
 		}
 	}
+	publish_members(r);
 }
 
 /* The live, non-draining senders, as rendezvous candidates. Caller frees. */
@@ -189,6 +219,7 @@ pending_closed(uv_handle_t *h)
 	struct pending *p = h->data;
 	free(p->ingress_peer);
 	free(p->enqueue_ids);
+	free(p->enqueue_to);
 	free(p);
 }
 
@@ -198,9 +229,16 @@ pending_finish(struct pending *p, bool ok, const char *reason)
 {
 	struct router *r = p->r;
 
-	for (size_t i = 0; i < p->n_enqueues; i++)
-		if (p->enqueue_ids[i])
+	for (size_t i = 0; i < p->n_enqueues; i++) {
+		if (p->enqueue_ids[i]) {
 			hk_u64map_pop(r->enqueues, p->enqueue_ids[i]);
+			r->members[p->enqueue_to[i]].inflight--;
+		}
+	}
+	if (ok)
+		router_obs_stats(r->obs)->acked++;
+	else
+		router_obs_stats(r->obs)->nacked++;
 	if (p->prev)
 		p->prev->next = p->next;
 	else
@@ -255,6 +293,7 @@ on_submit(struct router *r, const void *peer, size_t peer_len, const Hk__SubmitR
 	char domain[HK_DOMAIN_MAX];
 	const char *fail = NULL;
 
+	router_obs_stats(r->obs)->submissions++;
 	if (body == NULL || body_len != msg->body_size)
 		fail = "body missing or its size differs from body_size";
 	else if (n_cands == 0)
@@ -262,10 +301,13 @@ on_submit(struct router *r, const void *peer, size_t peer_len, const Hk__SubmitR
 	for (size_t i = 0; fail == NULL && i < env->n_rcpts; i++) {
 		if (hk_domain_of(env->rcpts[i]->address, domain) != 0)
 			fail = "recipient without a valid domain";
-		else
+		else {
 			owner[i] = rcpt_owner(r, cands, n_cands, domain, env->rcpts[i]->address);
+			router_obs_domain(r->obs, domain);
+		}
 	}
 	if (fail) {
+		router_obs_stats(r->obs)->nacked++;
 		reply_ingress(r, peer, peer_len, req->req_id, false, fail);
 		hk_log_warn("submit_nacked", "{s:s, s:s}", "id", msg->id, "reason", fail);
 		goto out;
@@ -279,6 +321,8 @@ on_submit(struct router *r, const void *peer, size_t peer_len, const Hk__SubmitR
 	p->ingress_peer_len = peer_len;
 	snprintf(p->id, sizeof(p->id), "%s", msg->id);
 	p->enqueue_ids = xcalloc(env->n_rcpts, sizeof(uint64_t));
+	p->enqueue_to = xcalloc(env->n_rcpts, sizeof(size_t));
+	p->sent_ns = uv_hrtime();
 	uv_timer_init(r->node->loop, &p->timer);
 	p->timer.data = p;
 	p->next = r->pending;
@@ -323,8 +367,11 @@ on_submit(struct router *r, const void *peer, size_t peer_len, const Hk__SubmitR
 			fail = "a sender could not be reached";
 			break;
 		}
+		p->enqueue_to[p->n_enqueues] = (size_t)(backref[o] - r->members);
 		p->enqueue_ids[p->n_enqueues++] = enq.req_id;
 		p->n_outstanding++;
+		backref[o]->inflight++;
+		router_obs_stats(r->obs)->enqueues++;
 		hk_u64map_put(r->enqueues, enq.req_id, p);
 	}
 	free(subset);
@@ -348,10 +395,15 @@ on_enqueue_reply(struct router *r, const char *from, const Hk__EnqueueReply *rep
 		hk_log_debug("late_reply", "{s:s, s:I}", "member", from, "req_id", (json_int_t)rep->req_id);
 		return;
 	}
-	for (size_t i = 0; i < p->n_enqueues; i++)
-		if (p->enqueue_ids[i] == rep->req_id)
+	for (size_t i = 0; i < p->n_enqueues; i++) {
+		if (p->enqueue_ids[i] == rep->req_id) {
 			p->enqueue_ids[i] = 0;
+			r->members[p->enqueue_to[i]].inflight--;
+		}
+	}
+	hk_hist_observe(&router_obs_stats(r->obs)->ack_latency, (uv_hrtime() - p->sent_ns) / 1000);
 	if (!rep->ok) {
+		router_obs_stats(r->obs)->enqueue_nacks++;
 		char reason[300];
 		snprintf(reason, sizeof(reason), "sender %s: %s", from, rep->reason);
 		pending_finish(p, false, reason);
@@ -444,6 +496,8 @@ router_start(struct hk_node *node)
 	r->node = node;
 	r->conf = &node->conf->u.router;
 	r->enqueues = hk_u64map_new();
+	r->obs = router_obs_new(node->conf->name, ROUTER_DOMAINS_MAX);
+	router_obs_handlers(r->obs, &node->http_handlers);
 	uv_timer_init(node->loop, &r->tick);
 	r->tick.data = r;
 	if ((rc = hk_zlink_new(&r->front, node->loop, node->zctx, ZMQ_ROUTER, NULL,
@@ -476,9 +530,12 @@ router_free(uv_handle_t *h)
 {
 	struct router *r = h->data;
 
-	for (size_t i = 0; i < r->n_members; i++)
+	for (size_t i = 0; i < r->n_members; i++) {
 		free(r->members[i].name);
+		free(r->members[i].endpoint);
+	}
 	free(r->members);
+	router_obs_free(&r->obs);
 	hk_u64map_destroy(&r->enqueues);
 	free(r);
 }

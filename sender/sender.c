@@ -29,8 +29,10 @@
 
 /* common/ */
 #include "hk_domain.h"
+#include "hk_http.h"
 #include "hk_log.h"
 #include "hk_node.h"
+#include "hk_prom.h"
 #include "hk_util.h"
 #include "hk_curve.h"
 #include "hk_zlink.h"
@@ -79,6 +81,14 @@ struct sender {
 	uint64_t hb_seq;
 	bool stopping, sched_done, finished;
 	int handles_open;
+	/* For the HTTP thread: atomics, written on the loop. */
+	struct {
+		_Atomic bool queue_open;
+		_Atomic uint64_t queue_depth, in_flight;
+		_Atomic int64_t router_seen_ms;  /* a heartbeat went out, or an enqueue came in */
+		_Atomic uint64_t enqueues, stored, duplicates, enqueue_failed;
+		_Atomic uint64_t outcomes[4];    /* by enum sender_outcome_kind - 1 */
+	} stats;
 };
 
 static void commit_start(struct sender *s);
@@ -241,16 +251,19 @@ commit_enqueue_done(struct sender *s, struct sender_op *op, bool *stored)
 	const Hk__Submission *m = op->msg;
 
 	if (s->commit_rc != 0) {
+		s->stats.enqueue_failed++;
 		send_enqueue_reply(s, op->link, op->req_id, false, false, s->commit_err);
 		return;
 	}
 	switch (op->q.result) {
 	case SENDER_QR_DONE:
+		s->stats.stored++;
 		send_enqueue_reply(s, op->link, op->req_id, true, false, NULL);
 		log_queued(m, op->q.shard, op->q.n_rcpts);
 		*stored = true;
 		break;
 	case SENDER_QR_DUPLICATE:
+		s->stats.duplicates++;
 		send_enqueue_reply(s, op->link, op->req_id, true, true, NULL);
 		hk_log_info("queued_duplicate", "{s:s, s:i}", "id", m->id, "shard", (int)op->q.shard);
 		break;
@@ -264,6 +277,17 @@ commit_enqueue_done(struct sender *s, struct sender_op *op, bool *stored)
 		hk_log_warn("enqueue_refused", "{s:s, s:i, s:s}", "id", m->id,
 		    "shard", (int)op->q.shard, "reason", op->q.why);
 		break;
+	}
+}
+
+static void
+stats_outcome(struct sender *s, enum sender_outcome_kind k)
+{
+	switch (k) {
+	case SENDER_OUT_DELIVERED: s->stats.outcomes[0]++; break;
+	case SENDER_OUT_DEFERRED: s->stats.outcomes[1]++; break;
+	case SENDER_OUT_BOUNCED: s->stats.outcomes[2]++; break;
+	case SENDER_OUT_EXPIRED: s->stats.outcomes[3]++; break;
 	}
 }
 
@@ -284,6 +308,7 @@ commit_outcome_done(struct sender *s, struct sender_op *op)
 		    s->commit_rc != 0 ? s->commit_err : op->q.why);
 	} else if (op->q.result == SENDER_QR_DONE) {
 		log_outcome(op);
+		stats_outcome(s, op->out);
 	} else {
 		hk_log_debug("outcome_stale", "{s:s, s:s, s:s}", "event", outcome_event(op->out),
 		    "id", op->id, "rcpt", op->rcpt);
@@ -409,6 +434,8 @@ on_enqueue(struct sender *s, hk_zlink *link, const Hk__EnqueueRequest *e,
 	size_t len;
 	uint8_t *buf;
 
+	s->stats.enqueues++;
+	s->stats.router_seen_ms = hk_now_ms();
 	if (s->stopping) {
 		send_enqueue_reply(s, link, e->req_id, false, false, "sender shutting down");
 		return;
@@ -483,10 +510,72 @@ on_heartbeat(uv_timer_t *t)
 	f.heartbeat = &hb;
 	for (size_t i = 0; i < s->n_links; i++) {
 		int rc = hk_zlink_send(s->links[i], NULL, 0, &f, NULL, 0);
-		if (rc != 0)
+		if (rc == 0)
+			s->stats.router_seen_ms = hk_now_ms();  /* connected (ZMQ_IMMEDIATE) */
+		else
 			/* Usually: that router is not connected (yet). */
 			hk_log_debug("heartbeat_not_sent", "{s:s, s:s}", "router",
 			    s->conf->routers[i], "error", strerror(-rc));
+	}
+}
+
+/* ---- the HTTP endpoint: publish on the loop, read on the HTTP thread ---- */
+
+static void
+sender_publish(struct hk_node *node)
+{
+	struct sender *s = node->role;
+
+	if (s == NULL || s->stopping)
+		return;
+	s->stats.queue_depth = sender_queue_depth(s->q);
+	s->stats.in_flight = sender_sched_jobs(s->sched);
+}
+
+static bool
+sender_ready(void *arg, char *reason, size_t len)
+{
+	struct sender *s = arg;
+	int64_t fresh = 3 * (int64_t)s->conf->heartbeat_interval_ms;
+
+	if (fresh < 3000)
+		fresh = 3000;
+	if (!s->stats.queue_open)
+		snprintf(reason, len, "queue not open");
+	else if (s->stats.router_seen_ms == 0)
+		snprintf(reason, len, "no router connected yet");
+	else if (hk_now_ms() - s->stats.router_seen_ms > fresh)
+		snprintf(reason, len, "no router connected for %lld ms",
+		    (long long)(hk_now_ms() - s->stats.router_seen_ms));
+	else
+		return true;
+	return false;
+}
+
+static void
+sender_metrics(void *arg, hk_prom *p)
+{
+	struct sender *s = arg;
+	static const char *const kinds[4] = { "delivered", "deferred", "bounced", "expired" };
+
+	hk_prom_family(p, "hikyaku_sender_queue_depth", "gauge", "Recipients in the queue.");
+	hk_prom_u64(p, "hikyaku_sender_queue_depth", NULL, NULL, s->stats.queue_depth);
+	hk_prom_family(p, "hikyaku_sender_deliveries_in_flight", "gauge", "Delivery jobs running.");
+	hk_prom_u64(p, "hikyaku_sender_deliveries_in_flight", NULL, NULL, s->stats.in_flight);
+	hk_prom_family(p, "hikyaku_sender_enqueues_total", "counter", "Enqueue requests received from routers.");
+	hk_prom_u64(p, "hikyaku_sender_enqueues_total", NULL, NULL, s->stats.enqueues);
+	hk_prom_family(p, "hikyaku_sender_enqueues_stored_total", "counter", "Enqueues committed and acked.");
+	hk_prom_u64(p, "hikyaku_sender_enqueues_stored_total", NULL, NULL, s->stats.stored);
+	hk_prom_family(p, "hikyaku_sender_enqueues_duplicate_total", "counter", "Enqueues already held, acked again.");
+	hk_prom_u64(p, "hikyaku_sender_enqueues_duplicate_total", NULL, NULL, s->stats.duplicates);
+	hk_prom_family(p, "hikyaku_sender_enqueues_failed_total", "counter", "Enqueues whose commit failed (nacked).");
+	hk_prom_u64(p, "hikyaku_sender_enqueues_failed_total", NULL, NULL, s->stats.enqueue_failed);
+	for (int i = 0; i < 4; i++) {
+		char name[64], help[96];
+		snprintf(name, sizeof(name), "hikyaku_sender_%s_total", kinds[i]);
+		snprintf(help, sizeof(help), "Recipients %s (the outcome committed).", kinds[i]);
+		hk_prom_family(p, name, "counter", help);
+		hk_prom_u64(p, name, NULL, NULL, s->stats.outcomes[i]);
 	}
 }
 
@@ -598,6 +687,11 @@ sender_start(struct hk_node *node)
 	s->kick.data = s;
 	uv_timer_start(&s->hb_timer, on_heartbeat, 0, c->heartbeat_interval_ms);
 	node->role = s;
+	s->stats.queue_open = true;
+	node->http_handlers = (struct hk_http_handlers){
+		.arg = s, .ready = sender_ready, .metrics = sender_metrics,
+	};
+	node->publish = sender_publish;
 	hk_log_info("sender_ready", "{s:I, s:s, s:i}", "queue_depth",
 	    (json_int_t)sender_queue_depth(s->q), "queue", c->queue_path, "routers", (int)s->n_links);
 	return 0;

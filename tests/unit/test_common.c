@@ -35,6 +35,7 @@ static const char good_cfg[] =
     "    role: router\n"
     "    front: tcp://127.0.0.1:7101\n"
     "    back: tcp://127.0.0.1:7102\n"
+    "    http: 127.0.0.1:9101\n"
     "  s1:\n"
     "    role: sender\n"
     "    routers: [r1]\n"
@@ -68,6 +69,10 @@ test_config_good(void **state)
 	assert_int_equal(s->u.sender.delivery_port, 25); /* default */
 	assert_int_equal(s->u.sender.connection_cache_time_ms, 500);
 	assert_int_equal(s->u.sender.connection_reuse_limit, 100); /* default */
+	assert_null(s->http_host); /* no http: key, no HTTP */
+	const struct hk_node_conf *r = hk_config_node(cfg, "r1");
+	assert_string_equal(r->http_host, "127.0.0.1");
+	assert_int_equal(r->http_port, 9101);
 	const struct hk_node_conf *i = hk_config_node(cfg, "i1");
 	assert_string_equal(i->u.ingress.routers[0], "tcp://127.0.0.1:7101");
 	assert_int_equal(i->u.ingress.n_listeners, 1);
@@ -136,6 +141,8 @@ test_config_errors(void **state)
 		{ "nodes:\n  i:\n    role: ingress\n    max_sessions_per_ip: 0\n", ":4: key 'max_sessions_per_ip': must be at least 1" },
 		{ "nodes:\n  i:\n    role: ingress\n    max_errors: 0\n", ":4: key 'max_errors': must be at least 1" },
 		{ "nodes:\n  i:\n    role: ingress\n    auth_failure_window: 0s\n", ":4: key 'auth_failure_window': must be longer than 0" },
+		{ "nodes:\n  s1:\n    role: sender\n    routers: [r1]\n    queue: /q\n    http: 9101\n",
+		  ":6: key 'http': expected host:port" },
 		{ "nodes: [\n", "YAML syntax error" },
 		{ "other: 1\n", ":1: key 'other': unknown top-level key" },
 		{ "hot_domains: [gmail.com]\nnodes: {}\n", ":1: key 'hot_domains': expected a mapping" },
