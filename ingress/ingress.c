@@ -245,7 +245,7 @@ ingress_dispatch(hk_zlink *link, const void *peer, size_t peer_len, const Hk__Fr
 		ing->stats.accepted++;
 	else
 		ing->stats.nacked++;
-	ingress_session_submitted(s, r->ok, r->reason);
+	ingress_session_submitted(s, r->ok, r->refusal == HK__REFUSAL__REFUSAL_BUSY, r->reason);
 }
 
 /* ---- the HTTP endpoint: publish on the loop, read on the HTTP thread ---- */
