@@ -221,6 +221,8 @@ def test_hung_sender_parts_resent(cluster_of, mx):
     # After SIGCONT sender-2 commits and acks its stale parts late: ignored.
     harness.wait_until(lambda: len(c.find_events("member_up", "router-1", member="sender-2")) >= 2,
                        10, "sender-2 up again at the router")
+    # Its stale enqueues are answered once it runs again, and ignored.
+    c.wait_event("late_reply", node="router-1", member="sender-2", timeout=10)
     want = {(tok, r.lower()) for tok, rc in msgs for r in rc}
     harness.wait_until(lambda: want <= set(_arrivals(mx)), 60,
                        "every acknowledged recipient at the MX hosts", interval=0.5)
