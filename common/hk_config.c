@@ -102,6 +102,17 @@ get_u32(struct cfg_ctx *c, const yaml_node_t *n, const char *key, uint32_t *out)
 	return 0;
 }
 
+/* get_count - an integer from 1 to UINT32_MAX (a cap; 0 would refuse all). */
+static int
+get_count(struct cfg_ctx *c, const yaml_node_t *n, const char *key, uint32_t *out)
+{
+	if (get_u32(c, n, key, out))
+		return -1;
+	if (*out == 0)
+		return cfg_error(c, n, key, "must be at least 1");
+	return 0;
+}
+
 /* "500ms", "10s", "5m", "1h", "5d"; a bare number is seconds. */
 static int
 get_duration_ms(struct cfg_ctx *c, const yaml_node_t *n, const char *key, uint32_t *out)
@@ -725,6 +736,9 @@ KEY(r_front, get_endpoint(c, v, k, &nc->u.router.front))
 KEY(r_back, get_endpoint(c, v, k, &nc->u.router.back))
 KEY(r_hbto, get_duration_ms(c, v, k, &nc->u.router.heartbeat_timeout_ms))
 KEY(r_enqto, get_duration_ms(c, v, k, &nc->u.router.enqueue_timeout_ms))
+KEY(r_resend, get_duration_ms(c, v, k, &nc->u.router.resend_window_ms))
+KEY(r_maxinfl, get_count(c, v, k, &nc->u.router.max_inflight_per_sender))
+KEY(r_maxpend, get_count(c, v, k, &nc->u.router.max_pending))
 
 /* listen: HOST:PORT - the one relay listener of a simple setup. */
 static int
@@ -946,6 +960,8 @@ k_s_port(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_
 static const struct key_rule router_keys[] = {
 	{ "front", k_r_front }, { "back", k_r_back },
 	{ "heartbeat_timeout", k_r_hbto }, { "enqueue_timeout", k_r_enqto },
+	{ "resend_window", k_r_resend }, { "max_inflight_per_sender", k_r_maxinfl },
+	{ "max_pending", k_r_maxpend },
 	{ NULL, NULL },
 };
 
@@ -983,6 +999,9 @@ set_defaults(struct hk_node_conf *nc)
 	case HK_ROLE_ROUTER:
 		nc->u.router.heartbeat_timeout_ms = 3000;
 		nc->u.router.enqueue_timeout_ms = 5000;
+		nc->u.router.resend_window_ms = 9000;  /* under the ingress's 10s submit_timeout */
+		nc->u.router.max_inflight_per_sender = 1000;
+		nc->u.router.max_pending = 10000;
 		break;
 	case HK_ROLE_INGRESS:
 		nc->u.ingress.submit_timeout_ms = 10000;

@@ -75,7 +75,10 @@ struct hk_router_conf {
 	char *front;            /* endpoint ingress nodes connect to */
 	char *back;             /* endpoint senders connect to */
 	uint32_t heartbeat_timeout_ms; /* a sender silent this long is dead */
-	uint32_t enqueue_timeout_ms;   /* nack the ingress if a sender has not acked */
+	uint32_t enqueue_timeout_ms;   /* a part not acked by then is resent or nacked */
+	uint32_t resend_window_ms;     /* resend failed parts until this long after arrival */
+	uint32_t max_inflight_per_sender; /* enqueues unanswered per sender, then busy */
+	uint32_t max_pending;          /* submissions in flight, then busy */
 };
 
 struct hk_ingress_conf {

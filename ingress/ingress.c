@@ -89,7 +89,7 @@ struct ingress {
 	/* For the HTTP thread: atomics, written on the loop (publish, replies). */
 	struct {
 		_Atomic uint64_t sessions_open;
-		_Atomic uint64_t accepted, nacked, unavailable, cancelled;
+		_Atomic uint64_t accepted, nacked, busy, unavailable, cancelled;
 		_Atomic bool router_connected;  /* a router link could take a message */
 		_Atomic int64_t last_reply_ms;  /* a router last answered */
 		struct hk_hist submit_latency;  /* submit sent -> router's answer */
@@ -243,9 +243,11 @@ ingress_dispatch(hk_zlink *link, const void *peer, size_t peer_len, const Hk__Fr
 		hk_hist_observe(&ing->stats.submit_latency, (uv_hrtime() - t0) / 1000);
 	if (r->ok)
 		ing->stats.accepted++;
+	else if (r->refusal == HK__REFUSAL__REFUSAL_BUSY)
+		ing->stats.busy++;
 	else
 		ing->stats.nacked++;
-	ingress_session_submitted(s, r->ok, r->reason);
+	ingress_session_submitted(s, r->ok, r->refusal == HK__REFUSAL__REFUSAL_BUSY, r->reason);
 }
 
 /* ---- the HTTP endpoint: publish on the loop, read on the HTTP thread ---- */
@@ -288,8 +290,9 @@ ingress_metrics(void *arg, hk_prom *p)
 	hk_prom_u64(p, "hikyaku_ingress_messages_accepted_total", NULL, NULL, ing->stats.accepted);
 	hk_prom_family(p, "hikyaku_ingress_messages_refused_total", "counter",
 	    "Messages submitted but not queued (the client got 451): nack = a router refused, "
-	    "no_router = none connected, cancelled = timed out or the client left.");
+	    "busy = a router was over a cap (451 4.3.2), no_router = none connected, cancelled = timed out or the client left.");
 	hk_prom_u64(p, "hikyaku_ingress_messages_refused_total", "reason", "nack", ing->stats.nacked);
+	hk_prom_u64(p, "hikyaku_ingress_messages_refused_total", "reason", "busy", ing->stats.busy);
 	hk_prom_u64(p, "hikyaku_ingress_messages_refused_total", "reason", "no_router", ing->stats.unavailable);
 	hk_prom_u64(p, "hikyaku_ingress_messages_refused_total", "reason", "cancelled", ing->stats.cancelled);
 	hk_prom_family(p, "hikyaku_ingress_submit_latency_seconds", "histogram",

@@ -1389,7 +1389,7 @@ sanitize(char *out, size_t len, const char *in)
 }
 
 void
-ingress_session_submitted(ingress_session *s, bool ok, const char *reason)
+ingress_session_submitted(ingress_session *s, bool ok, bool busy, const char *reason)
 {
 	char why[200], text[INGRESS_REPLY_MAX];
 
@@ -1406,6 +1406,9 @@ ingress_session_submitted(ingress_session *s, bool ok, const char *reason)
 		    "tls", (s->flags & SF_TLS) ? hk_tls_conn_version(s->tls) : "");
 		txn_reset(s);
 		ingress_enter_state(s, ST_HELO);
+	} else if (busy) {
+		/* RFC 3463 4.3.2: system not accepting network messages. */
+		txn_fail(s, "451 4.3.2 System busy, try again later");
 	} else {
 		sanitize(why, sizeof(why), reason);
 		snprintf(text, sizeof(text), "451 4.3.0 %s", why[0] ? why : "Queueing failed, try again later");

@@ -100,8 +100,10 @@ uv_stream_t *ingress_session_stream(ingress_session *s);
 void ingress_session_start(ingress_session *s);
 
 /* ingress_session_submitted - the router's answer to the pending request.
- * The caller has already removed it from its wait table. */
-void ingress_session_submitted(ingress_session *s, bool ok, const char *reason);
+ * The caller has already removed it from its wait table. BUSY (only when
+ * !ok): the router refused it over a cap (Refusal REFUSAL_BUSY), answered
+ * 451 4.3.2; any other refusal is 451 4.3.0 with REASON. */
+void ingress_session_submitted(ingress_session *s, bool ok, bool busy, const char *reason);
 
 /*
  * ingress_session_close - close every handle now, dropping unsent replies

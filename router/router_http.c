@@ -229,6 +229,10 @@ obs_metrics(void *arg, hk_prom *p)
 	hk_prom_u64(p, "hikyaku_router_enqueues_total", NULL, NULL, s->enqueues);
 	hk_prom_family(p, "hikyaku_router_enqueue_nacks_total", "counter", "Enqueues a sender answered with a refusal.");
 	hk_prom_u64(p, "hikyaku_router_enqueue_nacks_total", NULL, NULL, s->enqueue_nacks);
+	hk_prom_family(p, "hikyaku_router_resends_total", "counter", "Failed parts of submissions re-split over the live senders and resent.");
+	hk_prom_u64(p, "hikyaku_router_resends_total", NULL, NULL, s->resends);
+	hk_prom_family(p, "hikyaku_router_busy_total", "counter", "Submissions nacked as busy (max_pending, max_inflight_per_sender, a full pipe).");
+	hk_prom_u64(p, "hikyaku_router_busy_total", NULL, NULL, s->busy);
 	hk_prom_family(p, "hikyaku_router_ack_latency_seconds", "histogram", "Time from an enqueue sent to its sender's reply.");
 	hk_prom_hist(p, "hikyaku_router_ack_latency_seconds", NULL, NULL, &s->ack_latency);
 	hk_prom_family(p, "hikyaku_router_members", "gauge", "Senders this router has heard from.");

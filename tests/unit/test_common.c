@@ -73,6 +73,12 @@ test_config_good(void **state)
 	const struct hk_node_conf *r = hk_config_node(cfg, "r1");
 	assert_string_equal(r->http_host, "127.0.0.1");
 	assert_int_equal(r->http_port, 9101);
+	/* router: timeouts and caps, defaults */
+	assert_int_equal(r->u.router.heartbeat_timeout_ms, 3000);
+	assert_int_equal(r->u.router.enqueue_timeout_ms, 5000);
+	assert_int_equal(r->u.router.resend_window_ms, 9000);
+	assert_int_equal(r->u.router.max_inflight_per_sender, 1000);
+	assert_int_equal(r->u.router.max_pending, 10000);
 	const struct hk_node_conf *i = hk_config_node(cfg, "i1");
 	assert_string_equal(i->u.ingress.routers[0], "tcp://127.0.0.1:7101");
 	assert_int_equal(i->u.ingress.n_listeners, 1);
@@ -93,6 +99,25 @@ test_config_good(void **state)
 	assert_string_equal(s->u.sender.routers[0], "inproc://r1.back");
 	hk_config_free(&cfg);
 	assert_null(cfg);
+	unlink(path);
+}
+
+/* The router's failover and backpressure keys, set. */
+static void
+test_config_router_keys(void **state)
+{
+	struct hk_config *cfg;
+	char err[512];
+	char *path = write_tmp("nodes:\n  r1:\n    role: router\n    front: tcp://a:1\n    back: tcp://a:2\n"
+	    "    resend_window: 2500ms\n    max_inflight_per_sender: 1\n    max_pending: 2\n");
+	(void)state;
+
+	assert_int_equal(hk_config_load(path, &cfg, err, sizeof(err)), 0);
+	const struct hk_node_conf *r = hk_config_node(cfg, "r1");
+	assert_int_equal(r->u.router.resend_window_ms, 2500);
+	assert_int_equal(r->u.router.max_inflight_per_sender, 1);
+	assert_int_equal(r->u.router.max_pending, 2);
+	hk_config_free(&cfg);
 	unlink(path);
 }
 
@@ -143,6 +168,12 @@ test_config_errors(void **state)
 		{ "nodes:\n  i:\n    role: ingress\n    auth_failure_window: 0s\n", ":4: key 'auth_failure_window': must be longer than 0" },
 		{ "nodes:\n  s1:\n    role: sender\n    routers: [r1]\n    queue: /q\n    http: 9101\n",
 		  ":6: key 'http': expected host:port" },
+		{ "nodes:\n  r1:\n    role: router\n    front: tcp://a:1\n    back: tcp://a:2\n    max_pending: 0\n",
+		  ":6: key 'max_pending': must be at least 1" },
+		{ "nodes:\n  r1:\n    role: router\n    front: tcp://a:1\n    back: tcp://a:2\n    max_inflight_per_sender: -1\n",
+		  ":6: key 'max_inflight_per_sender': expected a non-negative integer" },
+		{ "nodes:\n  r1:\n    role: router\n    front: tcp://a:1\n    back: tcp://a:2\n    resend_window: soon\n",
+		  ":6: key 'resend_window':" },
 		{ "nodes: [\n", "YAML syntax error" },
 		{ "other: 1\n", ":1: key 'other': unknown top-level key" },
 		{ "hot_domains: [gmail.com]\nnodes: {}\n", ":1: key 'hot_domains': expected a mapping" },
@@ -349,6 +380,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_config_good),
+		cmocka_unit_test(test_config_router_keys),
 		cmocka_unit_test(test_config_errors),
 		cmocka_unit_test(test_config_tenants),
 		cmocka_unit_test(test_config_hot_domains),

@@ -50,6 +50,7 @@ struct harness {
 	int submit_rc;          /* what submit() returns */
 	int answer_ms;          /* answer after this long; -1 never */
 	bool answer_ok;
+	bool answer_busy;
 	const char *answer_reason;
 	uv_timer_t answer_timer;
 	ingress_session *pending;
@@ -76,7 +77,7 @@ on_answer(uv_timer_t *t)
 		return; /* the session cancelled: a late answer finds no one */
 	h->pending = NULL;
 	h->n_answers++;
-	ingress_session_submitted(s, h->answer_ok, h->answer_reason);
+	ingress_session_submitted(s, h->answer_ok, h->answer_busy, h->answer_reason);
 }
 
 static int
@@ -487,6 +488,38 @@ test_router_says_no(void **state)
 }
 
 static void
+client_router_busy(struct harness *h)
+{
+	struct client c;
+
+	CHECK(h, client_connect(h, &c) == 0, "connect");
+	EXPECT(h, &c, "220 ");
+	SEND(h, &c, "EHLO c\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@x.example>\r\nDATA\r\n");
+	EXPECT(h, &c, "250 ENHANCEDSTATUSCODES");
+	EXPECT(h, &c, "250 ");
+	EXPECT(h, &c, "250 ");
+	EXPECT(h, &c, "354 ");
+	SEND(h, &c, "x\r\n.\r\n");
+	EXPECT(h, &c, "451 4.3.2 System busy, try again later");
+	client_close(&c);
+}
+
+/* A busy refusal (REFUSAL_BUSY) is 451 4.3.2, whatever the reason says. */
+static void
+test_router_busy(void **state)
+{
+	struct harness *h = harness_new();
+
+	(void)state;
+	h->answer_ok = false;
+	h->answer_busy = true;
+	h->answer_reason = "router busy: max_pending submissions in flight";
+	harness_run(h, client_router_busy);
+	assert_int_equal(h->n_answers, 1);
+	harness_free(h);
+}
+
+static void
 client_submit_timeout(struct harness *h)
 {
 	struct client c;
@@ -834,6 +867,7 @@ main(void)
 		cmocka_unit_test(test_received_header_one_rcpt),
 		cmocka_unit_test(test_no_router),
 		cmocka_unit_test(test_router_says_no),
+		cmocka_unit_test(test_router_busy),
 		cmocka_unit_test(test_submit_timeout),
 		cmocka_unit_test(test_gone_while_pending),
 		cmocka_unit_test(test_order_and_syntax),
