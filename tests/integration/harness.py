@@ -783,15 +783,19 @@ class Cluster:
         return p
 
     def start_node(self, name, wait=True):
-        """Run one node; with wait, until it is listening (ingress) or it has
-        been seen by every running router (sender)."""
+        """Run one node; with wait, until it is listening (router, ingress)
+        or it has been seen by every running router (sender)."""
         if not os.path.exists(self.config_path):
             self.write_config()
         role = self.nodes[name]["role"]
         marks = {r: self.log_of(r).mark() for r in self.router_names() if self.running(r)}
         p = self._start(name, [role, "--config", self.config_path, "--node", name])
         if wait:
-            if role == "ingress":
+            if role == "router":
+                # Bound before anyone connects: a node that connects first
+                # is refused and retries only after ZeroMQ's reconnect interval.
+                self.wait_event("router_listening", node=name, timeout=10)
+            elif role == "ingress":
                 for addr in self.listen_addresses(name):
                     self.wait_event("ingress_listening", node=name, timeout=10, listen=addr)
             elif role == "sender":
