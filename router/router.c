@@ -789,7 +789,7 @@ router_start(struct hk_node *node)
 	r->node = node;
 	r->conf = &node->conf->u.router;
 	r->enqueues = hk_u64map_new();
-	r->obs = router_obs_new(node->conf->name, ROUTER_DOMAINS_MAX);
+	r->obs = router_obs_new(node->conf->name, ROUTER_DOMAINS_MAX, node->cfg);
 	router_obs_handlers(r->obs, &node->http_handlers);
 	uv_timer_init(node->loop, &r->tick);
 	r->tick.data = r;

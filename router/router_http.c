@@ -25,6 +25,7 @@
 struct router_obs {
 	pthread_mutex_t lock;
 	char *node;
+	const struct hk_config *cfg; /* immutable: hot_domains: */
 	/* under lock */
 	struct router_member_view *members; /* strings owned */
 	size_t n_members;
@@ -34,10 +35,11 @@ struct router_obs {
 };
 
 router_obs *
-router_obs_new(const char *node, size_t max_domains)
+router_obs_new(const char *node, size_t max_domains, const struct hk_config *cfg)
 {
 	router_obs *o = xcalloc(1, sizeof(*o));
 
+	o->cfg = cfg;
 	pthread_mutex_init(&o->lock, NULL);
 	o->node = xstrdup(node);
 	o->domains = router_domains_new(max_domains);
@@ -160,14 +162,18 @@ router_obs_cluster_json(router_obs *o)
 	}
 	p = domains;
 	size_t unowned = 0;
+	int *top = xcalloc(n ? n : 1, sizeof(*top));
 	for (size_t d = 0; d < n_domains; d++) {
-		int k = router_hrw_owner(cands, n_cands, p);
-		if (k < 0)
+		/* A hot domain counts for each of its top k owners. */
+		size_t k = o->cfg ? hk_config_hot_k(o->cfg, p) : 1;
+		size_t got = router_hrw_top(cands, n_cands, p, k, top);
+		if (got == 0)
 			unowned++;
-		else
-			owned[cand_of[k]]++;
+		for (size_t j = 0; j < got; j++)
+			owned[cand_of[top[j]]]++;
 		p += strlen(p) + 1;
 	}
+	free(top);
 
 	arr = json_array();
 	for (size_t i = 0; i < n; i++)

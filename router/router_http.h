@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hk_config.h"
 #include "hk_http.h"
 #include "hk_prom.h"
 
@@ -43,7 +44,9 @@ struct router_stats {
 
 typedef struct router_obs router_obs;
 
-router_obs *router_obs_new(const char *node, size_t max_domains);
+/* router_obs_new - CFG (read for hot_domains:) must outlive the obs; it is
+ * never changed after load, so the HTTP thread may read it. */
+router_obs *router_obs_new(const char *node, size_t max_domains, const struct hk_config *cfg);
 void router_obs_free(router_obs **obs);
 
 struct router_stats *router_obs_stats(router_obs *obs);
