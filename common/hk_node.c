@@ -6,12 +6,15 @@
  * loop be set up from any thread while it is not running), so a failed start
  * is known before anything serves. Signals are blocked in every thread and
  * taken by sigwait() in the main thread, which then wakes each loop with a
- * uv_async to run the role's stop() (SIGINT, SIGTERM) or reload() (SIGHUP).
+ * uv_async to run the role's stop() (SIGINT, SIGTERM), reload() (SIGHUP) or
+ * drain() (SIGUSR1). Once every node told to drain has called
+ * hk_node_drained(), the process sends itself SIGTERM: a clean stop.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +25,10 @@
 #include "hk_log.h"
 #include "hk_node.h"
 #include "hk_util.h"
+
+/* Nodes told to drain that have not called hk_node_drained() yet; set by
+ * the main thread on the first SIGUSR1, before any drain() can run. */
+static _Atomic size_t drains_left;
 
 static const struct hk_role_ops *
 ops_for(const struct hk_role_ops *const *roles, size_t n, enum hk_role role)
@@ -45,6 +52,7 @@ on_stop_async(uv_async_t *a)
 	node->ops->stop(node);
 	uv_close((uv_handle_t *)&node->stop_async, NULL);
 	uv_close((uv_handle_t *)&node->reload_async, NULL);
+	uv_close((uv_handle_t *)&node->drain_async, NULL);
 }
 
 static void
@@ -54,6 +62,25 @@ on_reload_async(uv_async_t *a)
 
 	if (node->ops->reload && !node->stopping)
 		node->ops->reload(node);
+}
+
+static void
+on_drain_async(uv_async_t *a)
+{
+	struct hk_node *node = a->data;
+
+	if (node->ops->drain && !node->stopping)
+		node->ops->drain(node);
+}
+
+void
+hk_node_drained(struct hk_node *node)
+{
+	(void)node;
+	if (atomic_fetch_sub(&drains_left, 1) == 1) {
+		hk_log_info("node_drained", NULL);
+		kill(getpid(), SIGTERM);  /* taken by sigwait(): the usual stop */
+	}
 }
 
 static void
@@ -120,6 +147,8 @@ node_start(struct hk_node *node, const struct hk_config *cfg, const struct hk_no
 	node->stop_async.data = node;
 	uv_async_init(node->loop, &node->reload_async, on_reload_async);
 	node->reload_async.data = node;
+	uv_async_init(node->loop, &node->drain_async, on_drain_async);
+	node->drain_async.data = node;
 	hk_log_set_node(nc->name);
 	if (node->ops->start(node) != 0) {
 		hk_log_error("node_start_failed", "{s:s}", "role", hk_role_name(nc->role));
@@ -145,6 +174,7 @@ node_abort(struct hk_node *node, bool started)
 		node->ops->stop(node);
 	uv_close((uv_handle_t *)&node->stop_async, NULL);
 	uv_close((uv_handle_t *)&node->reload_async, NULL);
+	uv_close((uv_handle_t *)&node->drain_async, NULL);
 	uv_run(node->loop, UV_RUN_DEFAULT);
 }
 
@@ -216,12 +246,14 @@ hk_node_main(int argc, char **argv, const struct hk_role_ops *const *roles, size
 		n_nodes = 1;
 	}
 
-	/* Block the stop and reload signals everywhere; the main thread takes them. */
+	/* Block the stop, reload and drain signals everywhere; the main thread
+	 * takes them. */
 	sigset_t sigs;
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -251,14 +283,33 @@ hk_node_main(int argc, char **argv, const struct hk_role_ops *const *roles, size
 		for (size_t i = 0; i < started; i++)
 			uv_thread_create(&nodes[i].thread, node_thread, &nodes[i]);
 		int sig;
+		bool draining = false;
 		hk_log_set_node(all ? "hikyaku" : name);
 		for (;;) {
 			sigwait(&sigs, &sig);
 			hk_log_info("signal", "{s:i}", "signal", sig);
-			if (sig != SIGHUP)
+			if (sig == SIGHUP) {
+				for (size_t i = 0; i < started; i++)
+					uv_async_send(&nodes[i].reload_async);
+			} else if (sig == SIGUSR1) {
+				/* Drain once: every node with a drain hook (in `all`,
+				 * each sender) is told; a second SIGUSR1 changes nothing. */
+				size_t n = 0;
+				for (size_t i = 0; i < started; i++)
+					n += nodes[i].ops->drain != NULL;
+				if (draining || n == 0) {
+					hk_log_warn("drain_ignored", "{s:s}", "reason",
+					    draining ? "already draining" : "no node here drains");
+					continue;
+				}
+				draining = true;
+				drains_left = n;
+				for (size_t i = 0; i < started; i++)
+					if (nodes[i].ops->drain)
+						uv_async_send(&nodes[i].drain_async);
+			} else {
 				break;
-			for (size_t i = 0; i < started; i++)
-				uv_async_send(&nodes[i].reload_async);
+			}
 		}
 		for (size_t i = 0; i < started; i++) {
 			nodes[i].stopping = true;

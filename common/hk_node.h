@@ -12,6 +12,8 @@
  * handle it opened so that uv_run() returns. reload(), if not NULL, is
  * called on the loop's thread on SIGHUP: re-read what can change without a
  * restart (certificates), keeping the old state if the new one is bad.
+ * drain(), if not NULL, is called on the loop's thread on SIGUSR1: stop
+ * taking new work, finish what is held, then call hk_node_drained() once.
  */
 #ifndef HK_NODE_H
 #define HK_NODE_H
@@ -40,6 +42,7 @@ struct hk_node {
 	/* private */
 	uv_async_t stop_async;
 	uv_async_t reload_async; /* SIGHUP */
+	uv_async_t drain_async;  /* SIGUSR1 */
 	uv_timer_t http_timer;  /* beat and publish, when http is set */
 	uv_thread_t thread;
 	const struct hk_role_ops *ops;
@@ -52,12 +55,18 @@ struct hk_role_ops {
 	int (*start)(struct hk_node *node);
 	void (*stop)(struct hk_node *node);
 	void (*reload)(struct hk_node *node); /* optional */
+	void (*drain)(struct hk_node *node);  /* optional */
 };
 
 /* Each role library defines its table; main.c hands them to hk_node_main. */
 extern const struct hk_role_ops ingress_ops;
 extern const struct hk_role_ops router_ops;
 extern const struct hk_role_ops sender_ops;
+
+/* hk_node_drained - called once, on the node's loop, by a role whose drain()
+ * has finished. When every node of the process that was told to drain has
+ * called it, the process stops as on SIGTERM (exit 0). */
+void hk_node_drained(struct hk_node *node);
 
 /* hk_node_main - the `hikyaku ROLE|all` entry point. roles[] lists the role
  * tables linked into the binary (n of them). Returns the exit code. */

@@ -155,7 +155,8 @@ on_heartbeat(struct router *r, const char *from, const Hk__Heartbeat *hb)
 		memset(m, 0, sizeof(*m));
 		m->name = xstrdup(hb->node_id);
 	}
-	bool up = !m->alive, changed = up || m->draining != hb->draining;
+	bool up = !m->alive, was_draining = m->draining;
+	bool changed = up || was_draining != hb->draining;
 	m->alive = true;
 	m->weight = hb->weight ? hb->weight : 1;
 	m->queue_depth = hb->queue_depth;
@@ -167,6 +168,9 @@ on_heartbeat(struct router *r, const char *from, const Hk__Heartbeat *hb)
 		publish_members(r);  /* before the log line: what it says is visible */
 	if (up)
 		hk_log_info("member_up", "{s:s, s:i}", "member", m->name, "weight", (int)hb->weight);
+	if (was_draining != m->draining || (up && m->draining))
+		hk_log_info("member_draining", "{s:s, s:b, s:I}", "member", m->name,
+		    "draining", m->draining, "queue_depth", (json_int_t)m->queue_depth);
 }
 
 /* publish_members - the member snapshot for the HTTP endpoint. */

@@ -11,6 +11,13 @@
  * events and released from the scheduler, and the next batch starts. Only
  * one write transaction exists at a time.
  *
+ * Draining (SIGUSR1, sender_drain): heartbeats say draining, so routers give
+ * our domains to the next owner; enqueues that still arrive are taken as
+ * usual (never nack what a router already sent) and the queue is delivered
+ * at its normal pace. Once the queue is empty and nothing is in flight, the
+ * node reports itself drained and the process stops. The queue is not handed
+ * to other senders (yet): a draining sender delivers all it holds itself.
+ *
  * Links: one DEALER per router (identity = node name), so that heartbeats
  * reach every router; a reply goes back on the link its request came in on.
  */
@@ -80,10 +87,12 @@ struct sender {
 	int64_t commit_started_ms;
 	uint64_t hb_seq;
 	bool stopping, sched_done, finished;
+	bool draining, drained;
+	int64_t drain_started_ms;
 	int handles_open;
 	/* For the HTTP thread: atomics, written on the loop. */
 	struct {
-		_Atomic bool queue_open;
+		_Atomic bool queue_open, draining;
 		_Atomic uint64_t queue_depth, in_flight;
 		_Atomic int64_t router_seen_ms;  /* a heartbeat went out, or an enqueue came in */
 		_Atomic uint64_t enqueues, stored, duplicates, enqueue_failed;
@@ -93,6 +102,7 @@ struct sender {
 
 static void commit_start(struct sender *s);
 static void maybe_finish(struct sender *s);
+static void drain_check(struct sender *s);
 
 /* ---- operations and batches ---- */
 
@@ -350,6 +360,7 @@ commit_done(uv_work_t *w, int status)
 	/* Whatever collected while this commit ran goes now, together. */
 	commit_start(s);
 	maybe_finish(s);
+	drain_check(s);
 }
 
 static void
@@ -504,7 +515,7 @@ on_heartbeat(uv_timer_t *t)
 	hb.endpoint = "";
 	hb.weight = s->conf->weight;
 	hb.queue_depth = sender_queue_depth(s->q);
-	hb.draining = false;
+	hb.draining = s->draining;
 	hb.seq = ++s->hb_seq;
 	f.body_case = HK__FRAME__BODY_HEARTBEAT;
 	f.heartbeat = &hb;
@@ -517,6 +528,54 @@ on_heartbeat(uv_timer_t *t)
 			hk_log_debug("heartbeat_not_sent", "{s:s, s:s}", "router",
 			    s->conf->routers[i], "error", strerror(-rc));
 	}
+	drain_check(s);
+}
+
+/* ---- draining ---- */
+
+/* drain_check - once draining: the queue empty, no enqueue waiting for or
+ * in a commit, no delivery running, and the grace time past, we are
+ * drained. The grace time (two heartbeats) lets the draining heartbeat reach
+ * the routers and an enqueue they sent before it arrive here.
+ * XXX a router not connected when the draining heartbeats went out may
+ * still send us an enqueue after we stop; it then times out there and is
+ * resent, as for a sender that died. */
+static void
+drain_check(struct sender *s)
+{
+	uint64_t depth;
+
+	if (!s->draining || s->drained || s->stopping)
+		return;
+	if (hk_now_ms() - s->drain_started_ms < 2 * (int64_t)s->conf->heartbeat_interval_ms)
+		return;
+	if (s->committing || s->next.n > 0 || sender_sched_jobs(s->sched) > 0)
+		return;
+	if ((depth = sender_queue_depth(s->q)) > 0)
+		return;
+	s->drained = true;
+	hk_log_info("sender_drained", "{s:I}", "ms", (json_int_t)(hk_now_ms() - s->drain_started_ms));
+	hk_node_drained(s->node);   /* the node is stopped from the main thread */
+}
+
+/* sender_drain - SIGUSR1: report draining from now on (one heartbeat at
+ * once), keep taking enqueues and delivering; drain_check ends it. */
+static void
+sender_drain(struct hk_node *node)
+{
+	struct sender *s = node->role;
+
+	if (s == NULL || s->stopping || s->draining)
+		return;
+	s->draining = true;
+	s->stats.draining = true;
+	s->drain_started_ms = hk_now_ms();
+	hk_log_info("sender_draining", "{s:I, s:i}", "queue_depth",
+	    (json_int_t)sender_queue_depth(s->q), "in_flight", (int)sender_sched_jobs(s->sched));
+	/* Send the draining heartbeat now; the next regular one follows a full
+	 * interval later. */
+	uv_timer_again(&s->hb_timer);
+	on_heartbeat(&s->hb_timer);
 }
 
 /* ---- the HTTP endpoint: publish on the loop, read on the HTTP thread ---- */
@@ -560,6 +619,8 @@ sender_metrics(void *arg, hk_prom *p)
 
 	hk_prom_family(p, "hikyaku_sender_queue_depth", "gauge", "Recipients in the queue.");
 	hk_prom_u64(p, "hikyaku_sender_queue_depth", NULL, NULL, s->stats.queue_depth);
+	hk_prom_family(p, "hikyaku_sender_draining", "gauge", "1 once SIGUSR1 asked the sender to drain.");
+	hk_prom_u64(p, "hikyaku_sender_draining", NULL, NULL, s->stats.draining ? 1 : 0);
 	hk_prom_family(p, "hikyaku_sender_deliveries_in_flight", "gauge", "Delivery jobs running.");
 	hk_prom_u64(p, "hikyaku_sender_deliveries_in_flight", NULL, NULL, s->stats.in_flight);
 	hk_prom_family(p, "hikyaku_sender_enqueues_total", "counter", "Enqueue requests received from routers.");
@@ -705,4 +766,6 @@ fail:
 	return -1;
 }
 
-const struct hk_role_ops sender_ops = { HK_ROLE_SENDER, sender_start, sender_stop };
+const struct hk_role_ops sender_ops = {
+	.role = HK_ROLE_SENDER, .start = sender_start, .stop = sender_stop, .drain = sender_drain,
+};
