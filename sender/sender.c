@@ -551,7 +551,10 @@ drain_check(struct sender *s)
 		return;
 	if (s->committing || s->next.n > 0 || sender_sched_jobs(s->sched) > 0)
 		return;
-	if ((depth = sender_queue_depth(s->q)) > 0)
+	/* Not sender_queue_depth(): it reads an error as 0, and a queue we
+	 * could not read must never count as empty. */
+	struct sender_queue_stats st;
+	if (sender_queue_stats(s->q, &st) != 0 || (depth = st.rcpts) > 0)
 		return;
 	s->drained = true;
 	hk_log_info("sender_drained", "{s:I}", "ms", (json_int_t)(hk_now_ms() - s->drain_started_ms));
