@@ -88,8 +88,7 @@ on_request(void *cls, struct MHD_Connection *c, const char *url, const char *met
 	if (!strcmp(url, "/metrics")) {
 		hk_prom *p = hk_prom_new(http->node);
 		size_t len;
-		hk_prom_family(p, "hikyaku_up", "gauge", "1 while the node serves.");
-		hk_prom_u64(p, "hikyaku_up", NULL, NULL, 1);
+		hk_prom_one(p, "hikyaku_up", "gauge", "1 while the node serves.", 1);
 		if (http->h.metrics)
 			http->h.metrics(http->h.arg, p);
 		char *text = hk_prom_finish(&p, &len);

@@ -173,3 +173,10 @@ hk_prom_finish(hk_prom **pp, size_t *len)
 	*pp = NULL;
 	return out;
 }
+
+void
+hk_prom_one(hk_prom *p, const char *name, const char *type, const char *help, uint64_t v)
+{
+	hk_prom_family(p, name, type, help);
+	hk_prom_u64(p, name, NULL, NULL, v);
+}

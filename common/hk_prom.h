@@ -45,6 +45,8 @@ void hk_prom_family(hk_prom *p, const char *name, const char *type, const char *
 /* hk_prom_u64, hk_prom_double - one sample; LABEL and VALUE may be NULL
  * (then only the node label). */
 void hk_prom_u64(hk_prom *p, const char *name, const char *label, const char *value, uint64_t v);
+/* hk_prom_one - a family with one unlabelled sample: the common case. */
+void hk_prom_one(hk_prom *p, const char *name, const char *type, const char *help, uint64_t v);
 void hk_prom_double(hk_prom *p, const char *name, const char *label, const char *value, double v);
 
 /* hk_prom_hist - the _bucket, _sum (seconds) and _count samples of H. */

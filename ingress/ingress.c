@@ -283,11 +283,8 @@ ingress_metrics(void *arg, hk_prom *p)
 {
 	struct ingress *ing = arg;
 
-	hk_prom_family(p, "hikyaku_ingress_sessions_open", "gauge", "SMTP sessions open, all listeners.");
-	hk_prom_u64(p, "hikyaku_ingress_sessions_open", NULL, NULL, ing->stats.sessions_open);
-	hk_prom_family(p, "hikyaku_ingress_messages_accepted_total", "counter",
-	    "Messages a router acked (the client got 250).");
-	hk_prom_u64(p, "hikyaku_ingress_messages_accepted_total", NULL, NULL, ing->stats.accepted);
+	hk_prom_one(p, "hikyaku_ingress_sessions_open", "gauge", "SMTP sessions open, all listeners.", ing->stats.sessions_open);
+	hk_prom_one(p, "hikyaku_ingress_messages_accepted_total", "counter", "Messages a router acked (the client got 250).", ing->stats.accepted);
 	hk_prom_family(p, "hikyaku_ingress_messages_refused_total", "counter",
 	    "Messages submitted but not queued (the client got 451): nack = a router refused, "
 	    "busy = a router was over a cap (451 4.3.2), no_router = none connected, cancelled = timed out or the client left.");
@@ -298,9 +295,7 @@ ingress_metrics(void *arg, hk_prom *p)
 	hk_prom_family(p, "hikyaku_ingress_submit_latency_seconds", "histogram",
 	    "Time from a submission sent to its router's answer.");
 	hk_prom_hist(p, "hikyaku_ingress_submit_latency_seconds", NULL, NULL, &ing->stats.submit_latency);
-	hk_prom_family(p, "hikyaku_ingress_router_connected", "gauge",
-	    "1 if a router link could take a message at the last check.");
-	hk_prom_u64(p, "hikyaku_ingress_router_connected", NULL, NULL, ing->stats.router_connected);
+	hk_prom_one(p, "hikyaku_ingress_router_connected", "gauge", "1 if a router link could take a message at the last check.", ing->stats.router_connected);
 }
 
 static void

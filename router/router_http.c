@@ -225,28 +225,18 @@ obs_metrics(void *arg, hk_prom *p)
 	n_domains = router_domains_count(o->domains);
 	pthread_mutex_unlock(&o->lock);
 
-	hk_prom_family(p, "hikyaku_router_submissions_total", "counter", "Submissions received from ingress nodes.");
-	hk_prom_u64(p, "hikyaku_router_submissions_total", NULL, NULL, s->submissions);
-	hk_prom_family(p, "hikyaku_router_acks_total", "counter", "Submissions acked to the ingress (every owner queued it).");
-	hk_prom_u64(p, "hikyaku_router_acks_total", NULL, NULL, s->acked);
-	hk_prom_family(p, "hikyaku_router_nacks_total", "counter", "Submissions nacked to the ingress (no sender, a sender refused, timeout, shutdown).");
-	hk_prom_u64(p, "hikyaku_router_nacks_total", NULL, NULL, s->nacked);
-	hk_prom_family(p, "hikyaku_router_enqueues_total", "counter", "Enqueues sent to senders.");
-	hk_prom_u64(p, "hikyaku_router_enqueues_total", NULL, NULL, s->enqueues);
-	hk_prom_family(p, "hikyaku_router_enqueue_nacks_total", "counter", "Enqueues a sender answered with a refusal.");
-	hk_prom_u64(p, "hikyaku_router_enqueue_nacks_total", NULL, NULL, s->enqueue_nacks);
-	hk_prom_family(p, "hikyaku_router_resends_total", "counter", "Failed parts of submissions re-split over the live senders and resent.");
-	hk_prom_u64(p, "hikyaku_router_resends_total", NULL, NULL, s->resends);
-	hk_prom_family(p, "hikyaku_router_busy_total", "counter", "Submissions nacked as busy (max_pending, max_inflight_per_sender, a full pipe).");
-	hk_prom_u64(p, "hikyaku_router_busy_total", NULL, NULL, s->busy);
+	hk_prom_one(p, "hikyaku_router_submissions_total", "counter", "Submissions received from ingress nodes.", s->submissions);
+	hk_prom_one(p, "hikyaku_router_acks_total", "counter", "Submissions acked to the ingress (every owner queued it).", s->acked);
+	hk_prom_one(p, "hikyaku_router_nacks_total", "counter", "Submissions nacked to the ingress (no sender, a sender refused, timeout, shutdown).", s->nacked);
+	hk_prom_one(p, "hikyaku_router_enqueues_total", "counter", "Enqueues sent to senders.", s->enqueues);
+	hk_prom_one(p, "hikyaku_router_enqueue_nacks_total", "counter", "Enqueues a sender answered with a refusal.", s->enqueue_nacks);
+	hk_prom_one(p, "hikyaku_router_resends_total", "counter", "Failed parts of submissions re-split over the live senders and resent.", s->resends);
+	hk_prom_one(p, "hikyaku_router_busy_total", "counter", "Submissions nacked as busy (max_pending, max_inflight_per_sender, a full pipe).", s->busy);
 	hk_prom_family(p, "hikyaku_router_ack_latency_seconds", "histogram", "Time from an enqueue sent to its sender's reply.");
 	hk_prom_hist(p, "hikyaku_router_ack_latency_seconds", NULL, NULL, &s->ack_latency);
-	hk_prom_family(p, "hikyaku_router_members", "gauge", "Senders this router has heard from.");
-	hk_prom_u64(p, "hikyaku_router_members", NULL, NULL, n);
-	hk_prom_family(p, "hikyaku_router_members_live", "gauge", "Live, non-draining senders (the rendezvous candidates).");
-	hk_prom_u64(p, "hikyaku_router_members_live", NULL, NULL, live);
-	hk_prom_family(p, "hikyaku_router_domains_seen", "gauge", "Distinct destination domains in the recent-domain set.");
-	hk_prom_u64(p, "hikyaku_router_domains_seen", NULL, NULL, n_domains);
+	hk_prom_one(p, "hikyaku_router_members", "gauge", "Senders this router has heard from.", n);
+	hk_prom_one(p, "hikyaku_router_members_live", "gauge", "Live, non-draining senders (the rendezvous candidates).", live);
+	hk_prom_one(p, "hikyaku_router_domains_seen", "gauge", "Distinct destination domains in the recent-domain set.", n_domains);
 	hk_prom_family(p, "hikyaku_router_enqueues_in_flight", "gauge", "Enqueues sent to the sender and not answered yet.");
 	for (size_t i = 0; i < n; i++)
 		hk_prom_u64(p, "hikyaku_router_enqueues_in_flight", "sender", m[i].name, m[i].inflight);

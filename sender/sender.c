@@ -620,20 +620,13 @@ sender_metrics(void *arg, hk_prom *p)
 	struct sender *s = arg;
 	static const char *const kinds[4] = { "delivered", "deferred", "bounced", "expired" };
 
-	hk_prom_family(p, "hikyaku_sender_queue_depth", "gauge", "Recipients in the queue.");
-	hk_prom_u64(p, "hikyaku_sender_queue_depth", NULL, NULL, s->stats.queue_depth);
-	hk_prom_family(p, "hikyaku_sender_draining", "gauge", "1 once SIGUSR1 asked the sender to drain.");
-	hk_prom_u64(p, "hikyaku_sender_draining", NULL, NULL, s->stats.draining ? 1 : 0);
-	hk_prom_family(p, "hikyaku_sender_deliveries_in_flight", "gauge", "Delivery jobs running.");
-	hk_prom_u64(p, "hikyaku_sender_deliveries_in_flight", NULL, NULL, s->stats.in_flight);
-	hk_prom_family(p, "hikyaku_sender_enqueues_total", "counter", "Enqueue requests received from routers.");
-	hk_prom_u64(p, "hikyaku_sender_enqueues_total", NULL, NULL, s->stats.enqueues);
-	hk_prom_family(p, "hikyaku_sender_enqueues_stored_total", "counter", "Enqueues committed and acked.");
-	hk_prom_u64(p, "hikyaku_sender_enqueues_stored_total", NULL, NULL, s->stats.stored);
-	hk_prom_family(p, "hikyaku_sender_enqueues_duplicate_total", "counter", "Enqueues already held, acked again.");
-	hk_prom_u64(p, "hikyaku_sender_enqueues_duplicate_total", NULL, NULL, s->stats.duplicates);
-	hk_prom_family(p, "hikyaku_sender_enqueues_failed_total", "counter", "Enqueues whose commit failed (nacked).");
-	hk_prom_u64(p, "hikyaku_sender_enqueues_failed_total", NULL, NULL, s->stats.enqueue_failed);
+	hk_prom_one(p, "hikyaku_sender_queue_depth", "gauge", "Recipients in the queue.", s->stats.queue_depth);
+	hk_prom_one(p, "hikyaku_sender_draining", "gauge", "1 once SIGUSR1 asked the sender to drain.", s->stats.draining ? 1 : 0);
+	hk_prom_one(p, "hikyaku_sender_deliveries_in_flight", "gauge", "Delivery jobs running.", s->stats.in_flight);
+	hk_prom_one(p, "hikyaku_sender_enqueues_total", "counter", "Enqueue requests received from routers.", s->stats.enqueues);
+	hk_prom_one(p, "hikyaku_sender_enqueues_stored_total", "counter", "Enqueues committed and acked.", s->stats.stored);
+	hk_prom_one(p, "hikyaku_sender_enqueues_duplicate_total", "counter", "Enqueues already held, acked again.", s->stats.duplicates);
+	hk_prom_one(p, "hikyaku_sender_enqueues_failed_total", "counter", "Enqueues whose commit failed (nacked).", s->stats.enqueue_failed);
 	for (int i = 0; i < 4; i++) {
 		char name[64], help[96];
 		snprintf(name, sizeof(name), "hikyaku_sender_%s_total", kinds[i]);

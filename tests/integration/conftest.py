@@ -38,30 +38,44 @@ def mx(mx_port):
         pool.stop()
 
 
-def _print_tails(clusters):
-    for c in clusters:
-        print("==== cluster %s" % c.workdir)
-        print(c.tails())
+@pytest.fixture(scope="module")
+def mxm(mx_port):
+    """The MX hosts, shared by the tests of one module (as mx, per module)."""
+    pool = harness.MxPool(mx_port)
+    try:
+        yield pool.start()
+    finally:
+        pool.stop()
 
 
-@pytest.fixture
-def make_cluster(request, tmp_path, dns_server, mx_port):
-    """make_cluster() -> a harness.Cluster in its own directory; every process
-    it starts is stopped after the test."""
+def cluster_factory(tmp_path, dns, mx_port):
+    """Yields make() -> a harness.Cluster in its own directory under
+    TMP_PATH, resolving through DNS; at the end prints their logs (pytest
+    shows them only for a failed test), stops every process they started
+    and fails the test on a teardown problem."""
     clusters = []
 
     def make():
         d = tmp_path / ("cluster%d" % len(clusters))
         d.mkdir()
-        c = harness.Cluster(str(d), dns_server, mx_port)
+        c = harness.Cluster(str(d), dns, mx_port)
         clusters.append(c)
         return c
 
     yield make
-    _print_tails(clusters)   # shown by pytest only when the test failed
+    for c in clusters:
+        print("==== cluster %s" % c.workdir)
+        print(c.tails())
     problems = [x for c in clusters for x in c.close()]
     if problems:
         pytest.fail("teardown: " + "\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def make_cluster(tmp_path, dns_server, mx_port):
+    """make_cluster() -> a harness.Cluster; every process it starts is
+    stopped after the test."""
+    yield from cluster_factory(tmp_path, dns_server, mx_port)
 
 
 @pytest.fixture(scope="module")

@@ -875,6 +875,36 @@ class Cluster:
         return "\n".join(p.tail() for p in self.group.procs)
 
 
+def domain_mx_spread(domains):
+    """DOMAIN_MX plus DOMAINS, each MX on one of the MX host addresses in
+    turn (for a DnsServer of a test that needs many domains)."""
+    mx = dict(DOMAIN_MX)
+    hosts = sorted(MX_HOSTS)
+    for i, d in enumerate(domains):
+        mx[d] = hosts[i % len(hosts)]
+    return mx
+
+
+MSGID_RE = re.compile(rb"^Message-ID: <([^>]+)>", re.M | re.I)
+
+
+def arrivals_by_message_id(mx):
+    """(Message-ID token, recipient) -> how many accepted transactions
+    carried it, over every MX of the pool (<TOKEN@client.test>)."""
+    out = {}
+    for m in mx.messages():
+        if not m.accepted:
+            continue
+        hit = MSGID_RE.search(m.data)
+        if not hit:
+            continue
+        mid = hit.group(1).decode().split("@", 1)[0]
+        for r in m.rcpt_tos:
+            key = (mid, r.lower())
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
 def curve_keypair():
     """(public, secret) Z85 keys, as `hikyaku keygen` prints them."""
     out = subprocess.run([HIKYAKU_BIN, "keygen", "n"], check=True, capture_output=True,

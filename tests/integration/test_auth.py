@@ -6,7 +6,6 @@ reaching the sender, and the RFC 4954 error replies."""
 import base64
 import re
 import smtplib
-import socket
 import subprocess
 import uuid
 
@@ -17,15 +16,6 @@ import harness
 ACME_USER, ACME_PW = "acme-relay", "correct horse battery staple"
 BETA_USER, BETA_PW = "beta@beta.test", "s3cr3t:with:colons"
 OPEN_USER, OPEN_PW = "plain-user", "plaintext-ok"
-
-
-@pytest.fixture(scope="module")
-def mxm(mx_port):
-    pool = harness.MxPool(mx_port)
-    try:
-        yield pool.start()
-    finally:
-        pool.stop()
 
 
 @pytest.fixture(scope="module")

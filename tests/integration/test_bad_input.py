@@ -15,15 +15,6 @@ MAX_SIZE = 100 * 1024
 
 
 @pytest.fixture(scope="module")
-def mxm(mx_port):
-    pool = harness.MxPool(mx_port)
-    try:
-        yield pool.start()
-    finally:
-        pool.stop()
-
-
-@pytest.fixture(scope="module")
 def cluster(make_module_cluster, mxm):
     c = make_module_cluster()
     c.add_router()

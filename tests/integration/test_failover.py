@@ -12,7 +12,6 @@
   senders hung, concurrent clients get 451 4.3.2 at once, and once the
   senders run again new mail gets 250.
 """
-import re
 import signal
 import threading
 import time
@@ -21,23 +20,22 @@ import uuid
 import pytest
 
 import harness
+from conftest import cluster_factory
 
 N_DOMAINS = 60
 N_MESSAGES = 300
 N_THREADS = 6
 DOMAINS = ["f%02d.test" % i for i in range(N_DOMAINS)]
-MSGID_RE = re.compile(rb"^Message-ID: <([^>]+)>", re.M | re.I)
 SENDERS = {"sender-1": "127.0.0.2", "sender-2": "127.0.0.3", "sender-3": "127.0.0.4"}
 
 
 @pytest.fixture(scope="module")
 def dns_many(tmp_path_factory):
+    """dnsmasq for the test domains (MX spread over the MX addresses), plus
+    the usual a.test, b.test, c.test."""
     group = harness.ProcessGroup()
-    mx = dict(harness.DOMAIN_MX)
-    hosts = sorted(harness.MX_HOSTS)
-    for i, d in enumerate(DOMAINS):
-        mx[d] = hosts[i % len(hosts)]
-    d = harness.DnsServer(group, str(tmp_path_factory.mktemp("dns-failover")), domain_mx=mx)
+    d = harness.DnsServer(group, str(tmp_path_factory.mktemp("dns-failover")),
+                          domain_mx=harness.domain_mx_spread(DOMAINS))
     try:
         d.start()
         yield d
@@ -47,38 +45,10 @@ def dns_many(tmp_path_factory):
 
 @pytest.fixture
 def cluster_of(tmp_path, dns_many, mx_port):
-    clusters = []
-
-    def make():
-        d = tmp_path / ("cluster%d" % len(clusters))
-        d.mkdir()
-        c = harness.Cluster(str(d), dns_many, mx_port)
-        clusters.append(c)
-        return c
-
-    yield make
-    for c in clusters:
-        print("==== cluster %s" % c.workdir)
-        print(c.tails())
-    problems = [x for c in clusters for x in c.close()]
-    if problems:
-        pytest.fail("teardown: " + "\n".join(problems), pytrace=False)
+    yield from cluster_factory(tmp_path, dns_many, mx_port)
 
 
-def _arrivals(mx):
-    """(Message-ID token, recipient) -> accepted transactions carrying it."""
-    out = {}
-    for m in mx.messages():
-        if not m.accepted:
-            continue
-        hit = MSGID_RE.search(m.data)
-        if not hit:
-            continue
-        mid = hit.group(1).decode().split("@", 1)[0]
-        for r in m.rcpt_tos:
-            key = (mid, r.lower())
-            out[key] = out.get(key, 0) + 1
-    return out
+_arrivals = harness.arrivals_by_message_id
 
 
 def _code(r):

@@ -8,8 +8,6 @@ Every limited client connects from its own loopback address, so that the
 per-IP counts of one test never leak into another; the served-meanwhile
 clients come from 127.0.0.1."""
 import re
-import socket
-import threading
 import time
 import uuid
 
@@ -27,15 +25,6 @@ AUTH_LIMIT = 2
 AUTH_WINDOW_S = 4
 ACME_USER, ACME_PW = "acme-relay", "acme-password"
 SLOW_USER, SLOW_PW = "slow-user", "slow-password"
-
-
-@pytest.fixture(scope="module")
-def mxm(mx_port):
-    pool = harness.MxPool(mx_port)
-    try:
-        yield pool.start()
-    finally:
-        pool.stop()
 
 
 @pytest.fixture(scope="module")

@@ -236,8 +236,8 @@ def _storm(c, zctx, back, n=20000, ids=200):
     assert sent > n // 2, "only %d of %d heartbeats could be sent" % (sent, n)
     # Every one of them reached the router and was counted: the summary line
     # after the storm carries the total.
-    ev = c.wait_event("log_suppressed", node="router-1", since=mark, timeout=10,
-                      pred=lambda e: e["total"] >= sent)
+    c.wait_event("log_suppressed", node="router-1", since=mark, timeout=10,
+                 pred=lambda e: e["total"] >= sent)
     rss1 = _rss_kb(pid)
     lines = len(c.find_events("heartbeat_ignored", "router-1", since=mark)) + \
         len(c.find_events("frame_unexpected", "router-1", since=mark)) + \

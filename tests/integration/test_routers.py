@@ -9,8 +9,6 @@
 - A hot domain (hot_domains: {a.test: 3}) with three senders: its recipients
   are queued and delivered by all three.
 """
-import os
-import re
 import threading
 import time
 import uuid
@@ -18,24 +16,21 @@ import uuid
 import pytest
 
 import harness
+from conftest import cluster_factory
 
 N_DOMAINS = 200
 N_MESSAGES = 1000
 N_THREADS = 8
 DOMAINS = ["h%03d.test" % i for i in range(N_DOMAINS)]
-MSGID_RE = re.compile(rb"^Message-ID: <([^>]+)>", re.M | re.I)
 
 
 @pytest.fixture(scope="module")
 def dns_many(tmp_path_factory):
-    """dnsmasq for the 200 test domains (each MX on one of the three MX
-    addresses), plus the usual a.test, b.test, c.test."""
+    """dnsmasq for the test domains (MX spread over the MX addresses), plus
+    the usual a.test, b.test, c.test."""
     group = harness.ProcessGroup()
-    mx = dict(harness.DOMAIN_MX)
-    hosts = sorted(harness.MX_HOSTS)
-    for i, d in enumerate(DOMAINS):
-        mx[d] = hosts[i % len(hosts)]
-    d = harness.DnsServer(group, str(tmp_path_factory.mktemp("dns-many")), domain_mx=mx)
+    d = harness.DnsServer(group, str(tmp_path_factory.mktemp("dns-many")),
+                          domain_mx=harness.domain_mx_spread(DOMAINS))
     try:
         d.start()
         yield d
@@ -45,38 +40,10 @@ def dns_many(tmp_path_factory):
 
 @pytest.fixture
 def cluster_of(tmp_path, dns_many, mx_port):
-    clusters = []
-
-    def make():
-        d = tmp_path / ("cluster%d" % len(clusters))
-        d.mkdir()
-        c = harness.Cluster(str(d), dns_many, mx_port)
-        clusters.append(c)
-        return c
-
-    yield make
-    for c in clusters:
-        print("==== cluster %s" % c.workdir)
-        print(c.tails())
-    problems = [x for c in clusters for x in c.close()]
-    if problems:
-        pytest.fail("teardown: " + "\n".join(problems), pytrace=False)
+    yield from cluster_factory(tmp_path, dns_many, mx_port)
 
 
-def _arrivals(mx):
-    """(Message-ID, recipient) -> how many accepted transactions carried it."""
-    out = {}
-    for m in mx.messages():
-        if not m.accepted:
-            continue
-        hit = MSGID_RE.search(m.data)
-        if not hit:
-            continue
-        mid = hit.group(1).decode().split("@", 1)[0]     # <TOKEN@client.test>
-        for r in m.rcpt_tos:
-            key = (mid, r.lower())
-            out[key] = out.get(key, 0) + 1
-    return out
+_arrivals = harness.arrivals_by_message_id
 
 
 def test_router_killed_mid_stream(cluster_of, mx):

@@ -20,15 +20,6 @@ HOST = "relay.hikyaku.test"
 
 
 @pytest.fixture(scope="module")
-def mxm(mx_port):
-    pool = harness.MxPool(mx_port)
-    try:
-        yield pool.start()
-    finally:
-        pool.stop()
-
-
-@pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     return harness.TestPki(str(tmp_path_factory.mktemp("pki")))
 
