@@ -361,6 +361,11 @@ hk_msg_decode(const uint8_t *data, size_t len, const char **why)
 			if (f->heartbeat->node_id[0] == '\0')
 				*why = "heartbeat without node id", ok = false;
 			break;
+		case HK__FRAME__BODY_MEMBER_VIEW:
+			for (size_t i = 0; ok && i < f->member_view->n_members; i++)
+				if (f->member_view->members[i]->node_id[0] == '\0')
+					*why = "member view with an unnamed member", ok = false;
+			break;
 		case HK__FRAME__BODY_SUBMIT_REPLY:
 		case HK__FRAME__BODY_ENQUEUE_REPLY:
 			break;
@@ -385,6 +390,7 @@ hk_msg_name(const Hk__Frame *f)
 	case HK__FRAME__BODY_ENQUEUE: return "EnqueueRequest";
 	case HK__FRAME__BODY_ENQUEUE_REPLY: return "EnqueueReply";
 	case HK__FRAME__BODY_HEARTBEAT: return "Heartbeat";
+	case HK__FRAME__BODY_MEMBER_VIEW: return "MemberView";
 	default: return "unknown";
 	}
 }

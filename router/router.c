@@ -60,6 +60,8 @@ struct part {
  * the body so that a failed part can be resent to another sender. */
 struct pending {
 	struct router *r;
+	hk_zlink *reply_link;   /* front (an ingress) or back (a handing sender) */
+	bool handoff;           /* from a sender handing recipients on */
 	uint64_t ingress_req_id;
 	char *ingress_peer;
 	size_t ingress_peer_len;
@@ -108,6 +110,7 @@ member_find(struct router *r, const char *name)
 }
 
 static void publish_members(struct router *r);
+static void send_member_view(struct router *r, const char *to);
 static void pending_member_down(struct router *r, size_t m);
 static void on_pending_timeout(uv_timer_t *t);
 
@@ -171,6 +174,38 @@ on_heartbeat(struct router *r, const char *from, const Hk__Heartbeat *hb)
 	if (was_draining != m->draining || (up && m->draining))
 		hk_log_info("member_draining", "{s:s, s:b, s:I}", "member", m->name,
 		    "draining", m->draining, "queue_depth", (json_int_t)m->queue_depth);
+	send_member_view(r, m->name);
+}
+
+/* send_member_view - tell sender TO the live members we see: what it needs
+ * to know which domains it owns (and hand on the others). */
+static void
+send_member_view(struct router *r, const char *to)
+{
+	Hk__Frame f = HK__FRAME__INIT;
+	Hk__MemberView v = HK__MEMBER_VIEW__INIT;
+	Hk__MemberView__Member *mem = xcalloc(r->n_members ? r->n_members : 1, sizeof(*mem));
+	Hk__MemberView__Member **ptr = xcalloc(r->n_members ? r->n_members : 1, sizeof(*ptr));
+	int rc;
+
+	for (size_t i = 0; i < r->n_members; i++) {
+		const struct member *m = &r->members[i];
+		if (!m->alive)
+			continue;
+		hk__member_view__member__init(&mem[v.n_members]);
+		mem[v.n_members].node_id = m->name;
+		mem[v.n_members].weight = m->weight;
+		mem[v.n_members].draining = m->draining;
+		ptr[v.n_members] = &mem[v.n_members];
+		v.n_members++;
+	}
+	v.members = ptr;
+	f.body_case = HK__FRAME__BODY_MEMBER_VIEW;
+	f.member_view = &v;
+	if ((rc = hk_zlink_send(r->back, to, strlen(to), &f, NULL, 0)) != 0)
+		hk_log_debug("member_view_not_sent", "{s:s, s:s}", "member", to, "error", zmq_strerror(-rc));
+	free(ptr);
+	free(mem);
 }
 
 /* publish_members - the member snapshot for the HTTP endpoint. */
@@ -245,7 +280,7 @@ live_members(struct router *r, const struct pending *p, struct router_hrw_member
 /* reply_ingress - the one SubmitReply. BUSY: refused by a cap, which the
  * ingress answers 451 4.3.2 (Refusal REFUSAL_BUSY). */
 static void
-reply_ingress(struct router *r, const void *peer, size_t peer_len, uint64_t req_id,
+reply_ingress(struct router *r, hk_zlink *link, const void *peer, size_t peer_len, uint64_t req_id,
     bool ok, bool busy, const char *reason)
 {
 	Hk__Frame f = HK__FRAME__INIT;
@@ -258,8 +293,9 @@ reply_ingress(struct router *r, const void *peer, size_t peer_len, uint64_t req_
 	rep.refusal = (!ok && busy) ? HK__REFUSAL__REFUSAL_BUSY : HK__REFUSAL__REFUSAL_UNSPECIFIED;
 	f.body_case = HK__FRAME__BODY_SUBMIT_REPLY;
 	f.submit_reply = &rep;
-	if ((rc = hk_zlink_send(r->front, peer, peer_len, &f, NULL, 0)) != 0)
-		hk_log_warn("reply_failed", "{s:s, s:s}", "to", "ingress", "error", zmq_strerror(-rc));
+	if ((rc = hk_zlink_send(link, peer, peer_len, &f, NULL, 0)) != 0)
+		hk_log_warn("reply_failed", "{s:s, s:s}", "to", link == r->front ? "ingress" : "sender",
+		    "error", zmq_strerror(-rc));
 }
 
 static void
@@ -310,34 +346,25 @@ pending_finish(struct pending *p, bool ok, bool busy, const char *reason)
 	if (p->next)
 		p->next->prev = p->prev;
 	r->n_pending--;
-	reply_ingress(r, p->ingress_peer, p->ingress_peer_len, p->ingress_req_id, ok, busy, reason);
+	reply_ingress(r, p->reply_link, p->ingress_peer, p->ingress_peer_len, p->ingress_req_id, ok,
+	    busy, reason);
 	if (ok)
-		hk_log_debug("submit_acked", "{s:s, s:i, s:i}", "id", p->id, "owners", (int)p->n_parts,
-		    "generation", (int)p->generation);
+		hk_log_debug(p->handoff ? "handoff_acked" : "submit_acked", "{s:s, s:i, s:i}", "id", p->id,
+		    "owners", (int)p->n_parts, "generation", (int)p->generation);
 	else
-		hk_log_warn("submit_nacked", "{s:s, s:s, s:b}", "id", p->id, "reason", reason, "busy", busy);
+		hk_log_warn(p->handoff ? "handoff_nacked" : "submit_nacked", "{s:s, s:s, s:b}", "id", p->id,
+		    "reason", reason, "busy", busy);
 	uv_timer_stop(&p->timer);
 	uv_close((uv_handle_t *)&p->timer, pending_closed);
 }
 
-/*
- * rcpt_owner - the index in cands of the sender that owns recipient RCPT of
- * DOMAIN: the domain's owner, or for a hot domain (hot_domains: k > 1) one of
- * its top k senders chosen by the recipient address (router_hrw.h).
- */
+/* rcpt_owner - the index in cands of the sender that owns recipient RCPT of
+ * DOMAIN (router_hrw_pick, with the domain's hot_domains: k). */
 static int
 rcpt_owner(struct router *r, const struct router_hrw_member *cands, size_t n_cands,
     const char *domain, const char *rcpt)
 {
-	size_t k = hk_config_hot_k(r->node->cfg, domain);
-
-	if (k <= 1 || n_cands <= 1)
-		return router_hrw_owner(cands, n_cands, domain);
-	if (k > n_cands)
-		k = n_cands;
-	int top[k];
-	k = router_hrw_top(cands, n_cands, domain, k, top);
-	return router_hrw_rcpt_owner(cands, top, k, rcpt);
+	return router_hrw_pick(cands, n_cands, hk_config_hot_k(r->node->cfg, domain), domain, rcpt);
 }
 
 enum dispatch { DISPATCH_OK, DISPATCH_FAIL, DISPATCH_BUSY };
@@ -587,15 +614,60 @@ pending_member_down(struct router *r, size_t m)
 	}
 }
 
+/*
+ * handoff_check - a SubmitRequest from sender FROM on the back socket hands
+ * queued recipients on: each must carry a Handoff from FROM, FROM must be a
+ * live member, and no recipient may be FROM's own in our view (the sender
+ * and we disagree on the membership: it tries again later, when views meet,
+ * rather than us sending its recipients back to it or to a second choice).
+ * NULL if fine, else why not; *origin gets FROM's member index.
+ */
+static const char *
+handoff_check(struct router *r, const char *from, const Hk__Envelope *env, size_t *origin)
+{
+	struct member *m = member_find(r, from);
+	struct router_hrw_member *cands;
+	struct member **backref;
+	char domain[HK_DOMAIN_MAX];
+	const char *why = NULL;
+
+	if (m == NULL || !m->alive)
+		return "handoff from a sender that is not a live member";
+	*origin = (size_t)(m - r->members);
+	size_t n = live_members(r, NULL, &cands, &backref);
+	for (size_t i = 0; why == NULL && i < env->n_rcpts; i++) {
+		const Hk__Recipient *rc = env->rcpts[i];
+		if (rc->handoff == NULL || rc->handoff->from_node == NULL ||
+		    strcmp(rc->handoff->from_node, from) != 0)
+			why = "handoff with a recipient that is not the sender's";
+		else if (hk_domain_of(rc->address, domain) != 0)
+			why = "recipient without a valid domain";
+		else {
+			int o = rcpt_owner(r, cands, n, domain, rc->address);
+			if (o >= 0 && backref[o] == m)
+				why = "this router sees the handing sender as the owner";
+		}
+	}
+	free(cands);
+	free(backref);
+	return why;
+}
+
+/*
+ * on_submit - a submission from an ingress (LINK = front), or a handoff from
+ * a sender (LINK = back, HANDOFF): split it and enqueue each part at its
+ * owner; the one SubmitReply goes back on LINK to PEER.
+ */
 static void
-on_submit(struct router *r, const void *peer, size_t peer_len, const Hk__SubmitRequest *req,
-    const uint8_t *body, size_t body_len)
+on_submit(struct router *r, hk_zlink *link, const void *peer, size_t peer_len,
+    const Hk__SubmitRequest *req, const uint8_t *body, size_t body_len, bool handoff)
 {
 	const Hk__Submission *msg = req->msg;
 	const Hk__Envelope *env = msg->envelope;
 	char domain[HK_DOMAIN_MAX];
 	const char *fail = NULL;
 	bool busy = false;
+	size_t origin = 0;
 
 	router_obs_stats(r->obs)->submissions++;
 	if (body == NULL || body_len != msg->body_size)
@@ -607,20 +679,33 @@ on_submit(struct router *r, const void *peer, size_t peer_len, const Hk__SubmitR
 	for (size_t i = 0; fail == NULL && i < env->n_rcpts; i++) {
 		if (hk_domain_of(env->rcpts[i]->address, domain) != 0)
 			fail = "recipient without a valid domain";
+		else if (!handoff && env->rcpts[i]->handoff != NULL)
+			fail = "a submission from an ingress carries handoff state";
 		else
 			router_obs_domain(r->obs, domain);
 	}
+	if (fail == NULL && handoff)
+		fail = handoff_check(r, peer, env, &origin);
 	if (fail) {
 		router_obs_stats(r->obs)->nacked++;
 		if (busy)
 			router_obs_stats(r->obs)->busy++;
-		reply_ingress(r, peer, peer_len, req->req_id, false, busy, fail);
-		hk_log_warn("submit_nacked", "{s:s, s:s, s:b}", "id", msg->id, "reason", fail, "busy", busy);
+		reply_ingress(r, link, peer, peer_len, req->req_id, false, busy, fail);
+		hk_log_warn(handoff ? "handoff_nacked" : "submit_nacked", "{s:s, s:s, s:b}", "id", msg->id,
+		    "reason", fail, "busy", busy);
 		return;
 	}
 
 	struct pending *p = xcalloc(1, sizeof(*p));
 	p->r = r;
+	p->reply_link = link;
+	p->handoff = handoff;
+	if (handoff) {
+		/* Never back to the handing sender, even on a resend. */
+		p->excluded = xmalloc(sizeof(size_t));
+		p->excluded[p->n_excluded++] = origin;
+		router_obs_stats(r->obs)->handoffs++;
+	}
 	p->ingress_req_id = req->req_id;
 	p->ingress_peer = xmalloc(peer_len);
 	memcpy(p->ingress_peer, peer, peer_len);
@@ -701,7 +786,7 @@ on_front(hk_zlink *l, const void *peer, size_t peer_len, const Hk__Frame *f,
 {
 	(void)l;
 	if (f->body_case == HK__FRAME__BODY_SUBMIT)
-		on_submit(arg, peer, peer_len, f->submit, body, body_len);
+		on_submit(arg, l, peer, peer_len, f->submit, body, body_len, false);
 	else
 		router_junk(arg, "frame_unexpected", "front", "not a submission", hk_msg_name(f), f->from_node);
 }
@@ -711,9 +796,6 @@ on_back(hk_zlink *l, const void *peer, size_t peer_len, const Hk__Frame *f,
     const uint8_t *body, size_t body_len, void *arg)
 {
 	struct router *r = arg;
-	(void)l;
-	(void)body;
-	(void)body_len;
 
 	/* Senders are addressed by routing id, which must be their node name. */
 	if (peer_len != strlen(f->from_node) || memcmp(peer, f->from_node, peer_len) != 0) {
@@ -725,8 +807,10 @@ on_back(hk_zlink *l, const void *peer, size_t peer_len, const Hk__Frame *f,
 		on_heartbeat(r, f->from_node, f->heartbeat);
 	else if (f->body_case == HK__FRAME__BODY_ENQUEUE_REPLY)
 		on_enqueue_reply(r, f->from_node, f->enqueue_reply);
+	else if (f->body_case == HK__FRAME__BODY_SUBMIT)
+		on_submit(r, l, f->from_node, peer_len, f->submit, body, body_len, true);
 	else
-		router_junk(r, "frame_unexpected", "back", "not a heartbeat or enqueue reply",
+		router_junk(r, "frame_unexpected", "back", "not a heartbeat, enqueue reply or handoff",
 		    hk_msg_name(f), f->from_node);
 }
 

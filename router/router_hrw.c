@@ -111,3 +111,16 @@ router_hrw_rcpt_owner(const struct router_hrw_member *m, const int top_idx[], si
 	}
 	return best;
 }
+
+int
+router_hrw_pick(const struct router_hrw_member *m, size_t n, size_t k, const char *domain,
+    const char *rcpt)
+{
+	if (k <= 1 || n <= 1)
+		return router_hrw_owner(m, n, domain);
+	if (k > n)
+		k = n;
+	int top[k];
+	k = router_hrw_top(m, n, domain, k, top);
+	return router_hrw_rcpt_owner(m, top, k, rcpt);
+}

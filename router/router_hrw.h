@@ -48,4 +48,13 @@ size_t router_hrw_top(const struct router_hrw_member *members, size_t n, const c
 int router_hrw_rcpt_owner(const struct router_hrw_member *members, const int top_idx[], size_t k,
     const char *rcpt);
 
+/*
+ * router_hrw_pick - the index of the member that owns recipient RCPT of
+ * DOMAIN when the domain is spread over its top K members (K <= 1: the
+ * domain's owner; K is capped at n). -1 if n == 0. This is the one ownership
+ * rule: routers split by it and senders decide by it what to hand on.
+ */
+int router_hrw_pick(const struct router_hrw_member *members, size_t n, size_t k,
+    const char *domain, const char *rcpt);
+
 #endif

@@ -231,6 +231,7 @@ obs_metrics(void *arg, hk_prom *p)
 	hk_prom_one(p, "hikyaku_router_enqueues_total", "counter", "Enqueues sent to senders.", s->enqueues);
 	hk_prom_one(p, "hikyaku_router_enqueue_nacks_total", "counter", "Enqueues a sender answered with a refusal.", s->enqueue_nacks);
 	hk_prom_one(p, "hikyaku_router_resends_total", "counter", "Failed parts of submissions re-split over the live senders and resent.", s->resends);
+	hk_prom_one(p, "hikyaku_router_handoffs_total", "counter", "Handoffs of queued recipients taken from senders (their owner changed).", s->handoffs);
 	hk_prom_one(p, "hikyaku_router_busy_total", "counter", "Submissions nacked as busy (max_pending, max_inflight_per_sender, a full pipe).", s->busy);
 	hk_prom_family(p, "hikyaku_router_ack_latency_seconds", "histogram", "Time from an enqueue sent to its sender's reply.");
 	hk_prom_hist(p, "hikyaku_router_ack_latency_seconds", NULL, NULL, &s->ack_latency);

@@ -38,6 +38,7 @@ struct router_stats {
 	_Atomic uint64_t enqueues;      /* EnqueueRequests sent */
 	_Atomic uint64_t enqueue_nacks; /* EnqueueReplies not ok */
 	_Atomic uint64_t resends;       /* re-splits after a part failed (failover) */
+	_Atomic uint64_t handoffs;      /* handoffs taken from senders (queue moving owner) */
 	_Atomic uint64_t busy;          /* nacked as busy (a cap or a full pipe) */
 	struct hk_hist ack_latency;     /* enqueue sent -> its EnqueueReply */
 };

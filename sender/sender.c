@@ -11,12 +11,16 @@
  * events and released from the scheduler, and the next batch starts. Only
  * one write transaction exists at a time.
  *
+ * Handoff (sender_handoff): recipients whose domain another sender owns now
+ * (routers tell us the members they see) are not delivered here but handed
+ * on through a router, and removed here once the new owner committed them.
+ *
  * Draining (SIGUSR1, sender_drain): heartbeats say draining, so routers give
  * our domains to the next owner; enqueues that still arrive are taken as
- * usual (never nack what a router already sent) and the queue is delivered
- * at its normal pace. Once the queue is empty and nothing is in flight, the
- * node reports itself drained and the process stops. The queue is not handed
- * to other senders (yet): a draining sender delivers all it holds itself.
+ * usual (never nack what a router already sent), and since no domain is ours
+ * any more the whole queue is handed on (or, with no other sender alive,
+ * delivered here). Once the queue is empty and nothing is in flight, the
+ * node reports itself drained and the process stops.
  *
  * Links: one DEALER per router (identity = node name), so that heartbeats
  * reach every router; a reply goes back on the link its request came in on.
@@ -45,6 +49,7 @@
 #include "hk_zlink.h"
 
 /* This role */
+#include "sender_handoff.h"
 #include "sender_queue.h"
 #include "sender_sched.h"
 
@@ -75,6 +80,7 @@ struct sender {
 	const struct hk_sender_conf *conf;
 	sender_queue *q;
 	sender_sched *sched;
+	sender_handoff *handoff;
 	hk_zlink **links;
 	size_t n_links;
 	uv_timer_t hb_timer;
@@ -88,6 +94,7 @@ struct sender {
 	uint64_t hb_seq;
 	bool stopping, sched_done, finished;
 	bool draining, drained;
+	char endpoint[300];             /* in heartbeats: where /metrics etc. are, or "" */
 	int64_t drain_started_ms;
 	int handles_open;
 	/* For the HTTP thread: atomics, written on the loop. */
@@ -97,6 +104,8 @@ struct sender {
 		_Atomic int64_t router_seen_ms;  /* a heartbeat went out, or an enqueue came in */
 		_Atomic uint64_t enqueues, stored, duplicates, enqueue_failed;
 		_Atomic uint64_t outcomes[4];    /* by enum sender_outcome_kind - 1 */
+		_Atomic uint64_t handed_off;     /* recipients removed after a handoff */
+		struct sender_handoff_stats handoff;
 	} stats;
 };
 
@@ -181,7 +190,7 @@ outcome_event(enum sender_outcome_kind k)
 	case SENDER_OUT_BOUNCED: return "bounced";
 	case SENDER_OUT_EXPIRED: return "expired";
 	}
-	return "unknown";
+	return "handed_off";    /* 0: a handoff's removal */
 }
 
 static void
@@ -250,9 +259,11 @@ log_queued(const Hk__Submission *m, uint32_t shard, uint32_t n_rcpts)
 			json_array_append_new(rcpts, o);
 		}
 	}
-	hk_log_info("queued", "{s:s, s:s, s:s, s:i, s:i, s:s?, s:s?, s:o}", "id", m->id,
+	const char *from = e && e->n_rcpts && e->rcpts[0]->handoff ? e->rcpts[0]->handoff->from_node : NULL;
+	hk_log_info("queued", "{s:s, s:s, s:s, s:i, s:i, s:s?, s:s?, s:o, s:s?}", "id", m->id,
 	    "tenant", m->tenant, "pool", m->pool ? m->pool : "", "shard", (int)shard,
-	    "rcpts", (int)n_rcpts, "envid", envid, "ret", ret, "recipients", rcpts);
+	    "rcpts", (int)n_rcpts, "envid", envid, "ret", ret, "recipients", rcpts,
+	    "handed_from", from);
 }
 
 static void
@@ -271,6 +282,12 @@ commit_enqueue_done(struct sender *s, struct sender_op *op, bool *stored)
 		send_enqueue_reply(s, op->link, op->req_id, true, false, NULL);
 		log_queued(m, op->q.shard, op->q.n_rcpts);
 		*stored = true;
+		/* A router with an older view may send us what is not ours. */
+		for (size_t i = 0; i < m->envelope->n_rcpts; i++) {
+			char dom[HK_DOMAIN_MAX];
+			if (hk_domain_of(m->envelope->rcpts[i]->address, dom) == 0)
+				sender_handoff_touch(s->handoff, dom, m->envelope->rcpts[i]->address);
+		}
 		break;
 	case SENDER_QR_DUPLICATE:
 		s->stats.duplicates++;
@@ -316,9 +333,13 @@ commit_outcome_done(struct sender *s, struct sender_op *op)
 		hk_log_error("outcome_dropped", "{s:s, s:s, s:s, s:s}", "event",
 		    outcome_event(op->out), "id", op->id, "rcpt", op->rcpt, "error",
 		    s->commit_rc != 0 ? s->commit_err : op->q.why);
+	} else if (op->q.result == SENDER_QR_DONE && op->q.kind == SENDER_QOP_HANDED_OFF) {
+		s->stats.handed_off++;
 	} else if (op->q.result == SENDER_QR_DONE) {
 		log_outcome(op);
 		stats_outcome(s, op->out);
+		if (op->out == SENDER_OUT_DEFERRED)
+			sender_handoff_touch(s->handoff, op->domain, op->rcpt);
 	} else {
 		hk_log_debug("outcome_stale", "{s:s, s:s, s:s}", "event", outcome_event(op->out),
 		    "id", op->id, "rcpt", op->rcpt);
@@ -412,7 +433,33 @@ on_outcome(const struct sender_outcome *o, void *arg)
 	add_op(s, op);
 }
 
+/* on_handed_off - the new owner committed these recipients: remove them
+ * here (they stay held in the scheduler until the commit). */
+static void
+on_handed_off(const char *id, const uint32_t *idx, size_t n, void *arg)
+{
+	struct sender *s = arg;
+
+	for (size_t i = 0; i < n; i++) {
+		struct sender_op *op = xcalloc(1, sizeof(*op));
+		op->id = xstrdup(id);
+		op->q.kind = SENDER_QOP_HANDED_OFF;
+		op->q.id = op->id;
+		op->q.idx = idx[i];
+		add_op(s, op);
+	}
+}
+
 /* ---- router links ---- */
+
+static size_t
+link_index(const struct sender *s, const hk_zlink *link)
+{
+	for (size_t i = 0; i < s->n_links; i++)
+		if (s->links[i] == link)
+			return i;
+	return s->n_links;
+}
 
 static bool
 enqueue_valid(const Hk__EnqueueRequest *e, const uint8_t *body, size_t body_len,
@@ -496,6 +543,14 @@ on_frame(hk_zlink *link, const void *peer, size_t peer_len, const Hk__Frame *f,
 	case HK__FRAME__BODY_ENQUEUE:
 		on_enqueue(s, link, f->enqueue, body, body_len);
 		break;
+	case HK__FRAME__BODY_MEMBER_VIEW:
+		if (!s->stopping)
+			sender_handoff_view(s->handoff, link_index(s, link), f->member_view);
+		break;
+	case HK__FRAME__BODY_SUBMIT_REPLY:
+		if (!s->stopping)
+			sender_handoff_reply(s->handoff, link_index(s, link), f->submit_reply);
+		break;
 	default:
 		hk_log_debug("frame_ignored", "{s:s, s:s}", "kind", hk_msg_name(f),
 		    "from", f->from_node ? f->from_node : "");
@@ -512,7 +567,7 @@ on_heartbeat(uv_timer_t *t)
 
 	hb.node_id = s->node->conf->name;
 	hb.role = HK__ROLE__ROLE_SENDER;
-	hb.endpoint = "";
+	hb.endpoint = s->endpoint;
 	hb.weight = s->conf->weight;
 	hb.queue_depth = sender_queue_depth(s->q);
 	hb.draining = s->draining;
@@ -549,7 +604,8 @@ drain_check(struct sender *s)
 		return;
 	if (hk_now_ms() - s->drain_started_ms < 2 * (int64_t)s->conf->heartbeat_interval_ms)
 		return;
-	if (s->committing || s->next.n > 0 || sender_sched_jobs(s->sched) > 0)
+	if (s->committing || s->next.n > 0 || sender_sched_jobs(s->sched) > 0 ||
+	    sender_handoff_busy(s->handoff) > 0)
 		return;
 	/* Not sender_queue_depth(): it reads an error as 0, and a queue we
 	 * could not read must never count as empty. */
@@ -627,6 +683,11 @@ sender_metrics(void *arg, hk_prom *p)
 	hk_prom_one(p, "hikyaku_sender_enqueues_stored_total", "counter", "Enqueues committed and acked.", s->stats.stored);
 	hk_prom_one(p, "hikyaku_sender_enqueues_duplicate_total", "counter", "Enqueues already held, acked again.", s->stats.duplicates);
 	hk_prom_one(p, "hikyaku_sender_enqueues_failed_total", "counter", "Enqueues whose commit failed (nacked).", s->stats.enqueue_failed);
+	hk_prom_one(p, "hikyaku_sender_handoff_requests_total", "counter", "Handoff requests (one message's foreign recipients) sent to routers.", s->stats.handoff.msgs_sent);
+	hk_prom_one(p, "hikyaku_sender_handoff_acked_total", "counter", "Recipients the new owner committed after a handoff.", s->stats.handoff.rcpts_acked);
+	hk_prom_one(p, "hikyaku_sender_handed_off_total", "counter", "Recipients removed here after their handoff.", s->stats.handed_off);
+	hk_prom_one(p, "hikyaku_sender_handoff_refused_total", "counter", "Handoff requests refused, unsent or timed out (tried again).", s->stats.handoff.refused);
+	hk_prom_one(p, "hikyaku_sender_foreign_recipients", "gauge", "Queued recipients another sender owns, as the last handoff scan saw (lower bound).", s->stats.handoff.foreign);
 	for (int i = 0; i < 4; i++) {
 		char name[64], help[96];
 		snprintf(name, sizeof(name), "hikyaku_sender_%s_total", kinds[i]);
@@ -657,6 +718,8 @@ maybe_finish(struct sender *s)
 	if (!s->stopping || !s->sched_done || s->committing || s->next.n > 0 || s->finished)
 		return;
 	s->finished = true;
+	sender_handoff_close(s->handoff);
+	s->handoff = NULL;
 	for (size_t i = 0; i < s->n_links; i++)
 		hk_zlink_close(s->links[i]);
 	free(s->links);
@@ -691,6 +754,13 @@ sender_stop(struct hk_node *node)
 	/* Jobs end through their callbacks; final outcomes are still committed,
 	 * and a running commit is always waited for (maybe_finish). */
 	sender_sched_stop(s->sched, on_sched_done, s);
+}
+
+static bool
+sched_filter(const char *domain, const char *rcpt, void *arg)
+{
+	struct sender *s = arg;
+	return s->handoff == NULL || sender_handoff_mine(s->handoff, domain, rcpt);
 }
 
 static int
@@ -738,6 +808,17 @@ sender_start(struct hk_node *node)
 		hk_log_error("sender_dns_failed", "{s:s}", "error", err);
 		goto fail;
 	}
+	s->handoff = sender_handoff_new(&(struct sender_handoff_conf){
+		.loop = node->loop, .q = s->q, .sched = s->sched, .cfg = node->cfg,
+		.self = node->conf->name, .links = s->links,
+		.link_names = (const char *const *)node->conf->router_names, .n_links = s->n_links,
+		.heartbeat_interval_ms = c->heartbeat_interval_ms, .done = on_handed_off, .arg = s,
+		.stats = &s->stats.handoff,
+	});
+	sender_sched_set_filter(s->sched, sched_filter, s);
+	if (node->conf->http_host)
+		snprintf(s->endpoint, sizeof(s->endpoint), "http://%s:%u", node->conf->http_host,
+		    (unsigned)node->conf->http_port);
 	uv_timer_init(node->loop, &s->hb_timer);
 	uv_timer_init(node->loop, &s->kick);
 	s->hb_timer.data = s;

@@ -38,10 +38,23 @@
 #define REC_V1 1                /* version byte of every value written */
 #define RKEY_MAX (SENDER_QUEUE_ID_MAX + 1 + 4)
 #define SKEY_MAX (8 + RKEY_MAX)
+static void put_be(uint8_t *p, uint64_t v, int n);
+#define OKEY_MAX (SENDER_QUEUE_ID_MAX + 1 + SENDER_QUEUE_NODE_MAX + 1 + 4)
+
+/* okey - the origin key of a handed-on recipient: id \0 node \0 be32 idx. */
+static size_t
+okey(uint8_t *k, const char *id, const char *node, uint32_t idx)
+{
+	size_t a = strlen(id) + 1, b = strlen(node) + 1;
+	memcpy(k, id, a);
+	memcpy(k + a, node, b);
+	put_be(k + a + b, idx, 4);
+	return a + b + 4;
+}
 
 struct sender_queue {
 	MDB_env *env;
-	MDB_dbi info, msg, body, rcpt, sched, shard;
+	MDB_dbi info, msg, body, rcpt, sched, shard, origin;
 	char *path;
 };
 
@@ -293,7 +306,8 @@ sender_queue_open(sender_queue **out, const char *path, size_t map_size, bool sy
 	    (rc = mdb_dbi_open(txn, "body", MDB_CREATE, &q->body)) != 0 ||
 	    (rc = mdb_dbi_open(txn, "rcpt", MDB_CREATE, &q->rcpt)) != 0 ||
 	    (rc = mdb_dbi_open(txn, "sched", MDB_CREATE, &q->sched)) != 0 ||
-	    (rc = mdb_dbi_open(txn, "shard", MDB_CREATE, &q->shard)) != 0)
+	    (rc = mdb_dbi_open(txn, "shard", MDB_CREATE, &q->shard)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "origin", MDB_CREATE, &q->origin)) != 0)
 		goto fail;
 
 	MDB_val k = mv("format", 6), v;
@@ -404,7 +418,9 @@ op_enqueue(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 	uint8_t k[RKEY_MAX], sk[SKEY_MAX];
 	char (*domains)[HK_DOMAIN_MAX] = NULL;
 	struct wbuf w = { 0 };
-	uint32_t next_idx = 0;
+	uint32_t next_idx = 0, stored = 0;
+	uint8_t ok[OKEY_MAX];
+	bool handoff, *dup = NULL;
 	MDB_val key, val;
 	int rc = 0;
 
@@ -417,12 +433,18 @@ op_enqueue(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 	if (op->body_len > 0 && op->body == NULL)
 		REFUSE("no body");
 	n = m->envelope->n_rcpts;
+	handoff = m->envelope->rcpts[0] != NULL && m->envelope->rcpts[0]->handoff != NULL;
 	domains = xmalloc(n * sizeof(*domains));
 	for (size_t i = 0; i < n; i++) {
 		const Hk__Recipient *r = m->envelope->rcpts[i];
 		size_t plen = 0;
 		if (r == NULL || r->address == NULL || strlen(r->address) > 0xfff0)
 			REFUSE("recipient %zu: no address or too long", i);
+		if ((r->handoff != NULL) != handoff)
+			REFUSE("recipient %zu: handed-on and new recipients mixed", i);
+		if (handoff && (r->handoff->from_node == NULL || r->handoff->from_node[0] == '\0' ||
+		    strlen(r->handoff->from_node) > SENDER_QUEUE_NODE_MAX))
+			REFUSE("recipient %zu: handoff without a valid node name", i);
 		if (hk_domain_of(r->address, domains[i]) != 0)
 			REFUSE("recipient %zu: no valid domain in '%.60s'", i, r->address);
 		if (r->n_params > 0xffff)
@@ -434,6 +456,29 @@ op_enqueue(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 	}
 #undef REFUSE
 
+	if (handoff) {
+		/* Dedup per recipient, by where it comes from: a handoff is not
+		 * numbered by shard (two handoffs of one message are different
+		 * recipient sets under any shard number). */
+		dup = xcalloc(n, sizeof(*dup));
+		for (size_t i = 0; i < n; i++) {
+			const Hk__Handoff *h = m->envelope->rcpts[i]->handoff;
+			key = mv(ok, okey(ok, id, h->from_node, h->from_idx));
+			rc = mdb_get(txn, q->origin, &key, &val);
+			if (rc == 0)
+				dup[i] = true;
+			else if (rc != MDB_NOTFOUND)
+				goto out;
+			else
+				stored++;
+		}
+		rc = 0;
+		if (stored == 0) {
+			op->result = SENDER_QR_DUPLICATE;
+			goto out;
+		}
+		goto store;
+	}
 	/* Dedup: a retried enqueue of the same (id, shard) stores nothing. */
 	memcpy(k, id, idlen + 1);
 	put_be(k + idlen + 1, op->shard, 4);
@@ -450,6 +495,7 @@ op_enqueue(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 	if (rc != MDB_NOTFOUND)
 		goto out;
 
+store:
 	/* Another shard of a message held already shares its body. */
 	key = mv(id, idlen);
 	rc = mdb_get(txn, q->msg, &key, &val);
@@ -470,9 +516,13 @@ op_enqueue(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 		goto out;
 	}
 
+	uint32_t idx = next_idx;
 	for (size_t i = 0; i < n; i++) {
 		const Hk__Recipient *r = m->envelope->rcpts[i];
+		const Hk__Handoff *h = r->handoff;
 		struct wbuf pw = { 0 };
+		if (dup && dup[i])
+			continue;
 		for (size_t j = 0; j < r->n_params; j++)
 			w_bytes(&pw, r->params[j], strlen(r->params[j]) + 1);
 		struct sender_qrcpt st = {
@@ -481,17 +531,40 @@ op_enqueue(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 			.n_params = (uint16_t)r->n_params, .reply = "",
 			.queued_at_ms = op->now_ms, .next_attempt_ms = op->now_ms,
 		};
+		if (h != NULL) {
+			/* Go on where the previous owner stopped: retries, expiry. */
+			st.attempts = h->attempts;
+			st.queued_at_ms = h->queued_at_ms ? h->queued_at_ms : op->now_ms;
+			st.first_attempt_ms = h->first_attempt_ms;
+			st.last_attempt_ms = h->last_attempt_ms;
+			st.next_attempt_ms = h->next_attempt_ms > 0 ? h->next_attempt_ms : op->now_ms;
+			st.reply = h->last_reply ? h->last_reply : "";
+			if (strlen(st.reply) > SENDER_QUEUE_REPLY_MAX) {
+				free(pw.p);
+				op->result = SENDER_QR_INVALID;
+				snprintf(op->why, sizeof(op->why), "recipient %zu: last reply too long", i);
+				goto out;
+			}
+		}
 		rcpt_encode(&w, &st);
 		free(pw.p);
-		uint32_t idx = next_idx + (uint32_t)i;
 		key = mv(k, rkey(k, id, idx));
 		val = mv(w.p, w.len);
 		if ((rc = mdb_put(txn, q->rcpt, &key, &val, 0)) != 0)
 			goto out;
-		key = mv(sk, skey(sk, op->now_ms, id, idx));
+		key = mv(sk, skey(sk, st.next_attempt_ms, id, idx));
 		val = mv("\1", 1);
 		if ((rc = mdb_put(txn, q->sched, &key, &val, 0)) != 0)
 			goto out;
+		if (h != NULL) {
+			uint8_t ov[5] = { REC_V1 };
+			put_be(ov + 1, idx, 4);
+			key = mv(ok, okey(ok, id, h->from_node, h->from_idx));
+			val = mv(ov, sizeof(ov));
+			if ((rc = mdb_put(txn, q->origin, &key, &val, 0)) != 0)
+				goto out;
+		}
+		idx++;
 	}
 
 	/* Meta: the Submission without its recipients (they live in rcpt). */
@@ -502,13 +575,19 @@ op_enqueue(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 	meta.envelope = &env;
 	w.len = 0;
 	w_u8(&w, REC_V1);
-	w_be(&w, next_idx + n, 4);
+	w_be(&w, idx, 4);
 	w_need(&w, hk__submission__get_packed_size(&meta));
 	w.len += hk__submission__pack(&meta, w.p + w.len);
 	key = mv(id, idlen);
 	val = mv(w.p, w.len);
 	if ((rc = mdb_put(txn, q->msg, &key, &val, 0)) != 0)
 		goto out;
+	op->first_idx = next_idx;
+	op->n_rcpts = idx - next_idx;
+	if (handoff) {
+		op->result = SENDER_QR_DONE;
+		goto out;
+	}
 
 	uint8_t sv[9] = { REC_V1 };
 	put_be(sv + 1, next_idx, 4);
@@ -520,9 +599,8 @@ op_enqueue(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 	if ((rc = mdb_put(txn, q->shard, &key, &val, 0)) != 0)
 		goto out;
 	op->result = SENDER_QR_DONE;
-	op->first_idx = next_idx;
-	op->n_rcpts = (uint32_t)n;
 out:
+	free(dup);
 	free(domains);
 	free(w.p);
 	return rc;
@@ -590,6 +668,8 @@ op_remove(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 	if ((rc = mdb_del(txn, q->msg, &key, NULL)) != 0 && rc != MDB_NOTFOUND)
 		return rc;
 	if ((rc = mdb_del(txn, q->body, &key, NULL)) != 0 && rc != MDB_NOTFOUND)
+		return rc;
+	if ((rc = del_with_prefix(txn, q->origin, k, idlen + 1)) != 0)
 		return rc;
 	return del_with_prefix(txn, q->shard, k, idlen + 1);
 }
@@ -662,6 +742,7 @@ op_name(enum sender_qop_kind k)
 	case SENDER_QOP_DELIVERED: return "delivered";
 	case SENDER_QOP_DEFERRED: return "deferred";
 	case SENDER_QOP_BOUNCED: return "bounced";
+	case SENDER_QOP_HANDED_OFF: return "handed_off";
 	}
 	return "unknown";
 }
@@ -672,7 +753,8 @@ op_apply(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 	switch (op->kind) {
 	case SENDER_QOP_ENQUEUE: return op_enqueue(q, txn, op);
 	case SENDER_QOP_DELIVERED:
-	case SENDER_QOP_BOUNCED: return op_remove(q, txn, op);
+	case SENDER_QOP_BOUNCED:
+	case SENDER_QOP_HANDED_OFF: return op_remove(q, txn, op);
 	case SENDER_QOP_DEFERRED: return op_defer(q, txn, op);
 	}
 	return EINVAL;

@@ -12,6 +12,12 @@
  *   rcpt   id \0 be32 idx                -> [1][recipient state, see sender_queue.c]
  *   sched  be64 next_attempt_ms id \0 be32 idx -> [1]     the ready order
  *   shard  id \0 be32 shard              -> [1][be32 first_idx][be32 n_rcpts]
+ *   origin id \0 from_node \0 be32 from_idx -> [1][be32 idx]  handed-on recipients
+ *
+ * An enqueue whose recipients carry a Handoff (another sender hands them on)
+ * is deduplicated per recipient by (id, from_node, from_idx) in origin, not
+ * by shard, and keeps the recipient's attempts, times and last reply. The
+ * origin and shard entries of a message go with its last recipient.
  *
  * Writes come as a batch of operations committed in ONE write transaction
  * (group commit): sender_queue_commit() may run on any thread (MDB_NOTLS),
@@ -29,6 +35,7 @@
 
 #define SENDER_QUEUE_ID_MAX 128         /* longest message id accepted (bytes) */
 #define SENDER_QUEUE_REPLY_MAX 1024     /* replies are truncated to this */
+#define SENDER_QUEUE_NODE_MAX 200       /* longest handing node name accepted */
 
 typedef struct sender_queue sender_queue;
 
@@ -37,12 +44,14 @@ enum sender_qop_kind {
 	SENDER_QOP_DELIVERED,
 	SENDER_QOP_DEFERRED,
 	SENDER_QOP_BOUNCED,
+	SENDER_QOP_HANDED_OFF,  /* committed at the new owner: remove here */
 };
 
 enum sender_qresult {
 	SENDER_QR_NONE = 0,     /* not applied (the commit failed) */
 	SENDER_QR_DONE,         /* applied */
-	SENDER_QR_DUPLICATE,    /* enqueue: (id, shard) already held, nothing stored */
+	SENDER_QR_DUPLICATE,    /* enqueue: (id, shard) already held, nothing stored
+	                         * (a handoff: every recipient already held) */
 	SENDER_QR_NOTFOUND,     /* delivered/deferred/bounced: no such recipient */
 	SENDER_QR_INVALID,      /* enqueue: refused, see why */
 	SENDER_QR_FAILED,       /* a storage error for this op alone (e.g. map
@@ -59,7 +68,7 @@ struct sender_qop {
 	const uint8_t *body;
 	size_t body_len;
 	int64_t now_ms;                 /* queued at; first attempt due at */
-	/* DELIVERED, DEFERRED, BOUNCED */
+	/* DELIVERED, DEFERRED, BOUNCED, HANDED_OFF */
 	const char *id;
 	uint32_t idx;
 	/* DEFERRED */

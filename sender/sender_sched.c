@@ -182,6 +182,8 @@ struct sender_sched {
 	sender_outcome_cb cb;
 	void *arg;
 	struct iset inflight;
+	sender_sched_filter_fn filter;  /* deliverable here? (NULL: all) */
+	void *filter_arg;
 	struct job *jobs;               /* running, doubly linked */
 	size_t n_jobs;
 	uint64_t rng;
@@ -422,6 +424,8 @@ pick_one(const struct sender_qrcpt *r, void *arg)
 	struct pick *p = arg;
 	struct job *j = NULL;
 
+	if (p->s->filter && !p->s->filter(r->domain, r->address, p->s->filter_arg))
+		return 0;
 	/* Recipients of one message and domain travel together; they were
 	 * queued together, so they are next to each other in the schedule. */
 	for (size_t i = p->n; i-- > 0; ) {
@@ -527,6 +531,25 @@ sender_sched_release(sender_sched *s, const char *id, uint32_t idx)
 {
 	if (!iset_del(&s->inflight, id, idx))
 		hk_log_debug("sched_release_unknown", "{s:s, s:i}", "id", id, "idx", (int)idx);
+}
+
+void
+sender_sched_set_filter(sender_sched *s, sender_sched_filter_fn fn, void *arg)
+{
+	s->filter = fn;
+	s->filter_arg = arg;
+}
+
+void
+sender_sched_hold(sender_sched *s, const char *id, uint32_t idx)
+{
+	iset_add(&s->inflight, id, idx);
+}
+
+bool
+sender_sched_held(sender_sched *s, const char *id, uint32_t idx)
+{
+	return iset_has(&s->inflight, id, idx);
 }
 
 size_t

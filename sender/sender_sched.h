@@ -17,6 +17,7 @@
 #ifndef SENDER_SCHED_H
 #define SENDER_SCHED_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -66,6 +67,18 @@ void sender_sched_kick(sender_sched *s);
 /* sender_sched_release - the outcome of (id, idx) is committed or given up:
  * the recipient may be picked again by the schedule. */
 void sender_sched_release(sender_sched *s, const char *id, uint32_t idx);
+
+/* sender_sched_set_filter - FN(domain, rcpt, arg) false: the recipient is
+ * not ours to deliver (its domain has another owner now and is being handed
+ * on); the schedule passes it by. NULL: deliver everything. */
+typedef bool (*sender_sched_filter_fn)(const char *domain, const char *rcpt, void *arg);
+void sender_sched_set_filter(sender_sched *s, sender_sched_filter_fn fn, void *arg);
+
+/* sender_sched_hold - put (id, idx) in the in-flight set as if a job had
+ * picked it (another part of the sender works on it, e.g. a handoff);
+ * sender_sched_release() lets it go. sender_sched_held - is it there? */
+void sender_sched_hold(sender_sched *s, const char *id, uint32_t idx);
+bool sender_sched_held(sender_sched *s, const char *id, uint32_t idx);
 
 size_t sender_sched_jobs(const sender_sched *s);       /* jobs running */
 size_t sender_sched_inflight(const sender_sched *s);   /* recipients held */

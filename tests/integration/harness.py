@@ -18,6 +18,7 @@ Every process is started by pid in a ProcessGroup and stopped by pid.
 """
 import atexit
 import json
+import math
 import os
 import random
 import re
@@ -883,6 +884,39 @@ def domain_mx_spread(domains):
     for i, d in enumerate(domains):
         mx[d] = hosts[i % len(hosts)]
     return mx
+
+
+_M64 = (1 << 64) - 1
+
+
+def fnv1a64(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & _M64
+    return h
+
+
+def splitmix64(x):
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    z = x
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def hrw_owner(domain, senders):
+    """The owner of DOMAIN by weighted rendezvous hashing, recomputed here
+    independently of the C code (router_hrw.h). senders: {name: weight} of
+    the live, non-draining senders."""
+    domain = domain.lower()
+    best = None
+    for name, w in senders.items():
+        h = splitmix64(fnv1a64((name + "\0" + domain).encode("utf-8")))
+        u = ((h >> 11) + 0.5) / float(1 << 53)
+        score = w / -math.log(u)
+        if best is None or score > best[0] or (score == best[0] and name < best[1]):
+            best = (score, name)
+    return best[1]
 
 
 MSGID_RE = re.compile(rb"^Message-ID: <([^>]+)>", re.M | re.I)

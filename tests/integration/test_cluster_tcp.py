@@ -1,14 +1,13 @@
 """A cluster of separate processes over tcp://: ingress, one router, two
 senders. Each domain's mail must leave through the sender that the weighted
 rendezvous hash (recomputed here, independently of the C code) names."""
-import math
 import uuid
 
 import pytest
 
 import harness
 
-M64 = (1 << 64) - 1
+owner = harness.hrw_owner
 SENDERS = {  # name -> (source address, weight)
     "sender-1": ("127.0.0.2", 1),
     "sender-2": ("127.0.0.3", 2),
@@ -16,35 +15,8 @@ SENDERS = {  # name -> (source address, weight)
 DOMAINS = harness.CLUSTER_DOMAINS[:10]
 
 
-def fnv1a64(data):
-    h = 0xcbf29ce484222325
-    for b in data:
-        h = ((h ^ b) * 0x100000001b3) & M64
-    return h
-
-
-def splitmix64(x):
-    x = (x + 0x9E3779B97F4A7C15) & M64
-    z = x
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-    return z ^ (z >> 31)
-
-
-def owner(domain, senders):
-    """senders: {name: weight} of the live senders."""
-    domain = domain.lower()
-    best = None
-    for name, w in senders.items():
-        h = splitmix64(fnv1a64((name + "\0" + domain).encode("utf-8")))
-        u = ((h >> 11) + 0.5) / float(1 << 53)
-        score = w / -math.log(u)
-        if best is None or score > best[0] or (score == best[0] and name < best[1]):
-            best = (score, name)
-    return best[1]
-
-
 def test_owner_function_reference_values():
+    fnv1a64, splitmix64 = harness.fnv1a64, harness.splitmix64
     # splitmix64(0) is the first output of the reference SplitMix64 seeded 0.
     assert splitmix64(0) == 0xE220A8397B1DCDAF
     assert fnv1a64(b"") == 0xcbf29ce484222325

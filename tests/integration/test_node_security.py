@@ -57,6 +57,17 @@ def submit_frame(node, version=1):
     return _field_varint(1, version) + _field_bytes(2, node) + _field_bytes(10, req)
 
 
+def handoff_frame(node, from_node=None):
+    """A SubmitRequest whose recipient carries a Handoff (as a sender hands
+    queued mail on), body "body" in the next part."""
+    ho = _field_bytes(1, from_node or node) + _field_varint(2, 3)
+    rcpt = _field_bytes(1, "x@a.test") + _field_bytes(3, ho)
+    env = _field_bytes(1, "from@client.test") + _field_bytes(3, rcpt)
+    sub = _field_bytes(1, "01HYYYYYYYYYYYYYYYYYYYYYYY") + _field_bytes(3, env) + _field_varint(4, 4)
+    req = _field_varint(1, 8) + _field_bytes(2, sub)
+    return _field_varint(1, 1) + _field_bytes(2, node) + _field_bytes(10, req)
+
+
 # ---------------------------------------------------------------- helpers
 
 def _endpoint(cluster, router, which):
@@ -210,6 +221,12 @@ def _bad_input(c, zctx, curve_front=None, curve_back=None):
         lambda: reasons <= {e["reason"] for e in c.find_events("frame_dropped", "router-1", since=mark)},
         10, "frame_dropped for every kind of garbage")
     if not curve_back:
+        front.send_multipart([handoff_frame("ingress-x"), b"body"])  # handoff state from an ingress
+        c.wait_event("submit_nacked", node="router-1", since=mark,
+                     reason="a submission from an ingress carries handoff state")
+        back.send_multipart([handoff_frame("sender-x"), b"body"])  # a handoff from a non-member
+        c.wait_event("handoff_nacked", node="router-1", since=mark,
+                     reason="handoff from a sender that is not a live member")
         c.wait_event("heartbeat_ignored", node="router-1", since=mark, reason="not a sender")
         c.wait_event("heartbeat_ignored", node="router-1", since=mark,
                      reason="not a sender of the configuration")

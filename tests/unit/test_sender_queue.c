@@ -433,6 +433,92 @@ test_last_rcpt_removes_message(void **state)
 	assert_stats(f, 1, 1, 1, 1, 1);
 }
 
+/* A handoff: recipients with their state from another sender, deduplicated
+ * by origin (not shard), kept going where they stopped. */
+static void
+test_handoff_enqueue(void **state)
+{
+	struct fixture *f = *state;
+	const char *two[] = { "a@x.test", "b@y.test" };
+	const char *one[] = { "c@z.test" };
+	Hk__Handoff h[2];
+	struct sender_qrcpt *r;
+	struct msg m;
+
+	/* We already hold another part of the message (shard 0, idx 0). */
+	enqueue(f, "01HHAND", one, 1, 0, 1000);
+	msg_init(&m, "01HHAND", two, 2);
+	for (int i = 0; i < 2; i++) {
+		hk__handoff__init(&h[i]);
+		h[i].from_node = "sender-9";
+		h[i].from_idx = 7 + (uint32_t)i;
+		h[i].attempts = 3;
+		h[i].queued_at_ms = 500;
+		h[i].first_attempt_ms = 600;
+		h[i].last_attempt_ms = 900;
+		h[i].next_attempt_ms = 40000;
+		h[i].last_reply = "451 4.7.1 try later";
+		m.r[i].handoff = &h[i];
+	}
+	/* Shard 0 again: a handoff is not deduplicated by shard. */
+	struct sender_qop op = enq_op(&m, 0, 2000);
+	commit1(f, &op);
+	assert_int_equal(op.result, SENDER_QR_DONE);
+	assert_int_equal(op.first_idx, 1);
+	assert_int_equal(op.n_rcpts, 2);
+	assert_stats(f, 1, 1, 3, 3, 1);
+	assert_int_equal(sender_queue_rcpt_load(f->q, "01HHAND", 2, &r), 0);
+	assert_string_equal(r->address, "b@y.test");
+	assert_int_equal(r->attempts, 3);
+	assert_int_equal(r->queued_at_ms, 500);
+	assert_int_equal(r->first_attempt_ms, 600);
+	assert_int_equal(r->last_attempt_ms, 900);
+	assert_int_equal(r->next_attempt_ms, 40000);
+	assert_string_equal(r->reply, "451 4.7.1 try later");
+	free(r);
+	/* Not due before its next attempt. */
+	struct seen seen = { 0 };
+	scan(f, 39999, &seen);
+	assert_int_equal(seen.n, 1);
+	assert_string_equal(seen.items[0], "01HHAND/0");
+
+	/* The same handoff again (its ack was lost): nothing stored. */
+	op = enq_op(&m, 0, 3000);
+	commit1(f, &op);
+	assert_int_equal(op.result, SENDER_QR_DUPLICATE);
+	assert_stats(f, 1, 1, 3, 3, 1);
+	/* One new recipient with one already held: only the new one. */
+	h[0].from_idx = 8;      /* held */
+	h[1].from_idx = 11;     /* new */
+	op = enq_op(&m, 5, 3000);
+	commit1(f, &op);
+	assert_int_equal(op.result, SENDER_QR_DONE);
+	assert_int_equal(op.n_rcpts, 1);
+	assert_int_equal(op.first_idx, 3);
+	assert_stats(f, 1, 1, 4, 4, 1);
+
+	/* Handed-on and new recipients never mix in one enqueue. */
+	m.r[1].handoff = NULL;
+	op = enq_op(&m, 9, 3000);
+	commit1(f, &op);
+	assert_int_equal(op.result, SENDER_QR_INVALID);
+	assert_non_null(strstr(op.why, "mixed"));
+
+	/* Handed on from here: the recipients leave like delivered ones, and
+	 * the message's origin entries go with the last one. */
+	for (uint32_t i = 0; i < 4; i++) {
+		struct sender_qop d = state_op(SENDER_QOP_HANDED_OFF, "01HHAND", i);
+		commit1(f, &d);
+		assert_int_equal(d.result, SENDER_QR_DONE);
+	}
+	assert_stats(f, 0, 0, 0, 0, 0);
+	m.r[1].handoff = &h[1];
+	op = enq_op(&m, 0, 4000);
+	commit1(f, &op);
+	assert_int_equal(op.result, SENDER_QR_DONE);
+	assert_int_equal(op.n_rcpts, 2);
+}
+
 static void
 test_reopen_keeps_everything(void **state)
 {
@@ -577,6 +663,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_due_order, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_deferred_moves_schedule, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_last_rcpt_removes_message, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_handoff_enqueue, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen_keeps_everything, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refusals_do_not_fail_the_batch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failing_op_fails_alone, setup, teardown),
