@@ -946,6 +946,16 @@ k_s_reuse(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node
 }
 
 static int
+k_s_perdom(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	if (get_u32(c, v, k, &nc->u.sender.max_connections_per_domain))
+		return -1;
+	if (nc->u.sender.max_connections_per_domain == 0)
+		return cfg_error(c, v, k, "must be at least 1");
+	return 0;
+}
+
+static int
 k_s_port(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
 {
 	unsigned long long p;
@@ -989,6 +999,7 @@ static const struct key_rule sender_keys[] = {
 	{ "retry_min", k_s_rmin }, { "retry_max", k_s_rmax },
 	{ "max_lifetime", k_s_life }, { "heartbeat_interval", k_s_hb },
 	{ "connection_cache_time", k_s_cachetime }, { "connection_reuse_limit", k_s_reuse },
+	{ "max_connections_per_domain", k_s_perdom },
 	{ NULL, NULL },
 };
 
@@ -1031,6 +1042,7 @@ set_defaults(struct hk_node_conf *nc)
 		nc->u.sender.heartbeat_interval_ms = 1000;
 		nc->u.sender.connection_cache_time_ms = 2000;   /* Postfix: smtp_connection_cache_time_limit */
 		nc->u.sender.connection_reuse_limit = 100;
+		nc->u.sender.max_connections_per_domain = 20;  /* Postfix: default_destination_concurrency_limit */
 		break;
 	}
 }

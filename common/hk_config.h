@@ -128,6 +128,7 @@ struct hk_sender_conf {
 	uint32_t heartbeat_interval_ms;
 	uint32_t connection_cache_time_ms;  /* park an SMTP connection this long; 0: no reuse */
 	uint32_t connection_reuse_limit;    /* transactions per SMTP connection (>= 1) */
+	uint32_t max_connections_per_domain; /* concurrent sessions to one domain (>= 1) */
 };
 
 struct hk_node_conf {

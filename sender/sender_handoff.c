@@ -156,16 +156,16 @@ sender_handoff_mine(sender_handoff *h, const char *domain, const char *rcpt)
 {
 	int64_t now = hk_now_ms();
 	bool any = false;
-	uint32_t k = 0;
+	uint32_t k = hk_config_hot_k(h->c.cfg, domain);
 
+	if (rcpt == NULL && k > 1)
+		return true;    /* a hot domain is decided per recipient */
 	for (size_t i = 0; i < h->c.n_links; i++) {
 		struct view *v = &h->views[i];
 		if (!view_fresh(h, v, now))
 			continue;
 		if (v->n_cands == 0)
 			return true;    /* nobody else to take it */
-		if (!any)
-			k = hk_config_hot_k(h->c.cfg, domain);
 		any = true;
 		int o = router_hrw_pick(v->cands, v->n_cands, k, domain, rcpt);
 		if (o == v->self_cand)
@@ -229,6 +229,20 @@ struct scan {
 	uint64_t foreign;
 };
 
+/* scan_dom - pass by a domain that is wholly ours (not a hot one). */
+static int
+scan_dom(const char *domain, int64_t next_ms, void *arg)
+{
+	struct scan *sc = arg;
+
+	(void)next_ms;
+	if (sc->n == sc->max)
+		return SENDER_SCAN_STOP;
+	if (hk_config_hot_k(sc->h->c.cfg, domain) <= 1 && sender_handoff_mine(sc->h, domain, NULL))
+		return SENDER_SCAN_NEXT_DOMAIN;
+	return SENDER_SCAN_CONTINUE;
+}
+
 static bool
 scan_skip(const char *id, uint32_t idx, void *arg)
 {
@@ -252,7 +266,7 @@ scan_one(const struct sender_qrcpt *r, void *arg)
 		}
 	if (m == NULL) {
 		if (sc->n == sc->max)
-			return 1;       /* a full round: the rest goes in the next */
+			return SENDER_SCAN_STOP;        /* a full round: the rest in the next */
 		m = &sc->m[sc->n++];
 		m->id = xstrdup(r->id);
 	}
@@ -404,7 +418,7 @@ scan(sender_handoff *h, int64_t now)
 		return;
 	}
 	sc.m = xcalloc(sc.max ? sc.max : 1, sizeof(*sc.m));
-	if (sender_queue_scan_due(h->c.q, INT64_MAX, scan_skip, scan_one, &sc) != 0)
+	if (sender_queue_scan_due_domains(h->c.q, INT64_MAX, scan_dom, scan_skip, scan_one, &sc) != 0)
 		h->retry_at_ms = now + HANDOFF_RETRY_MS;
 	h->c.stats->foreign = sc.foreign;
 	for (size_t i = 0; i < sc.n; i++) {

@@ -20,7 +20,8 @@
  * recipient is committed (a late enqueue, a deferral), every few minutes as
  * a safety net, and while the last scan found foreign recipients. A scan
  * walks the queue's schedule; it holds at most HANDOFF_MAX_PENDING messages
- * in flight.
+ * in flight. It walks only the domains that are not wholly ours (and the
+ * hot ones), through the queue's per-domain ready queues.
  */
 #ifndef SENDER_HANDOFF_H
 #define SENDER_HANDOFF_H
@@ -74,7 +75,8 @@ void sender_handoff_view(sender_handoff *h, size_t link, const Hk__MemberView *v
 void sender_handoff_reply(sender_handoff *h, size_t link, const Hk__SubmitReply *rep);
 
 /* sender_handoff_mine - is recipient RCPT of DOMAIN (canonical) ours to
- * deliver? The scheduler's filter. */
+ * deliver? The scheduler's filter. RCPT NULL: is the domain as a whole ours
+ * (true for a hot domain, decided per recipient)? */
 bool sender_handoff_mine(sender_handoff *h, const char *domain, const char *rcpt);
 
 /* sender_handoff_touch - recipient RCPT of DOMAIN was committed here (new

@@ -34,10 +34,15 @@
 /* This role */
 #include "sender_queue.h"
 
-#define QFORMAT 1               /* the queue's overall format (info/"format") */
+#define QFORMAT 2               /* the queue's overall format (info/"format"):
+                                 * 1 had one time-ordered "sched"; 2 has the
+                                 * per-domain dq/dnext/dom (opening a 1
+                                 * rebuilds them from rcpt) */
 #define REC_V1 1                /* version byte of every value written */
 #define RKEY_MAX (SENDER_QUEUE_ID_MAX + 1 + 4)
 #define SKEY_MAX (8 + RKEY_MAX)
+#define DQKEY_MAX (HK_DOMAIN_MAX + 1 + SKEY_MAX)
+#define DNKEY_MAX (8 + HK_DOMAIN_MAX)
 static void put_be(uint8_t *p, uint64_t v, int n);
 #define OKEY_MAX (SENDER_QUEUE_ID_MAX + 1 + SENDER_QUEUE_NODE_MAX + 1 + 4)
 
@@ -54,7 +59,7 @@ okey(uint8_t *k, const char *id, const char *node, uint32_t idx)
 
 struct sender_queue {
 	MDB_env *env;
-	MDB_dbi info, msg, body, rcpt, sched, shard, origin;
+	MDB_dbi info, msg, body, rcpt, dq, dnext, dom, shard, origin;
 	char *path;
 };
 
@@ -170,11 +175,24 @@ rkey(uint8_t *k, const char *id, uint32_t idx)
 	return n + 5;
 }
 
+/* dqkey - a domain queue entry: "domain \0 be64 next_attempt id \0 be32 idx". */
 static size_t
-skey(uint8_t *k, int64_t when, const char *id, uint32_t idx)
+dqkey(uint8_t *k, const char *domain, int64_t when, const char *id, uint32_t idx)
 {
-	put_be(k, ms_key(when), 8);
-	return 8 + rkey(k + 8, id, idx);
+	size_t n = strlen(domain);
+	memcpy(k, domain, n + 1);
+	put_be(k + n + 1, ms_key(when), 8);
+	return n + 9 + rkey(k + n + 9, id, idx);
+}
+
+/* dnkey - the domain's place in the order of domains: "be64 next domain". */
+static size_t
+dnkey(uint8_t *k, uint64_t next, const char *domain)
+{
+	size_t n = strlen(domain);
+	put_be(k, next, 8);
+	memcpy(k + 8, domain, n);
+	return 8 + n;
 }
 
 static void
@@ -262,6 +280,56 @@ mkdir_p(const char *path, char *err, size_t errlen)
 	return rc;
 }
 
+static int dom_refresh(sender_queue *q, MDB_txn *txn, const char *domain, int delta);
+
+/*
+ * migrate_v1 - format 1 kept one time-ordered "sched" database: drop it and
+ * build the domain queues from the recipient records (one transaction: a
+ * crash leaves format 1 as it was).
+ */
+static int
+migrate_v1(sender_queue *q, MDB_txn *txn, uint64_t *n)
+{
+	uint8_t sk[DQKEY_MAX];
+	char domain[HK_DOMAIN_MAX], id[SENDER_QUEUE_ID_MAX + 1];
+	MDB_dbi sched;
+	MDB_cursor *c;
+	MDB_val key, val;
+	int rc;
+
+	if ((rc = mdb_dbi_open(txn, "sched", 0, &sched)) == 0) {
+		if ((rc = mdb_drop(txn, sched, 1)) != 0)
+			return rc;
+	} else if (rc != MDB_NOTFOUND) {
+		return rc;
+	}
+	if ((rc = mdb_cursor_open(txn, q->rcpt, &c)) != 0)
+		return rc;
+	for (rc = mdb_cursor_get(c, &key, &val, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(c, &key, &val, MDB_NEXT)) {
+		const uint8_t *kp = key.mv_data;
+		struct sender_qrcpt r;
+		if (key.mv_size < 6 || key.mv_size - 5 > SENDER_QUEUE_ID_MAX ||
+		    kp[key.mv_size - 5] != 0 || rcpt_decode(val.mv_data, val.mv_size, &r) != 0 ||
+		    strlen(r.domain) >= HK_DOMAIN_MAX) {
+			hk_log_error("queue_corrupt", "{s:s}", "what", "recipient record (upgrade)");
+			continue;
+		}
+		memcpy(id, kp, key.mv_size - 4);
+		snprintf(domain, sizeof(domain), "%s", r.domain);
+		uint32_t idx = (uint32_t)get_be(kp + key.mv_size - 4, 4);
+		MDB_val dk = mv(sk, dqkey(sk, domain, r.next_attempt_ms, id, idx));
+		MDB_val dv = mv("\1", 1);
+		/* Writes to other databases leave this cursor where it is. */
+		if ((rc = mdb_put(txn, q->dq, &dk, &dv, 0)) != 0 ||
+		    (rc = dom_refresh(q, txn, domain, 1)) != 0)
+			break;
+		(*n)++;
+	}
+	mdb_cursor_close(c);
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 int
 sender_queue_open(sender_queue **out, const char *path, size_t map_size, bool sync,
     char *err, size_t errlen)
@@ -285,7 +353,7 @@ sender_queue_open(sender_queue **out, const char *path, size_t map_size, bool sy
 	step = "mdb_env_create";
 	if ((rc = mdb_env_create(&q->env)) != 0)
 		goto fail;
-	mdb_env_set_maxdbs(q->env, 8);
+	mdb_env_set_maxdbs(q->env, 16);
 	step = "mdb_env_set_mapsize";
 	if ((rc = mdb_env_set_mapsize(q->env, map_size)) != 0)
 		goto fail;
@@ -305,14 +373,28 @@ sender_queue_open(sender_queue **out, const char *path, size_t map_size, bool sy
 	    (rc = mdb_dbi_open(txn, "msg", MDB_CREATE, &q->msg)) != 0 ||
 	    (rc = mdb_dbi_open(txn, "body", MDB_CREATE, &q->body)) != 0 ||
 	    (rc = mdb_dbi_open(txn, "rcpt", MDB_CREATE, &q->rcpt)) != 0 ||
-	    (rc = mdb_dbi_open(txn, "sched", MDB_CREATE, &q->sched)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "dq", MDB_CREATE, &q->dq)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "dnext", MDB_CREATE, &q->dnext)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "dom", MDB_CREATE, &q->dom)) != 0 ||
 	    (rc = mdb_dbi_open(txn, "shard", MDB_CREATE, &q->shard)) != 0 ||
 	    (rc = mdb_dbi_open(txn, "origin", MDB_CREATE, &q->origin)) != 0)
 		goto fail;
 
 	MDB_val k = mv("format", 6), v;
 	rc = mdb_get(txn, q->info, &k, &v);
-	if (rc == 0) {
+	if (rc == 0 && v.mv_size == 1 && ((uint8_t *)v.mv_data)[0] == 1) {
+		uint64_t n = 0;
+		step = "rebuilding the domain queues of format 1";
+		if ((rc = migrate_v1(q, txn, &n)) != 0)
+			goto fail;
+		uint8_t f = QFORMAT;
+		v = mv(&f, 1);
+		step = "mdb_put(info)";
+		if ((rc = mdb_put(txn, q->info, &k, &v, 0)) != 0)
+			goto fail;
+		hk_log_info("queue_upgraded", "{s:s, s:i, s:i, s:I}", "path", path, "from", 1,
+		    "to", QFORMAT, "rcpts", (json_int_t)n);
+	} else if (rc == 0) {
 		if (v.mv_size < 1 || ((uint8_t *)v.mv_data)[0] != QFORMAT) {
 			snprintf(err, errlen, "queue %s: unknown queue format %d", path,
 			    v.mv_size ? ((uint8_t *)v.mv_data)[0] : -1);
@@ -409,13 +491,82 @@ del_with_prefix(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pfx, size_t n)
 	return rc < 0 ? -rc : rc;
 }
 
+/*
+ * dom_refresh - after DOMAIN's queue changed by DELTA recipients: keep its
+ * dom record (earliest next attempt, count) and its place in dnext true.
+ * The earliest next attempt is read from the domain queue itself.
+ */
+static int
+dom_refresh(sender_queue *q, MDB_txn *txn, const char *domain, int delta)
+{
+	size_t dl = strlen(domain);
+	uint8_t k[DNKEY_MAX];
+	uint64_t next = 0, old_next = 0, count = 0;
+	bool has = false, had = false;
+	MDB_cursor *c;
+	MDB_val key, val;
+	int rc;
+
+	if ((rc = mdb_cursor_open(txn, q->dq, &c)) != 0)
+		return rc;
+	rc = first_with_prefix(c, (const uint8_t *)domain, dl + 1);
+	if (rc == 1) {
+		MDB_val ck, cv;
+		if ((rc = mdb_cursor_get(c, &ck, &cv, MDB_GET_CURRENT)) == 0 && ck.mv_size >= dl + 9) {
+			next = get_be((const uint8_t *)ck.mv_data + dl + 1, 8);
+			has = true;
+		}
+	}
+	mdb_cursor_close(c);
+	if (rc < 0)
+		return -rc;
+
+	key = mv(domain, dl);
+	rc = mdb_get(txn, q->dom, &key, &val);
+	if (rc == 0 && val.mv_size >= 17 && ((uint8_t *)val.mv_data)[0] == REC_V1) {
+		had = true;
+		old_next = get_be((uint8_t *)val.mv_data + 1, 8);
+		count = get_be((uint8_t *)val.mv_data + 9, 8);
+	} else if (rc != 0 && rc != MDB_NOTFOUND) {
+		return rc;
+	}
+	if (delta < 0 && count < (uint64_t)-delta)
+		count = 0;
+	else
+		count += (uint64_t)(int64_t)delta;
+	if (had && (!has || old_next != next)) {
+		key = mv(k, dnkey(k, old_next, domain));
+		if ((rc = mdb_del(txn, q->dnext, &key, NULL)) != 0 && rc != MDB_NOTFOUND)
+			return rc;
+	}
+	key = mv(domain, dl);
+	if (!has) {
+		if (had && (rc = mdb_del(txn, q->dom, &key, NULL)) != 0 && rc != MDB_NOTFOUND)
+			return rc;
+		return 0;
+	}
+	uint8_t dv[17] = { REC_V1 };
+	put_be(dv + 1, next, 8);
+	put_be(dv + 9, count, 8);
+	val = mv(dv, sizeof(dv));
+	if ((rc = mdb_put(txn, q->dom, &key, &val, 0)) != 0)
+		return rc;
+	if (!had || old_next != next) {
+		key = mv(k, dnkey(k, next, domain));
+		val = mv("\1", 1);
+		if ((rc = mdb_put(txn, q->dnext, &key, &val, 0)) != 0)
+			return rc;
+	}
+	return 0;
+}
+
 static int
 op_enqueue(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 {
 	const Hk__Submission *m = op->msg;
 	const char *id = m ? m->id : NULL;
 	size_t idlen = id ? strlen(id) : 0, n;
-	uint8_t k[RKEY_MAX], sk[SKEY_MAX];
+	uint8_t k[RKEY_MAX], sk[DQKEY_MAX];
 	char (*domains)[HK_DOMAIN_MAX] = NULL;
 	struct wbuf w = { 0 };
 	uint32_t next_idx = 0, stored = 0;
@@ -552,9 +703,11 @@ store:
 		val = mv(w.p, w.len);
 		if ((rc = mdb_put(txn, q->rcpt, &key, &val, 0)) != 0)
 			goto out;
-		key = mv(sk, skey(sk, st.next_attempt_ms, id, idx));
+		key = mv(sk, dqkey(sk, domains[i], st.next_attempt_ms, id, idx));
 		val = mv("\1", 1);
-		if ((rc = mdb_put(txn, q->sched, &key, &val, 0)) != 0)
+		if ((rc = mdb_put(txn, q->dq, &key, &val, 0)) != 0)
+			goto out;
+		if ((rc = dom_refresh(q, txn, domains[i], 1)) != 0)
 			goto out;
 		if (h != NULL) {
 			uint8_t ov[5] = { REC_V1 };
@@ -628,7 +781,8 @@ rcpt_get(sender_queue *q, MDB_txn *txn, const char *id, uint32_t idx, struct sen
 static int
 op_remove(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 {
-	uint8_t k[RKEY_MAX], sk[SKEY_MAX];
+	uint8_t k[RKEY_MAX], sk[DQKEY_MAX];
+	char domain[HK_DOMAIN_MAX] = "";
 	struct sender_qrcpt r;
 	size_t idlen;
 	MDB_val key;
@@ -650,12 +804,15 @@ op_remove(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 	} else if (rc != 0) {
 		return rc;
 	} else {
-		key = mv(sk, skey(sk, r.next_attempt_ms, op->id, op->idx));
-		if ((rc = mdb_del(txn, q->sched, &key, NULL)) != 0 && rc != MDB_NOTFOUND)
+		snprintf(domain, sizeof(domain), "%s", r.domain);   /* r dies with the update */
+		key = mv(sk, dqkey(sk, domain, r.next_attempt_ms, op->id, op->idx));
+		if ((rc = mdb_del(txn, q->dq, &key, NULL)) != 0 && rc != MDB_NOTFOUND)
 			return rc;
 	}
 	key = mv(k, rkey(k, op->id, op->idx));
 	if ((rc = mdb_del(txn, q->rcpt, &key, NULL)) != 0)
+		return rc;
+	if (domain[0] && (rc = dom_refresh(q, txn, domain, -1)) != 0)
 		return rc;
 	op->result = SENDER_QR_DONE;
 
@@ -677,7 +834,8 @@ op_remove(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 static int
 op_defer(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 {
-	uint8_t k[RKEY_MAX], sk[SKEY_MAX];
+	uint8_t k[RKEY_MAX], sk[DQKEY_MAX];
+	char domain[HK_DOMAIN_MAX];
 	struct sender_qrcpt r;
 	struct wbuf w = { 0 };
 	uint8_t *copy;
@@ -705,8 +863,9 @@ op_defer(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 		free(copy);
 		return MDB_CORRUPTED;
 	}
-	key = mv(sk, skey(sk, r.next_attempt_ms, op->id, op->idx));
-	if ((rc = mdb_del(txn, q->sched, &key, NULL)) != 0 && rc != MDB_NOTFOUND) {
+	snprintf(domain, sizeof(domain), "%s", r.domain);
+	key = mv(sk, dqkey(sk, domain, r.next_attempt_ms, op->id, op->idx));
+	if ((rc = mdb_del(txn, q->dq, &key, NULL)) != 0 && rc != MDB_NOTFOUND) {
 		free(copy);
 		return rc;
 	}
@@ -726,9 +885,11 @@ op_defer(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 	free(w.p);
 	if (rc != 0)
 		return rc;
-	key = mv(sk, skey(sk, op->next_attempt_ms, op->id, op->idx));
+	key = mv(sk, dqkey(sk, domain, op->next_attempt_ms, op->id, op->idx));
 	val = mv("\1", 1);
-	if ((rc = mdb_put(txn, q->sched, &key, &val, 0)) != 0)
+	if ((rc = mdb_put(txn, q->dq, &key, &val, 0)) != 0)
+		return rc;
+	if ((rc = dom_refresh(q, txn, domain, 0)) != 0)
 		return rc;
 	op->result = SENDER_QR_DONE;
 	return 0;
@@ -855,53 +1016,113 @@ read_begin(sender_queue *q, MDB_txn **txn, const char *what)
 	return rc;
 }
 
-int
-sender_queue_scan_due(sender_queue *q, int64_t now_ms, sender_queue_skip_fn skip,
-    sender_queue_scan_fn cb, void *arg)
+/* scan_domain - DOMAIN's queue entries due at or before NOW, in order,
+ * through SKIP and CB. SENDER_SCAN_STOP from cb is returned; anything else
+ * ends with the domain. */
+static int
+scan_domain(sender_queue *q, MDB_txn *txn, MDB_cursor *c, const char *domain, uint64_t now,
+    sender_queue_skip_fn skip, sender_queue_scan_fn cb, void *arg)
 {
-	MDB_txn *txn;
-	MDB_cursor *c;
+	size_t dl = strlen(domain);
 	MDB_val key, val;
-	int rc;
-	uint64_t now = ms_key(now_ms);
+	int rc, r;
 
-	if (read_begin(q, &txn, "scan") != 0)
-		return -1;
-	if ((rc = mdb_cursor_open(txn, q->sched, &c)) != 0) {
-		mdb_txn_abort(txn);
-		return -1;
-	}
-	for (rc = mdb_cursor_get(c, &key, &val, MDB_FIRST); rc == 0;
+	rc = first_with_prefix(c, (const uint8_t *)domain, dl + 1);
+	if (rc != 1)
+		return SENDER_SCAN_CONTINUE;
+	for (rc = mdb_cursor_get(c, &key, &val, MDB_GET_CURRENT); rc == 0;
 	     rc = mdb_cursor_get(c, &key, &val, MDB_NEXT)) {
 		const uint8_t *kp = key.mv_data;
-		struct sender_qrcpt r;
+		struct sender_qrcpt rc_state;
 
-		/* be64 time, id, NUL, be32 idx: the id inside is a C string. */
-		if (key.mv_size < 8 + 2 + 4 || kp[key.mv_size - 5] != 0 ||
-		    memchr(kp + 8, 0, key.mv_size - 13) != NULL) {
-			hk_log_error("queue_corrupt", "{s:s}", "what", "schedule key");
+		if (key.mv_size < dl + 1 || memcmp(kp, domain, dl + 1) != 0)
+			break;  /* the next domain */
+		/* domain \0 be64 time id \0 be32 idx: the id inside is a C string. */
+		if (key.mv_size < dl + 1 + 8 + 2 + 4 || kp[key.mv_size - 5] != 0 ||
+		    memchr(kp + dl + 9, 0, key.mv_size - dl - 9 - 5) != NULL) {
+			hk_log_error("queue_corrupt", "{s:s, s:s}", "what", "domain queue key",
+			    "domain", domain);
 			continue;
 		}
-		if (get_be(kp, 8) > now)
+		if (get_be(kp + dl + 1, 8) > now)
 			break;
-		const char *id = (const char *)kp + 8;
+		const char *id = (const char *)kp + dl + 9;
 		uint32_t idx = (uint32_t)get_be(kp + key.mv_size - 4, 4);
 		if (skip && skip(id, idx, arg))
 			continue;
-		int grc = rcpt_get(q, txn, id, idx, &r);
+		int grc = rcpt_get(q, txn, id, idx, &rc_state);
 		if (grc == MDB_NOTFOUND)
-			continue;       /* an orphan schedule key (see op_remove) */
+			continue;       /* an orphan queue key (see op_remove) */
 		if (grc != 0) {
 			hk_log_error("queue_corrupt", "{s:s, s:i, s:s}", "id", id, "idx", (int)idx,
 			    "what", mdb_strerror(grc));
 			continue;
 		}
-		if (cb(&r, arg) != 0)
+		r = cb(&rc_state, arg);
+		if (r == SENDER_SCAN_STOP)
+			return SENDER_SCAN_STOP;
+		if (r == SENDER_SCAN_NEXT_DOMAIN)
+			break;
+	}
+	return SENDER_SCAN_CONTINUE;
+}
+
+int
+sender_queue_scan_due_domains(sender_queue *q, int64_t now_ms, sender_queue_domain_fn dom,
+    sender_queue_skip_fn skip, sender_queue_scan_fn cb, void *arg)
+{
+	MDB_txn *txn;
+	MDB_cursor *dn, *c;
+	MDB_val key, val;
+	char domain[HK_DOMAIN_MAX];
+	uint64_t now = ms_key(now_ms);
+	int rc;
+
+	if (read_begin(q, &txn, "scan") != 0)
+		return -1;
+	if ((rc = mdb_cursor_open(txn, q->dnext, &dn)) != 0) {
+		mdb_txn_abort(txn);
+		return -1;
+	}
+	if ((rc = mdb_cursor_open(txn, q->dq, &c)) != 0) {
+		mdb_cursor_close(dn);
+		mdb_txn_abort(txn);
+		return -1;
+	}
+	for (rc = mdb_cursor_get(dn, &key, &val, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(dn, &key, &val, MDB_NEXT)) {
+		const uint8_t *kp = key.mv_data;
+		if (key.mv_size <= 8 || key.mv_size - 8 >= HK_DOMAIN_MAX ||
+		    memchr(kp + 8, 0, key.mv_size - 8) != NULL) {
+			hk_log_error("queue_corrupt", "{s:s}", "what", "domain order key");
+			continue;
+		}
+		uint64_t next = get_be(kp, 8);
+		if (next > now)
+			break;
+		memcpy(domain, kp + 8, key.mv_size - 8);
+		domain[key.mv_size - 8] = '\0';
+		if (dom) {
+			int d = dom(domain, (int64_t)next, arg);
+			if (d == SENDER_SCAN_STOP)
+				break;
+			if (d == SENDER_SCAN_NEXT_DOMAIN)
+				continue;
+		}
+		if (scan_domain(q, txn, c, domain, now, skip, cb, arg) == SENDER_SCAN_STOP)
 			break;
 	}
 	mdb_cursor_close(c);
+	mdb_cursor_close(dn);
 	mdb_txn_abort(txn);
 	return 0;
+}
+
+int
+sender_queue_scan_due(sender_queue *q, int64_t now_ms, sender_queue_skip_fn skip,
+    sender_queue_scan_fn cb, void *arg)
+{
+	return sender_queue_scan_due_domains(q, now_ms, NULL, skip, cb, arg);
 }
 
 int
@@ -1019,8 +1240,9 @@ sender_queue_stats(sender_queue *q, struct sender_queue_stats *st)
 {
 	MDB_txn *txn;
 	MDB_stat s;
-	const MDB_dbi dbis[] = { q->msg, q->body, q->rcpt, q->sched, q->shard };
-	uint64_t *outs[] = { &st->msgs, &st->bodies, &st->rcpts, &st->sched, &st->shards };
+	const MDB_dbi dbis[] = { q->msg, q->body, q->rcpt, q->dq, q->shard, q->dom };
+	uint64_t *outs[] = { &st->msgs, &st->bodies, &st->rcpts, &st->sched, &st->shards,
+	    &st->domains };
 	int rc = 0;
 
 	memset(st, 0, sizeof(*st));

@@ -10,7 +10,11 @@
  *          with no format change; older records read them as empty)
  *   body   id                            -> [1][raw body]  stored once per message
  *   rcpt   id \0 be32 idx                -> [1][recipient state, see sender_queue.c]
- *   sched  be64 next_attempt_ms id \0 be32 idx -> [1]     the ready order
+ *   dq     domain \0 be64 next_attempt_ms id \0 be32 idx -> [1]
+ *          one ready queue per destination domain, in next-attempt order
+ *   dnext  be64 next_ms domain           -> [1]   domains by their earliest
+ *          next attempt (one entry per domain with recipients)
+ *   dom    domain                        -> [1][be64 next_ms][be64 n_rcpts]
  *   shard  id \0 be32 shard              -> [1][be32 first_idx][be32 n_rcpts]
  *   origin id \0 from_node \0 be32 from_idx -> [1][be32 idx]  handed-on recipients
  *
@@ -102,7 +106,7 @@ struct sender_qrcpt {
 };
 
 struct sender_queue_stats {
-	uint64_t msgs, bodies, rcpts, sched, shards;
+	uint64_t msgs, bodies, rcpts, sched, shards, domains; /* sched: dq entries */
 };
 
 /* sender_queue_open - create PATH (mkdir -p) and open the queue in it.
@@ -124,13 +128,25 @@ int sender_queue_commit(sender_queue *q, struct sender_qop *const *ops, size_t n
     char *err, size_t errlen);
 
 /*
- * sender_queue_scan_due - walk the schedule in order, every recipient due at
- * or before NOW. skip (may be NULL) is asked first for each (id, idx) and
- * true skips it without loading it; cb gets the loaded state (valid during
- * the call) and returns nonzero to stop. Returns 0 or -1 (logged).
+ * sender_queue_scan_due_domains - every recipient due at or before NOW,
+ * domain by domain: domains in the order of their earliest next attempt,
+ * and within a domain in next-attempt order. dom (may be NULL) is asked
+ * first for each domain with something due; skip (may be NULL) for each
+ * (id, idx), true skips it without loading it; cb gets the loaded state
+ * (valid during the call). dom and cb return SENDER_SCAN_CONTINUE,
+ * SENDER_SCAN_NEXT_DOMAIN (the rest of this domain is passed by) or
+ * SENDER_SCAN_STOP. Returns 0 or -1 (logged). A walk of the recipients of
+ * INT64_MAX visits every recipient.
+ *
+ * sender_queue_scan_due - the same without dom; any nonzero from cb other
+ * than SENDER_SCAN_NEXT_DOMAIN stops.
  */
+enum { SENDER_SCAN_CONTINUE = 0, SENDER_SCAN_STOP = 1, SENDER_SCAN_NEXT_DOMAIN = 2 };
+typedef int (*sender_queue_domain_fn)(const char *domain, int64_t next_ms, void *arg);
 typedef bool (*sender_queue_skip_fn)(const char *id, uint32_t idx, void *arg);
 typedef int (*sender_queue_scan_fn)(const struct sender_qrcpt *r, void *arg);
+int sender_queue_scan_due_domains(sender_queue *q, int64_t now_ms, sender_queue_domain_fn dom,
+    sender_queue_skip_fn skip, sender_queue_scan_fn cb, void *arg);
 int sender_queue_scan_due(sender_queue *q, int64_t now_ms, sender_queue_skip_fn skip,
     sender_queue_scan_fn cb, void *arg);
 

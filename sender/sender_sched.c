@@ -18,6 +18,7 @@
 
 /* common/ */
 #include "hk_log.h"
+#include "hk_u64map.h"
 #include "hk_util.h"
 
 /* This role */
@@ -144,6 +145,18 @@ iset_free(struct iset *s)
 	memset(s, 0, sizeof(*s));
 }
 
+/* ---- per-domain state: jobs running, back-off of a failing domain ---- */
+
+struct dstate {
+	char *domain;
+	uint64_t hash;
+	uint32_t jobs;                  /* running now */
+	uint32_t failures;              /* attempts in a row no MX took */
+	int64_t backoff_until_ms;       /* no new job before */
+	struct dstate *next;            /* same hash */
+	struct dstate *lprev, *lnext;   /* every one, for the end */
+};
+
 /* ---- jobs ---- */
 
 struct job_rcpt {
@@ -182,6 +195,8 @@ struct sender_sched {
 	sender_outcome_cb cb;
 	void *arg;
 	struct iset inflight;
+	hk_u64map *domains;             /* struct dstate by domain hash */
+	struct dstate *dlist;           /* all of them */
 	sender_sched_filter_fn filter;  /* deliverable here? (NULL: all) */
 	void *filter_arg;
 	struct job *jobs;               /* running, doubly linked */
@@ -191,6 +206,74 @@ struct sender_sched {
 	sender_sched_done_cb done;
 	void *done_arg;
 };
+
+static uint64_t
+dstate_hash(const char *domain)
+{
+	uint64_t h = 1469598103934665603ULL;
+	for (const unsigned char *p = (const unsigned char *)domain; *p; p++)
+		h = (h ^ *p) * 1099511628211ULL;
+	return h ? h : 1;       /* hk_u64map keys are non-zero */
+}
+
+static struct dstate *
+dstate_find(sender_sched *s, const char *domain, bool create)
+{
+	hk_u64map *m = s->domains;
+	uint64_t h = dstate_hash(domain);
+	struct dstate *head = hk_u64map_get(m, h), *d;
+
+	for (d = head; d; d = d->next)
+		if (strcmp(d->domain, domain) == 0)
+			return d;
+	if (!create)
+		return NULL;
+	d = xcalloc(1, sizeof(*d));
+	d->domain = xstrdup(domain);
+	d->hash = h;
+	d->next = head;
+	hk_u64map_put(m, h, d);
+	d->lnext = s->dlist;
+	if (s->dlist)
+		s->dlist->lprev = d;
+	s->dlist = d;
+	return d;
+}
+
+/* domain_limit - jobs D may run at once: its connection limit, or one
+ * probe while it is failing. */
+static uint32_t
+domain_limit(const sender_sched *s, const struct dstate *d)
+{
+	return d->failures > 0 ? 1 : s->conf->max_connections_per_domain;
+}
+
+/* dstate_gc - forget D once it says nothing: no job, no failure. */
+static void
+dstate_gc(sender_sched *s, struct dstate *d)
+{
+	hk_u64map *m = s->domains;
+
+	if (d->jobs > 0 || d->failures > 0)
+		return;
+	if (d->lprev)
+		d->lprev->lnext = d->lnext;
+	else
+		s->dlist = d->lnext;
+	if (d->lnext)
+		d->lnext->lprev = d->lprev;
+	struct dstate *head = hk_u64map_get(m, d->hash), **pp = &head;
+	while (*pp != d)
+		pp = &(*pp)->next;
+	*pp = d->next;
+	if (head)
+		hk_u64map_put(m, d->hash, head);
+	else
+		hk_u64map_pop(m, d->hash);
+	free(d->domain);
+	free(d);
+}
+
 
 uint64_t
 sender_retry_delay(uint32_t min_ms, uint32_t max_ms, uint32_t attempts, double u)
@@ -237,6 +320,41 @@ job_free(struct job *j)
 
 static void sched_maybe_done(sender_sched *s);
 
+/*
+ * job_domain_result - the job's domain has one job less; and if no MX host
+ * took the session (DNS failed, no address answered, every greeting
+ * refused), the domain as a whole is backed off (retry_min doubling up to
+ * retry_max, with jitter): its other recipients wait instead of each
+ * trying a dead destination in turn. A session taken resets that.
+ */
+static void
+job_domain_result(struct job *j, int64_t now)
+{
+	sender_sched *s = j->s;
+	struct dstate *d = dstate_find(s, j->domain, false);
+
+	if (d == NULL)
+		return;
+	if (d->jobs > 0)
+		d->jobs--;
+	if (s->stopping || j->n == 0) {
+		/* an aborted job says nothing about the domain */
+	} else if (j->sj.mx_host[0] != '\0') {
+		if (d->failures > 0)
+			hk_log_info("domain_backoff_end", "{s:s, s:i}", "domain", d->domain,
+			    "failures", (int)d->failures);
+		d->failures = 0;
+		d->backoff_until_ms = 0;
+	} else if (j->sr[0].code / 100 == 4) {
+		uint64_t delay = sender_retry_delay(s->conf->retry_min_ms, s->conf->retry_max_ms,
+		    ++d->failures, rng_unit(s));
+		d->backoff_until_ms = now + (int64_t)delay;
+		hk_log_info("domain_backoff", "{s:s, s:i, s:I, s:s}", "domain", d->domain,
+		    "failures", (int)d->failures, "ms", (json_int_t)delay, "reply", j->sr[0].reply);
+	}
+	dstate_gc(s, d);
+}
+
 /* job_end - report each recipient's outcome and free the job. */
 static void
 job_end(struct job *j)
@@ -276,6 +394,7 @@ job_end(struct job *j)
 		}
 		s->cb(&o, s->arg);
 	}
+	job_domain_result(j, now);
 	if (j->prev)
 		j->prev->next = j->next;
 	else
@@ -409,7 +528,27 @@ struct pick {
 	sender_sched *s;
 	struct job **jobs;      /* new jobs of this scan */
 	size_t n, max;
+	int64_t now;
 };
+
+/* pick_domain - may DOMAIN get a new job now? Not while it is backed off,
+ * at its connection limit, or (as a whole) another sender's. */
+static int
+pick_domain(const char *domain, int64_t next_ms, void *arg)
+{
+	struct pick *p = arg;
+	sender_sched *s = p->s;
+	struct dstate *d = dstate_find(s, domain, false);
+
+	(void)next_ms;
+	if (p->n == p->max)
+		return SENDER_SCAN_STOP;
+	if (d && (d->backoff_until_ms > p->now || d->jobs >= domain_limit(s, d)))
+		return SENDER_SCAN_NEXT_DOMAIN;
+	if (s->filter && !s->filter(domain, NULL, s->filter_arg))
+		return SENDER_SCAN_NEXT_DOMAIN;
+	return SENDER_SCAN_CONTINUE;
+}
 
 static bool
 pick_skip(const char *id, uint32_t idx, void *arg)
@@ -438,7 +577,12 @@ pick_one(const struct sender_qrcpt *r, void *arg)
 	}
 	if (j == NULL) {
 		if (p->n == p->max)
-			return 1;
+			return SENDER_SCAN_STOP;
+		/* A job is a connection: at most max_connections_per_domain. */
+		struct dstate *d = dstate_find(p->s, r->domain, true);
+		if (d->jobs >= domain_limit(p->s, d))
+			return SENDER_SCAN_NEXT_DOMAIN;
+		d->jobs++;
 		j = xcalloc(1, sizeof(*j));
 		j->s = p->s;
 		j->id = xstrdup(r->id);
@@ -464,13 +608,13 @@ pick_one(const struct sender_qrcpt *r, void *arg)
 static void
 sched_scan(sender_sched *s)
 {
-	struct pick p = { s, NULL, 0, 0 };
+	struct pick p = { s, NULL, 0, 0, hk_now_ms() };
 
 	if (s->stopping || s->n_jobs >= s->conf->max_deliveries)
 		return;
 	p.max = s->conf->max_deliveries - s->n_jobs;
 	p.jobs = xcalloc(p.max, sizeof(*p.jobs));
-	sender_queue_scan_due(s->q, hk_now_ms(), pick_skip, pick_one, &p);
+	sender_queue_scan_due_domains(s->q, p.now, pick_domain, pick_skip, pick_one, &p);
 	/* The addresses were copied while LMDB's memory was valid; now point
 	 * the SMTP recipients at the copies. */
 	for (size_t i = 0; i < p.n; i++) {
@@ -509,6 +653,7 @@ sender_sched_new(sender_sched **out, uv_loop_t *loop, sender_queue *q,
 		free(s);
 		return -1;
 	}
+	s->domains = hk_u64map_new();
 	s->pool = sender_smtp_pool_new(loop, conf->connection_cache_time_ms,
 	    conf->connection_reuse_limit);
 	uv_timer_init(loop, &s->timer);
@@ -611,6 +756,14 @@ sender_sched_free(sender_sched **sp)
 	if (s == NULL)
 		return;
 	iset_free(&s->inflight);
+	/* Every job has ended: what is left are failing domains. */
+	while (s->dlist) {
+		struct dstate *d = s->dlist;
+		s->dlist = d->lnext;
+		free(d->domain);
+		free(d);
+	}
+	hk_u64map_destroy(&s->domains);
 	free(s);
 	*sp = NULL;
 }

@@ -2,12 +2,17 @@
  * sender_sched - the delivery scheduler.
  *
  * A timer (and a kick after new mail) scans the queue for recipients that
- * are due and not in flight, groups them into jobs of one message and one
- * destination domain (at most max_deliveries jobs at once), resolves the
- * domain's MX and runs one SMTP transaction per job, on a connection kept
+ * are due and not in flight, domain by domain (sender_queue_scan_due_domains),
+ * groups them into jobs of one message and one destination domain (at most
+ * max_deliveries jobs at once, and max_connections_per_domain per domain: a
+ * job holds one connection), resolves the domain's MX and runs one SMTP
+ * transaction per job, on a connection kept
  * open by an earlier job to the same address when there is one (one
  * sender_smtp pool per scheduler). Each recipient ends in one outcome
- * reported through the callback.
+ * reported through the callback. A domain where no MX host took a session
+ * (DNS failure, no address answering) is backed off as a whole: no new job
+ * before retry_min doubling per failure (capped at retry_max), then one
+ * probe job at a time until a session is taken again.
  *
  * The scheduler never writes the queue: its owner turns outcomes into queue
  * operations and calls sender_sched_release() once each one is committed (or
@@ -70,7 +75,8 @@ void sender_sched_release(sender_sched *s, const char *id, uint32_t idx);
 
 /* sender_sched_set_filter - FN(domain, rcpt, arg) false: the recipient is
  * not ours to deliver (its domain has another owner now and is being handed
- * on); the schedule passes it by. NULL: deliver everything. */
+ * on); the schedule passes it by. With rcpt NULL it is asked about the
+ * whole domain (false: pass the domain by). NULL: deliver everything. */
 typedef bool (*sender_sched_filter_fn)(const char *domain, const char *rcpt, void *arg);
 void sender_sched_set_filter(sender_sched *s, sender_sched_filter_fn fn, void *arg);
 

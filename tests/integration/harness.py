@@ -423,6 +423,18 @@ class _FeatureSmtp(AioSmtp):
         self.dsn_taken = []
         self.chunks = []
 
+    def connection_made(self, transport):
+        with self.mx._cond:
+            self.mx.connections += 1
+            self.mx.sessions_now += 1
+            self.mx.max_sessions = max(self.mx.max_sessions, self.mx.sessions_now)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc):
+        with self.mx._cond:
+            self.mx.sessions_now -= 1
+        super().connection_lost(exc)
+
     @staticmethod
     def _take(arg, keys):
         kept, taken = [], []
@@ -499,6 +511,9 @@ class ScriptedMx:
         self._scripts = {}
         self.transactions = []
         self.rcpt_attempts = []
+        self.connections = 0        # sessions opened, ever
+        self.sessions_now = 0       # open now
+        self.max_sessions = 0       # most open at once
 
     def start(self):
         assert self._controller is None, "MX %s already running" % self.addr

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <lmdb.h>
 
 #include "sender_queue.h"
 #include "sender_sched.h"
@@ -286,42 +287,118 @@ test_dedup(void **state)
 	free(r);
 }
 
+/* Due order: domain by domain, domains by their earliest due recipient,
+ * and within a domain by next attempt. */
 static void
 test_due_order(void **state)
 {
 	struct fixture *f = *state;
 	const char *one[] = { "a@x.test" };
 	const char *two[] = { "a@x.test", "b@y.test" };
+	const char *y[] = { "c@y.test" };
 	struct seen s = { 0 };
 
 	enqueue(f, "01HM1", one, 1, 0, 3000);
 	enqueue(f, "01HM2", two, 2, 0, 1000);
 	enqueue(f, "01HM3", one, 1, 0, 2000);
+	enqueue(f, "01HM4", y, 1, 0, 500);
 
-	scan(f, 999, &s);
+	scan(f, 499, &s);
 	assert_int_equal(s.n, 0);
 
 	scan(f, 2500, &s);
-	assert_int_equal(s.n, 3);
-	assert_string_equal(s.items[0], "01HM2/0");
+	assert_int_equal(s.n, 4);
+	assert_string_equal(s.items[0], "01HM4/0");     /* y.test: due since 500 */
 	assert_string_equal(s.items[1], "01HM2/1");
-	assert_string_equal(s.items[2], "01HM3/0");
+	assert_string_equal(s.items[2], "01HM2/0");     /* x.test: due since 1000 */
+	assert_string_equal(s.items[3], "01HM3/0");
 
 	scan(f, 3000, &s);      /* due "at or before now" */
-	assert_int_equal(s.n, 4);
-	assert_string_equal(s.items[3], "01HM1/0");
+	assert_int_equal(s.n, 5);
+	assert_string_equal(s.items[4], "01HM1/0");
 
 	s.skip_id = "01HM2";
 	scan(f, 3000, &s);
-	assert_int_equal(s.n, 2);
-	assert_string_equal(s.items[0], "01HM3/0");
-	assert_string_equal(s.items[1], "01HM1/0");
+	assert_int_equal(s.n, 3);
+	assert_string_equal(s.items[0], "01HM4/0");
+	assert_string_equal(s.items[1], "01HM3/0");
+	assert_string_equal(s.items[2], "01HM1/0");
 
 	s.skip_id = NULL;
 	s.stop_after = 1;
 	scan(f, 3000, &s);
 	assert_int_equal(s.n, 1);
-	assert_string_equal(s.items[0], "01HM2/0");
+	assert_string_equal(s.items[0], "01HM4/0");
+}
+
+/* A domain callback may pass a domain by; a recipient callback may end its
+ * domain early. */
+struct dseen {
+	struct seen s;
+	const char *pass_domain;        /* dom: NEXT_DOMAIN for this one */
+	char domains[8][32];
+	size_t n_domains;
+};
+
+static int
+dseen_dom(const char *domain, int64_t next, void *arg)
+{
+	struct dseen *d = arg;
+	(void)next;
+	snprintf(d->domains[d->n_domains++], 32, "%s", domain);
+	return d->pass_domain && strcmp(domain, d->pass_domain) == 0
+	    ? SENDER_SCAN_NEXT_DOMAIN : SENDER_SCAN_CONTINUE;
+}
+
+static int
+dseen_one(const struct sender_qrcpt *r, void *arg)
+{
+	struct dseen *d = arg;
+	snprintf(d->s.items[d->s.n++], 64, "%s/%u", r->id, r->idx);
+	return SENDER_SCAN_NEXT_DOMAIN;         /* one per domain */
+}
+
+static void
+test_scan_by_domain(void **state)
+{
+	struct fixture *f = *state;
+	const char *xy[] = { "a@x.test", "b@y.test" };
+	struct dseen d = { 0 };
+
+	enqueue(f, "01HA", xy, 2, 0, 1000);
+	enqueue(f, "01HB", xy, 2, 0, 2000);
+	assert_int_equal(sender_queue_scan_due_domains(f->q, 5000, dseen_dom, NULL, dseen_one, &d), 0);
+	assert_int_equal(d.n_domains, 2);
+	assert_int_equal(d.s.n, 2);
+	assert_string_equal(d.s.items[0], "01HA/0");
+	assert_string_equal(d.s.items[1], "01HA/1");
+
+	memset(&d, 0, sizeof(d));
+	d.pass_domain = "x.test";
+	assert_int_equal(sender_queue_scan_due_domains(f->q, 5000, dseen_dom, NULL, dseen_one, &d), 0);
+	assert_int_equal(d.n_domains, 2);
+	assert_int_equal(d.s.n, 1);
+	assert_string_equal(d.s.items[0], "01HA/1");
+
+	/* Deferring x.test's first recipient moves the domain behind y.test. */
+	struct sender_qop op = state_op(SENDER_QOP_DEFERRED, "01HA", 0);
+	op.attempt_ms = 2500;
+	op.next_attempt_ms = 3000;
+	commit1(f, &op);
+	struct sender_qop op2 = state_op(SENDER_QOP_DEFERRED, "01HB", 0);
+	op2.attempt_ms = 2500;
+	op2.next_attempt_ms = 4000;
+	commit1(f, &op2);
+	memset(&d, 0, sizeof(d));
+	assert_int_equal(sender_queue_scan_due_domains(f->q, 5000, dseen_dom, NULL, dseen_one, &d), 0);
+	assert_string_equal(d.domains[0], "y.test");
+	assert_string_equal(d.domains[1], "x.test");
+	memset(&d, 0, sizeof(d));
+	assert_int_equal(sender_queue_scan_due_domains(f->q, 2999, dseen_dom, NULL, dseen_one, &d), 0);
+	assert_int_equal(d.n_domains, 1);       /* x.test is not due before 3000 */
+	struct sender_queue_stats st;
+	assert_int_equal(sender_queue_stats(f->q, &st), 0);
+	assert_int_equal(st.domains, 2);
 }
 
 static void
@@ -519,6 +596,55 @@ test_handoff_enqueue(void **state)
 	assert_int_equal(op.n_rcpts, 2);
 }
 
+/* A queue of format 1 (one time-ordered "sched" database) is rebuilt into
+ * domain queues when opened: made here by turning a new queue back. */
+static void
+test_upgrade_from_format_1(void **state)
+{
+	struct fixture *f = *state;
+	const char *xy[] = { "a@x.test", "b@y.test" };
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi info, dbi, sched;
+	MDB_val k, v;
+	struct seen s = { 0 };
+
+	enqueue(f, "01HUP", xy, 2, 0, 1000);
+	sender_queue_close(&f->q);
+	assert_int_equal(mdb_env_create(&env), 0);
+	mdb_env_set_maxdbs(env, 16);
+	assert_int_equal(mdb_env_open(env, f->dir, 0, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "info", 0, &info), 0);
+	uint8_t one = 1;
+	k = (MDB_val){ 6, "format" };
+	v = (MDB_val){ 1, &one };
+	assert_int_equal(mdb_put(txn, info, &k, &v, 0), 0);
+	const char *names[] = { "dq", "dnext", "dom" };
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(mdb_dbi_open(txn, names[i], 0, &dbi), 0);
+		assert_int_equal(mdb_drop(txn, dbi, 0), 0);
+	}
+	assert_int_equal(mdb_dbi_open(txn, "sched", MDB_CREATE, &sched), 0);
+	k = (MDB_val){ 3, "old" };
+	assert_int_equal(mdb_put(txn, sched, &k, &v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+
+	open_q(f, 64 << 20);
+	scan(f, 1000, &s);
+	assert_int_equal(s.n, 2);
+	assert_stats(f, 1, 1, 2, 2, 1);
+	struct sender_queue_stats st;
+	assert_int_equal(sender_queue_stats(f->q, &st), 0);
+	assert_int_equal(st.domains, 2);
+	/* And it works as any queue of the current format. */
+	struct sender_qop d = state_op(SENDER_QOP_DELIVERED, "01HUP", 0);
+	commit1(f, &d);
+	assert_int_equal(d.result, SENDER_QR_DONE);
+	assert_stats(f, 1, 1, 1, 1, 1);
+}
+
 static void
 test_reopen_keeps_everything(void **state)
 {
@@ -661,9 +787,11 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_enqueue_and_load, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dedup, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_due_order, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_scan_by_domain, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_deferred_moves_schedule, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_last_rcpt_removes_message, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_handoff_enqueue, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_upgrade_from_format_1, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen_keeps_everything, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refusals_do_not_fail_the_batch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failing_op_fails_alone, setup, teardown),
