@@ -1105,7 +1105,8 @@ smtp_on_body_written(uv_write_t *req, int status)
 
 /* conn_write_body - write N slices of the body (or BDAT's chunk) with
  * body_req: as they are, or encrypted into body_buf under TLS. Returns 0
- * or a libuv error (nothing in flight then). */
+ * or a libuv error (nothing in flight then). XXX BDAT's one chunk is the
+ * whole message: under TLS its ciphertext is one buffer of that size. */
 static int
 conn_write_body(struct smtp_conn *c, uv_buf_t *bufs, unsigned n)
 {

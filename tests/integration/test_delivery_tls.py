@@ -7,7 +7,7 @@ delivered over TLS), several messages over one reused TLS connection, and
 a message over the MX's SIZE bounced with 552 5.3.4 before MAIL.
 
 The MX hosts of this module (harness.DOMAIN_MX):
-  127.0.0.10  mx.a.test  STARTTLS (a.test, d01.test, d04.test, ...)
+  127.0.0.10  mx.a.test  STARTTLS, CHUNKING and BINARYMIME (a.test, d01.test, ...)
   127.0.0.11  mx.b.test  no STARTTLS (b.test, d02.test, ...)
   127.0.0.12  mx.c.test  STARTTLS, SIZE 40000 (c.test, d03.test, ...)
 The sender trusts the test CA (tls_ca_file) and requires TLS for b.test and
@@ -32,7 +32,8 @@ def pki(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tls_mx(mx_port, pki):
     pool = harness.MxPool(mx_port, features={
-        TLS_MX: {"tls_context": pki.server_context("mx-a", 2001, "mx.a.test")},
+        TLS_MX: {"tls_context": pki.server_context("mx-a", 2001, "mx.a.test"),
+                 "chunking": True},
         SMALL_MX: {"tls_context": pki.server_context("mx-c", 2003, "mx.c.test"),
                    "data_size_limit": SIZE_LIMIT},
     })
@@ -83,6 +84,45 @@ def test_starttls_offered_is_used(cluster, tls_mx):
                              pred=lambda e: e.get("peer", "").startswith(TLS_MX + ":"))
     assert est["mx"] == "mx.a.test" and est["verified"] is True and est["verify"] == "ok", est
     assert est["version"] == m.tls and est["cipher"] == m.tls_cipher, est
+
+
+def test_large_body_over_tls_byte_identical(cluster, tls_mx):
+    """A body of several 256 KB writes, each encrypted on its own, with
+    lines to dot-stuff: what the MX gets is what was submitted."""
+    rcpt = "big@a.test"
+    token = uuid.uuid4().hex
+    data = harness.make_message(token, rcpts=[rcpt], lines=12000)
+    assert len(data) > 3 * 256 * 1024
+    r = harness.submit(cluster.port(), "tls@client.test", [rcpt], data)
+    assert r["data"][0] == 250, r
+    (m,) = tls_mx.wait_token(token, timeout=30)
+    assert m.tls in ("TLSv1.2", "TLSv1.3")
+    assert harness.strip_received(m.data)[1] == data
+    assert outcome(cluster, "delivered", r["queue_id"], rcpt)["tls"] == m.tls
+
+
+def test_binarymime_bdat_over_tls(cluster, tls_mx):
+    """BODY=BINARYMIME goes as one BDAT chunk, encrypted like the rest."""
+    rcpt = "bin@a.test"
+    token = uuid.uuid4().hex
+    msg = ("From: <b@client.test>\r\nSubject: binary %s\r\nMessage-ID: <%s@client.test>\r\n"
+           "Date: Thu, 01 Jan 2026 00:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+           "Content-Type: application/octet-stream\r\n"
+           "Content-Transfer-Encoding: binary\r\n\r\n" % (token, token)).encode()
+    msg += bytes(range(256)) * 64 + b"\n.\n\r.\r\n\x00" + token.encode()
+    raw = harness.RawSmtp(cluster.port())
+    try:
+        assert raw.reply()[0] == 220
+        assert raw.cmd("EHLO client.test")[0] == 250
+        assert raw.cmd("MAIL FROM:<b@client.test> BODY=BINARYMIME")[0] == 250
+        assert raw.cmd("RCPT TO:<%s>" % rcpt)[0] == 250
+        code, lines = raw.bdat(msg, last=True)
+    finally:
+        raw.close()
+    assert code == 250, lines
+    (m,) = tls_mx.wait_token(token)
+    assert m.tls in ("TLSv1.2", "TLSv1.3") and m.bdat, m
+    assert harness.strip_received(m.data)[1] == msg
 
 
 def test_plaintext_mx_still_gets_mail(cluster, tls_mx):
