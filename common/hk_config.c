@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <yaml.h>
 #include <zmq.h>
@@ -945,6 +946,46 @@ k_s_reuse(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node
 	return 0;
 }
 
+/* tls_ca_file: read at start by the sender; a file it cannot read is a
+ * configuration error now rather than a sender that fails later. */
+static int
+k_s_cafile(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	if (get_string(c, v, k, &nc->u.sender.tls_ca_file))
+		return -1;
+	if (access(nc->u.sender.tls_ca_file, R_OK) != 0)
+		return cfg_error(c, v, k, "cannot read '%s': %s", nc->u.sender.tls_ca_file,
+		    strerror(errno));
+	return 0;
+}
+
+/* tls_required_domains: [domain, ...], each stored canonical. */
+static int
+k_s_tlsreq(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	struct hk_sender_conf *sc = &nc->u.sender;
+
+	if (get_list(c, v, k, &sc->tls_required_domains, &sc->n_tls_required_domains))
+		return -1;
+	for (size_t i = 0; i < sc->n_tls_required_domains; i++) {
+		char canon[HK_DOMAIN_MAX];
+		if (hk_domain_canon(sc->tls_required_domains[i], canon) != 0)
+			return cfg_error(c, v, k, "'%s' is not a domain name", sc->tls_required_domains[i]);
+		free(sc->tls_required_domains[i]);
+		sc->tls_required_domains[i] = xstrdup(canon);
+	}
+	return 0;
+}
+
+bool
+hk_sender_tls_required(const struct hk_sender_conf *conf, const char *domain)
+{
+	for (size_t i = 0; i < conf->n_tls_required_domains; i++)
+		if (strcmp(conf->tls_required_domains[i], domain) == 0)
+			return true;
+	return false;
+}
+
 static int
 k_s_perdom(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
 {
@@ -1000,6 +1041,7 @@ static const struct key_rule sender_keys[] = {
 	{ "max_lifetime", k_s_life }, { "heartbeat_interval", k_s_hb },
 	{ "connection_cache_time", k_s_cachetime }, { "connection_reuse_limit", k_s_reuse },
 	{ "max_connections_per_domain", k_s_perdom },
+	{ "tls_required_domains", k_s_tlsreq }, { "tls_ca_file", k_s_cafile },
 	{ NULL, NULL },
 };
 
@@ -1334,6 +1376,8 @@ hk_config_free(struct hk_config **cfgp)
 			free(nc->u.sender.hostname);
 			free(nc->u.sender.source_address);
 			free(nc->u.sender.dns_servers);
+			free(nc->u.sender.tls_ca_file);
+			free_list(nc->u.sender.tls_required_domains, nc->u.sender.n_tls_required_domains);
 			free_list(nc->router_names, nc->u.sender.n_routers);
 			free_list(nc->u.sender.routers, nc->u.sender.n_routers);
 			break;

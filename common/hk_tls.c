@@ -5,6 +5,7 @@
  * before each operation so that a stale entry from another connection on
  * the same thread is never blamed on this one.
  */
+#include <arpa/inet.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
 
 #include "hk_tls.h"
 #include "hk_util.h"
@@ -77,6 +79,37 @@ hk_tls_server_ctx(const struct hk_tls_conf *conf, char *err, size_t errlen)
 	if (conf->ciphersuites && SSL_CTX_set_ciphersuites(ctx, conf->ciphersuites) != 1) {
 		ssl_error(err, errlen, "bad ciphersuites", conf->ciphersuites);
 		goto fail;
+	}
+	return ctx;
+fail:
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+SSL_CTX *
+hk_tls_client_ctx(const char *ca_file, char *err, size_t errlen)
+{
+	SSL_CTX *ctx;
+
+	ERR_clear_error();
+	if ((ctx = SSL_CTX_new(TLS_client_method())) == NULL) {
+		ssl_error(err, errlen, "SSL_CTX_new", NULL);
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	/* Opportunistic TLS (RFC 7435): any certificate beats plaintext. The
+	 * chain is still checked and the verdict kept for the logs. */
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	if (ca_file != NULL) {
+		if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+			ssl_error(err, errlen, "cannot load CA file", ca_file);
+			goto fail;
+		}
+	} else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+		/* No system store is not fatal: nothing will verify, that is all. */
+		ERR_clear_error();
 	}
 	return ctx;
 fail:
@@ -249,4 +282,44 @@ hk_tls_conn_cipher(hk_tls_conn *c)
 	const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
 
 	return ci ? SSL_CIPHER_get_name(ci) : "";
+}
+
+int
+hk_tls_conn_set_peer_name(hk_tls_conn *c, const char *host)
+{
+	unsigned char ip[16];
+	int rc;
+
+	if (host == NULL || *host == '\0')
+		return 0;
+	ERR_clear_error();
+	if (inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1) {
+		/* RFC 6066 3: no literal IP addresses in SNI. */
+		X509_VERIFY_PARAM *vp = SSL_get0_param(c->ssl);
+		rc = X509_VERIFY_PARAM_set1_ip_asc(vp, host);
+	} else {
+		rc = SSL_set_tlsext_host_name(c->ssl, host) == 1 && SSL_set1_host(c->ssl, host) == 1;
+	}
+	ERR_clear_error();
+	return rc == 1 ? 0 : HK_TLS_ERROR;
+}
+
+bool
+hk_tls_conn_verified(hk_tls_conn *c, char *why, size_t whylen)
+{
+	long v;
+
+	if (SSL_get0_peer_certificate(c->ssl) == NULL) {
+		if (why)
+			snprintf(why, whylen, "no peer certificate");
+		return false;
+	}
+	if ((v = SSL_get_verify_result(c->ssl)) != X509_V_OK) {
+		if (why)
+			snprintf(why, whylen, "%s", X509_verify_cert_error_string(v));
+		return false;
+	}
+	if (why)
+		snprintf(why, whylen, "ok");
+	return true;
 }

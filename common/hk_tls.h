@@ -28,6 +28,18 @@
  */
 SSL_CTX *hk_tls_server_ctx(const struct hk_tls_conf *conf, char *err, size_t errlen);
 
+/*
+ * hk_tls_client_ctx - a client context for outbound SMTP: TLS 1.2 and 1.3
+ * only, no renegotiation or compression, and opportunistic by design: the
+ * handshake never fails on the server's certificate (SSL_VERIFY_NONE), but
+ * the certificate is still checked against CA_FILE (PEM), or OpenSSL's
+ * default trust store when CA_FILE is NULL, and the result is kept for the
+ * caller to read (hk_tls_conn_verified). Reads files: call at start-up.
+ * Returns the context (caller owns: SSL_CTX_free) or NULL with the reason
+ * in err.
+ */
+SSL_CTX *hk_tls_client_ctx(const char *ca_file, char *err, size_t errlen);
+
 /* hk_tls_ctx_describe - subject and serial (hex) of the context's
  * certificate, for logs. */
 void hk_tls_ctx_describe(SSL_CTX *ctx, char *subject, size_t slen, char *serial, size_t serlen);
@@ -75,5 +87,16 @@ void hk_tls_conn_describe(hk_tls_conn *c, char *out, size_t len);
 
 const char *hk_tls_conn_version(hk_tls_conn *c);
 const char *hk_tls_conn_cipher(hk_tls_conn *c);
+
+/* hk_tls_conn_set_peer_name - client side, before the handshake: send HOST
+ * as SNI and check the certificate against it (for hk_tls_conn_verified).
+ * An IP literal is checked as an address and never sent as SNI. Returns 0,
+ * or HK_TLS_ERROR if OpenSSL refuses the name. */
+int hk_tls_conn_set_peer_name(hk_tls_conn *c, const char *host);
+
+/* hk_tls_conn_verified - after the handshake: whether the peer sent a
+ * certificate that chains to a trusted CA (and matches the name given to
+ * hk_tls_conn_set_peer_name). When not, WHY (may be NULL) says why. */
+bool hk_tls_conn_verified(hk_tls_conn *c, char *why, size_t whylen);
 
 #endif

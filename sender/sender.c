@@ -66,6 +66,7 @@ struct sender_op {
 	/* outcomes: the event to log */
 	enum sender_outcome_kind out;
 	char *id, *tenant, *rcpt, *domain, *mx, *mx_addr, *reply;
+	char tls[16];                   /* TLS version of the session, or "" */
 	uint32_t attempts;
 	int tries;
 };
@@ -199,14 +200,14 @@ log_outcome(const struct sender_op *op)
 	const char *ev = outcome_event(op->out);
 
 	if (op->out == SENDER_OUT_DEFERRED)
-		hk_log_info(ev, "{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:I}",
+		hk_log_info(ev, "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:I}",
 		    "id", op->id, "tenant", op->tenant, "rcpt", op->rcpt, "domain", op->domain,
-		    "mx", op->mx, "mx_addr", op->mx_addr, "attempts", (int)op->attempts,
+		    "mx", op->mx, "mx_addr", op->mx_addr, "tls", op->tls, "attempts", (int)op->attempts,
 		    "reply", op->reply, "next_attempt_ms", (json_int_t)op->q.next_attempt_ms);
 	else
-		hk_log_info(ev, "{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s}",
+		hk_log_info(ev, "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s}",
 		    "id", op->id, "tenant", op->tenant, "rcpt", op->rcpt, "domain", op->domain,
-		    "mx", op->mx, "mx_addr", op->mx_addr, "attempts", (int)op->attempts,
+		    "mx", op->mx, "mx_addr", op->mx_addr, "tls", op->tls, "attempts", (int)op->attempts,
 		    "reply", op->reply);
 }
 
@@ -412,6 +413,7 @@ on_outcome(const struct sender_outcome *o, void *arg)
 	op->domain = xstrdup(o->domain);
 	op->mx = xstrdup(o->mx);
 	op->mx_addr = xstrdup(o->mx_addr);
+	snprintf(op->tls, sizeof(op->tls), "%s", o->tls ? o->tls : "");
 	op->reply = xstrdup(o->reply);
 	op->attempts = o->attempts;
 	op->q.id = op->id;

@@ -19,6 +19,7 @@
 /* common/ */
 #include "hk_log.h"
 #include "hk_u64map.h"
+#include "hk_tls.h"
 #include "hk_util.h"
 
 /* This role */
@@ -191,6 +192,7 @@ struct sender_sched {
 	const struct hk_sender_conf *conf;
 	sender_dns *dns;
 	sender_smtp_pool *pool;         /* SMTP connections kept between jobs */
+	SSL_CTX *tls_ctx;               /* the client context of every job */
 	uv_timer_t timer;
 	sender_outcome_cb cb;
 	void *arg;
@@ -370,7 +372,7 @@ job_end(struct job *j)
 		struct sender_outcome o = {
 			.id = j->id, .idx = r->idx, .tenant = tenant, .rcpt = r->address,
 			.domain = j->domain, .mx = j->sj.mx_host, .mx_addr = j->sj.mx_addr,
-			.reply = sr->reply, .attempts = r->attempts + 1, .attempt_ms = now,
+			.tls = j->sj.tls_version, .reply = sr->reply, .attempts = r->attempts + 1, .attempt_ms = now,
 		};
 
 		if (cls == 2) {
@@ -513,6 +515,8 @@ job_start(sender_sched *s, struct job *j)
 		.rcpts = j->sr,
 		.n_rcpts = j->n,
 		.pool = s->pool,
+		.tls_ctx = s->tls_ctx,
+		.tls_required = hk_sender_tls_required(c, j->domain),
 	};
 	j->dns_pending = true;
 	rc = sender_dns_resolve(s->dns, j->domain, on_dns, j);
@@ -648,8 +652,13 @@ sender_sched_new(sender_sched **out, uv_loop_t *loop, sender_queue *q,
 	s->cb = cb;
 	s->arg = arg;
 	s->rng = (uint64_t)hk_now_ms() ^ ((uint64_t)(uintptr_t)s << 16) ^ 0x9e3779b97f4a7c15ULL;
+	if ((s->tls_ctx = hk_tls_client_ctx(conf->tls_ca_file, err, errlen)) == NULL) {
+		free(s);
+		return -1;
+	}
 	if (sender_dns_new(&s->dns, loop, conf->dns_servers, conf->connect_timeout_ms,
 	    err, errlen) != 0) {
+		SSL_CTX_free(s->tls_ctx);
 		free(s);
 		return -1;
 	}
@@ -764,6 +773,8 @@ sender_sched_free(sender_sched **sp)
 		free(d);
 	}
 	hk_u64map_destroy(&s->domains);
+	/* Connections still closing hold their own references (SSL_new). */
+	SSL_CTX_free(s->tls_ctx);
 	free(s);
 	*sp = NULL;
 }

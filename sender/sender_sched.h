@@ -8,11 +8,13 @@
  * job holds one connection), resolves the domain's MX and runs one SMTP
  * transaction per job, on a connection kept
  * open by an earlier job to the same address when there is one (one
- * sender_smtp pool per scheduler). Each recipient ends in one outcome
- * reported through the callback. A domain where no MX host took a session
- * (DNS failure, no address answering) is backed off as a whole: no new job
- * before retry_min doubling per failure (capped at retry_max), then one
- * probe job at a time until a session is taken again.
+ * sender_smtp pool per scheduler). STARTTLS is used wherever offered; a
+ * domain of tls_required_domains is never delivered in plaintext (the job's
+ * tls_required). Each recipient ends in one outcome reported through the
+ * callback. A domain where no MX host took a session (DNS failure, no
+ * address answering) is backed off as a whole: no new job before retry_min
+ * doubling per failure (capped at retry_max), then one probe job at a time
+ * until a session is taken again.
  *
  * The scheduler never writes the queue: its owner turns outcomes into queue
  * operations and calls sender_sched_release() once each one is committed (or
@@ -51,6 +53,7 @@ struct sender_outcome {
 	const char *domain;
 	const char *mx;                 /* host that took the session, or "" */
 	const char *mx_addr;
+	const char *tls;                /* TLS version of the session ("TLSv1.3"), or "" */
 	const char *reply;              /* remote reply, or our reason */
 	uint32_t attempts;              /* including this one */
 	int64_t attempt_ms;             /* when this attempt ended */
@@ -60,8 +63,9 @@ struct sender_outcome {
 typedef void (*sender_outcome_cb)(const struct sender_outcome *o, void *arg);
 typedef void (*sender_sched_done_cb)(void *arg);
 
-/* sender_sched_new - a scheduler for Q on LOOP with CONF's delivery settings;
- * it starts scanning at once. Returns 0, or -1 with the reason in err. */
+/* sender_sched_new - a scheduler for Q on LOOP with CONF's delivery settings
+ * (its TLS client context is made here: tls_ca_file is read); it starts
+ * scanning at once. Returns 0, or -1 with the reason in err. */
 int sender_sched_new(sender_sched **out, uv_loop_t *loop, sender_queue *q,
     const struct hk_sender_conf *conf, sender_outcome_cb cb, void *arg,
     char *err, size_t errlen);

@@ -35,10 +35,27 @@
  *	goes on with another parked connection or a new one to the same address;
  *	no recipient is affected, since nothing was decided yet.
  *
+ *	STARTTLS (RFC 3207). EHLO offered STARTTLS and the job has a client
+ *	context: STARTTLS, and on its 220 the connection gets an hk_tls engine
+ *	(memory BIOs, so the libuv callbacks stay the only I/O): from then on
+ *	what is read is pushed into it as ciphertext and the replies are parsed
+ *	from the plaintext it gives back, and every write (commands, body) is
+ *	encrypted through it. Bytes that came after the 220 in clear are
+ *	dropped, and the parser and the extension list are reset: nothing the
+ *	server said before the handshake is believed after it. When the
+ *	handshake is done (state TLS), EHLO goes again. The policy when TLS
+ *	cannot be had is in sender_smtp.h. A connection's TLS state stays with
+ *	it while parked (CM_IDLE reads through the engine too, so a
+ *	close_notify drops it like an EOF); a job finds its pool key and
+ *	whether it is TLS (pool_take), the job's out fields are filled from the
+ *	connection when it reaches MAIL (smtp_ready), and a TLS connection sends
+ *	close_notify after its QUIT is answered.
+ *
  *	The body is written from the caller's buffer without copying it: each
  *	write is a gather list of at most SMTP_BODY_BUFS slices of the body and
  *	of a static "." for dot-stuffing, at most SMTP_BODY_CHUNK bytes, and the
- *	next write is queued from the previous one's callback.
+ *	next write is queued from the previous one's callback. Under TLS the
+ *	slices are encrypted into one buffer per write instead (body_buf).
  *
  *	Lifetimes: a job's callback always runs from the close_cb of its timer,
  *	so it is asynchronous and nothing of the job is in use after it. A
@@ -61,6 +78,7 @@
 
 /* common/ */
 #include "hk_log.h"
+#include "hk_tls.h"
 #include "hk_util.h"
 
 /* This role */
@@ -79,13 +97,17 @@
  * Job states, in protocol order. Ordering invariant: states before MAIL are
  * per connection (a failure there moves on to the next address); from MAIL
  * on a failure decides the recipients and ends the job. DONE comes after
- * every recipient is decided; the connection then goes its own way.
+ * every recipient is decided; the connection then goes its own way. TLS
+ * (the handshake after STARTTLS's 220) goes back to EHLO: the only
+ * transition to an earlier state.
  */
 #define SMTP_STATES(X)          \
 	X(CONNECT)              \
 	X(GREETING)             \
 	X(EHLO)                 \
 	X(HELO)                 \
+	X(STARTTLS)             \
+	X(TLS)                  \
 	X(MAIL)                 \
 	X(RCPT)                 \
 	X(DATA)                 \
@@ -115,6 +137,8 @@ static const struct {
 	[ST_GREETING] = { "GREETING", TO_COMMAND, "while receiving the initial greeting", "" },
 	[ST_EHLO] = { "EHLO", TO_COMMAND, "after EHLO", "" },
 	[ST_HELO] = { "HELO", TO_COMMAND, "after HELO", "" },
+	[ST_STARTTLS] = { "STARTTLS", TO_COMMAND, "after STARTTLS", "" },
+	[ST_TLS] = { "TLS", TO_COMMAND, "during the TLS handshake", "" },
 	[ST_MAIL] = { "MAIL", TO_COMMAND, "after MAIL FROM", "" },
 	[ST_RCPT] = { "RCPT", TO_COMMAND, "after RCPT TO", "" },
 	[ST_DATA] = { "DATA", TO_COMMAND, "after DATA", "" },
@@ -172,8 +196,16 @@ struct smtp_conn {
 	size_t olen, ocap;
 
 	bool pipelining, size_ext, eightbit_ext;
-	bool smtputf8_ext, dsn_ext, chunking_ext, binarymime_ext;
+	bool smtputf8_ext, dsn_ext, chunking_ext, binarymime_ext, starttls_ext;
 	unsigned long size_limit;
+
+	hk_tls_conn *tls;               /* from STARTTLS's 220 on, or NULL */
+	bool tls_on;                    /* handshake done: all I/O goes through tls */
+	bool tls_failed;                /* the engine reported an error: no close_notify */
+	char tls_version[16], tls_cipher[64];
+	bool tls_verified;
+	char *pbuf;                     /* TLS: plaintext out of the engine */
+	char *body_buf;                 /* TLS: the ciphertext body_req writes */
 	bool no_reuse;                  /* a 421 was seen: the server is leaving */
 	uint32_t uses;                  /* transactions started on it */
 	uint32_t aside_ms;              /* timeout of an RSET or QUIT reply */
@@ -223,6 +255,7 @@ struct sender_smtp {
 	bool binary;                    /* ... BODY=BINARYMIME: send with BDAT */
 	const char *ret, *envid;        /* ... RET=, ENVID= (verbatim), or NULL */
 	bool tried_helo;
+	bool no_tls;                    /* this address again in plaintext: TLS failed */
 
 	enum smtp_state state;
 	size_t *order;                  /* indexes of rcpts to send */
@@ -303,7 +336,8 @@ pool_park(struct smtp_conn *c)
 		return;
 	}
 	for (struct smtp_conn *x = p->idle; x != NULL; x = x->next) {
-		if (strcmp(x->key, c->key) == 0 && ++same >= SMTP_POOL_PER_KEY) {
+		if (x->tls_on == c->tls_on && strcmp(x->key, c->key) == 0 &&
+		    ++same >= SMTP_POOL_PER_KEY) {
 			conn_quit(c);
 			return;
 		}
@@ -318,16 +352,18 @@ pool_park(struct smtp_conn *c)
 	p->n_idle++;
 	p->st.parked++;
 	uv_timer_start(&c->timer, conn_on_timer, p->idle_ms, 0);
-	hk_log_debug("smtp_conn_parked", "{s:s, s:i}", "peer", c->peer, "uses", (int)c->uses);
+	hk_log_debug("smtp_conn_parked", "{s:s, s:i, s:s}", "peer", c->peer, "uses", (int)c->uses,
+	    "tls", c->tls_on ? c->tls_version : "");
 }
 
-/* pool_take - the most recently parked connection with KEY, now CM_JOB, or
- * NULL. */
+/* pool_take - the most recently parked connection with KEY that is in TLS
+ * (or in plaintext, !TLS), now CM_JOB, or NULL. TLS is part of the key:
+ * a plaintext connection must never serve a job that requires TLS. */
 static struct smtp_conn *
-pool_take(sender_smtp_pool *p, const char *key)
+pool_take(sender_smtp_pool *p, const char *key, bool tls)
 {
 	for (struct smtp_conn *c = p->idle; c != NULL; c = c->next) {
-		if (strcmp(c->key, key) != 0)
+		if (c->tls_on != tls || strcmp(c->key, key) != 0)
 			continue;
 		pool_unlink(c);
 		uv_timer_stop(&c->timer);
@@ -349,6 +385,9 @@ conn_closed(uv_handle_t *h)
 	if (--c->handles > 0)
 		return;
 	pool_unref(c->pool);    /* from conn_new() */
+	hk_tls_conn_free(&c->tls);
+	free(c->pbuf);
+	free(c->body_buf);
 	free(c->obuf);
 	free(c);
 }
@@ -446,8 +485,49 @@ conn_cmd(struct smtp_conn *c, const char *fmt, ...)
 	c->expect++;
 }
 
-/* conn_flush - write the queued commands. Returns 0, or -1 when the write
- * failed (conn_io_error has run: the connection or its job moved on). */
+/* conn_tls_send - write the ciphertext the engine has for the server
+ * (records of the commands, handshake messages, alerts). Returns 0, or -1
+ * when the write failed (conn_io_error has run). */
+static int
+conn_tls_send(struct smtp_conn *c)
+{
+	struct smtp_wreq *w;
+	uv_buf_t buf;
+	size_t n;
+	int rc;
+
+	if ((n = hk_tls_conn_pending(c->tls)) == 0)
+		return 0;
+	w = xmalloc(sizeof(*w) + n);
+	w->c = c;
+	n = hk_tls_conn_pull(c->tls, w->data, n);
+	buf = uv_buf_init(w->data, (unsigned)n);
+	if ((rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, conn_on_written)) < 0) {
+		free(w);
+		conn_io_error(c, "connection lost", uv_strerror(rc));
+		return -1;
+	}
+	return 0;
+}
+
+/* conn_tls_try_send - best effort, for a close_notify or an alert just
+ * before the handle is closed. */
+static void
+conn_tls_try_send(struct smtp_conn *c)
+{
+	char buf[512];
+	size_t n;
+
+	if (c->tls == NULL || hk_tls_conn_pending(c->tls) == 0)
+		return;
+	n = hk_tls_conn_pull(c->tls, buf, sizeof(buf));
+	uv_buf_t b = uv_buf_init(buf, (unsigned)n);
+	uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+}
+
+/* conn_flush - write the queued commands (encrypted under TLS). Returns 0,
+ * or -1 when the write failed (conn_io_error has run: the connection or its
+ * job moved on). */
 static int
 conn_flush(struct smtp_conn *c)
 {
@@ -457,6 +537,18 @@ conn_flush(struct smtp_conn *c)
 
 	if (c->olen == 0)
 		return 0;
+	if (c->tls != NULL) {
+		/* Nothing goes out in clear once STARTTLS was answered, and
+		 * nothing is queued during the handshake. */
+		rc = c->tls_on ? hk_tls_conn_write(c->tls, c->obuf, c->olen) : HK_TLS_ERROR;
+		c->olen = 0;
+		if (rc != 0) {
+			c->tls_failed = true;
+			conn_io_error(c, "protocol error", "TLS write failed");
+			return -1;
+		}
+		return conn_tls_send(c);
+	}
 	w = xmalloc(sizeof(*w) + c->olen);
 	w->c = c;
 	memcpy(w->data, c->obuf, c->olen);
@@ -502,12 +594,25 @@ conn_aside_reply(struct smtp_conn *c, const struct sender_reply *r)
 	}
 	if (--c->expect > 0)
 		return;         /* replies to the pipelined commands of the transaction */
-	if (c->mode == CM_QUIT)
+	if (c->mode == CM_QUIT) {
+		if (c->tls_on && !c->tls_failed) {
+			hk_tls_conn_close_notify(c->tls);
+			conn_tls_try_send(c);
+		}
 		conn_close(c);
+	}
 	else if (r->code / 100 == 2)
 		pool_park(c);
 	else
 		conn_quit(c);
+}
+
+/* conn_set_aside_ms - how long an RSET or QUIT reply may take. */
+static void
+conn_set_aside_ms(struct smtp_conn *c, uint32_t command_timeout_ms)
+{
+	c->aside_ms = command_timeout_ms < SMTP_ASIDE_TIMEOUT_MS ?
+	    command_timeout_ms : SMTP_ASIDE_TIMEOUT_MS;
 }
 
 /* conn_release - the job is done with C and its last transaction left the
@@ -517,8 +622,7 @@ static void
 conn_release(struct smtp_conn *c, uint32_t command_timeout_ms, bool txn_open)
 {
 	c->s = NULL;
-	c->aside_ms = command_timeout_ms < SMTP_ASIDE_TIMEOUT_MS ?
-	    command_timeout_ms : SMTP_ASIDE_TIMEOUT_MS;
+	conn_set_aside_ms(c, command_timeout_ms);
 	if (!pool_wants(c))
 		conn_quit(c);
 	else if (txn_open || c->expect > 0)
@@ -558,25 +662,17 @@ conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 	*buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
 }
 
-/* conn_on_read - bytes from the server: split into replies, each for the
- * job or for the connection's own RSET/QUIT. */
+/* conn_input - plaintext from the server (P, N bytes): split into replies,
+ * each for the job or for the connection's own RSET/QUIT. */
 static void
-conn_on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+conn_input(struct smtp_conn *c, const char *p, size_t n)
 {
-	struct smtp_conn *c = st->data;
 	const struct sender_reply *r;
+	bool clear = c->tls == NULL;
 	size_t off = 0, used;
 	int rc;
 
-	if (nread == 0 || c->mode == CM_CLOSED)
-		return;
-	if (nread < 0) {
-		conn_io_error(c, "connection lost", nread == UV_EOF ? NULL : uv_strerror((int)nread));
-		return;
-	}
-	if (c->mode == CM_JOB)
-		smtp_arm_timer(c->s);   /* progress */
-	while (off < (size_t)nread && c->mode != CM_CLOSED) {
+	while (off < n && c->mode != CM_CLOSED) {
 		if (c->mode == CM_IDLE) {
 			/* A parked connection has nothing coming; a server that
 			 * speaks now (421 at its own timeout) is leaving. */
@@ -585,7 +681,7 @@ conn_on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 			conn_close(c);
 			return;
 		}
-		rc = sender_reply_feed(&c->parser, buf->base + off, (size_t)nread - off, &used, &r);
+		rc = sender_reply_feed(&c->parser, p + off, n - off, &used, &r);
 		off += used;
 		if (rc < 0) {
 			conn_io_error(c, "protocol error", c->parser.error);
@@ -599,7 +695,91 @@ conn_on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 			sender_smtp_response(c->s, r);
 		else
 			conn_aside_reply(c, r);
+		if (clear && c->tls != NULL) {
+			/* That was STARTTLS's 220. Whatever came with it in clear
+			 * is no TLS record (the server speaks only after our
+			 * ClientHello) but injected replies, to be read as if
+			 * they came under TLS (CVE-2011-0411 seen from the
+			 * client): drop it. */
+			if (off < n)
+				hk_log_info("smtp_starttls_input_dropped", "{s:s, s:i}", "peer", c->peer,
+				    "bytes", (int)(n - off));
+			return;
+		}
 	}
+}
+
+static void smtp_tls_done(sender_smtp *s);
+
+/* conn_tls_input - ciphertext was pushed into the engine: advance the
+ * handshake, then hand the plaintext on. */
+static void
+conn_tls_input(struct smtp_conn *c)
+{
+	char err[256];
+	int rc;
+
+	if (!c->tls_on) {
+		/* Only a job in state TLS has a handshake going. */
+		rc = hk_tls_conn_handshake(c->tls, err, sizeof(err));
+		if (rc == HK_TLS_ERROR) {
+			c->tls_failed = true;
+			conn_tls_try_send(c);   /* the alert tells the server why */
+			conn_io_error(c, "protocol error", err);
+			return;
+		}
+		if (conn_tls_send(c) != 0 || rc == HK_TLS_AGAIN)
+			return;
+		if (c->mode != CM_JOB) {
+			conn_close(c);
+			return;
+		}
+		smtp_tls_done(c->s);
+		if (c->mode == CM_CLOSED)
+			return;
+	}
+	for (;;) {
+		rc = hk_tls_conn_read(c->tls, c->pbuf, SMTP_READ_BUF);
+		if (rc > 0) {
+			conn_input(c, c->pbuf, (size_t)rc);
+			if (c->mode == CM_CLOSED)
+				return;
+			continue;
+		}
+		if (rc == HK_TLS_AGAIN)
+			break;
+		if (rc == HK_TLS_CLOSED) {
+			conn_io_error(c, "connection lost", "TLS close_notify from the server");
+		} else {
+			c->tls_failed = true;
+			conn_io_error(c, "protocol error", "TLS error");
+		}
+		return;
+	}
+	conn_tls_send(c);       /* what reading produced (a KeyUpdate answer) */
+}
+
+/* conn_on_read - bytes from the server: replies in clear, or ciphertext
+ * for the TLS engine. */
+static void
+conn_on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+	struct smtp_conn *c = st->data;
+
+	if (nread == 0 || c->mode == CM_CLOSED)
+		return;
+	if (nread < 0) {
+		conn_io_error(c, "connection lost", nread == UV_EOF ? NULL : uv_strerror((int)nread));
+		return;
+	}
+	if (c->mode == CM_JOB)
+		smtp_arm_timer(c->s);   /* progress */
+	if (c->tls == NULL) {
+		conn_input(c, buf->base, (size_t)nread);
+		return;
+	}
+	hk_tls_conn_push(c->tls, buf->base, (size_t)nread);
+	conn_tls_input(c);
 }
 
 /* ---- jobs ---- */
@@ -642,15 +822,41 @@ smtp_set_last(sender_smtp *s, int code, const char *fmt, ...)
 	hk_log_debug("smtp_attempt_failed", "{s:s, s:s}", "peer", s->peer, "reason", s->last_reply);
 }
 
+/* smtp_clear_session - the job's out fields that describe the session:
+ * empty again, no session took the job (yet). */
+static void
+smtp_clear_session(sender_smtp *s)
+{
+	s->job->mx_host[0] = '\0';
+	s->job->tls_version[0] = '\0';
+	s->job->tls_cipher[0] = '\0';
+	s->job->tls_verified = false;
+}
+
 /* smtp_next_addr - give up on this connection, try the next address. */
 static void
 smtp_next_addr(sender_smtp *s)
 {
 	uv_timer_stop(&s->timer);
-	s->job->mx_host[0] = '\0';
+	smtp_clear_session(s);
 	s->job->mx_addr[0] = '\0';
 	smtp_drop_conn(s);
 	smtp_try_next(s);
+}
+
+/* smtp_next_addr_quit - as smtp_next_addr, for a healthy connection that
+ * the job cannot use (TLS required, not to be had there): QUIT it first. */
+static void
+smtp_next_addr_quit(sender_smtp *s)
+{
+	struct smtp_conn *c = s->conn;
+
+	if (c != NULL && c->expect == 0) {
+		s->conn = NULL;
+		conn_set_aside_ms(c, s->job->command_timeout_ms);
+		conn_quit(c);   /* the connection's own now */
+	}
+	smtp_next_addr(s);
 }
 
 /* smtp_decide - set the fate of recipient I. */
@@ -727,7 +933,33 @@ smtp_stale(sender_smtp *s, const char *why)
 	s->unconfirmed = false;
 	s->txn_open = false;
 	s->rcpt_send = s->rcpt_recv = 0;
-	s->job->mx_host[0] = '\0';
+	smtp_clear_session(s);
+	if (!smtp_try_addr(s))
+		smtp_try_next(s);
+}
+
+/* smtp_tls_failed - no TLS session with the current address (WHY): the
+ * handshake failed, or the connection broke during it or before MAIL right
+ * after it. Opportunistic: the same address again in plaintext, once, as
+ * Postfix's RETRY_AS_PLAINTEXT. Required: 4.7.5 and the next address. */
+static void
+smtp_tls_failed(sender_smtp *s, const char *why)
+{
+	bool plain = !s->job->tls_required;
+
+	hk_log_info("smtp_tls_failed", "{s:s, s:s, s:s, s:s}", "peer", s->peer,
+	    "mx", s->addrs[s->cur_addr].host, "error", why,
+	    "then", plain ? "plaintext retry" : "next address");
+	if (!plain) {
+		smtp_set_last(s, 451, "451 4.7.5 TLS is required, but the TLS handshake with %s failed: %s",
+		    s->peer, why);
+		smtp_next_addr(s);
+		return;
+	}
+	uv_timer_stop(&s->timer);
+	smtp_drop_conn(s);
+	smtp_clear_session(s);
+	s->no_tls = true;
 	if (!smtp_try_addr(s))
 		smtp_try_next(s);
 }
@@ -744,6 +976,14 @@ smtp_conn_fail(sender_smtp *s, const char *what, const char *detail)
 
 	if (s->unconfirmed && strcmp(what, "connection lost") == 0) {
 		smtp_stale(s, detail ? detail : "connection closed");
+	} else if (s->state == ST_TLS || (s->state < ST_MAIL && s->conn != NULL &&
+	    s->conn->tls_on && !s->job->tls_required)) {
+		/* A server may reject us at its TLS layer only after our side of
+		 * the handshake is done (TLS 1.3): that counts as a failed
+		 * handshake too. */
+		char why[300];
+		snprintf(why, sizeof(why), "%s%s%s", what, detail ? ": " : "", detail ? detail : "");
+		smtp_tls_failed(s, why);
 	} else if (s->state < ST_MAIL) {
 		smtp_set_last(s, 451, "451 %s %s %s with %s%s%s", dsn, what, phase, s->peer,
 		    detail ? ": " : "", detail ? detail : "");
@@ -848,6 +1088,8 @@ smtp_on_body_written(uv_write_t *req, int status)
 	sender_smtp *s;
 
 	c->body_writing = false;
+	free(c->body_buf);
+	c->body_buf = NULL;
 	if (status < 0) {
 		conn_io_error(c, "connection lost", uv_strerror(status));
 		return;
@@ -861,6 +1103,42 @@ smtp_on_body_written(uv_write_t *req, int status)
 		smtp_body_write(s);
 }
 
+/* conn_write_body - write N slices of the body (or BDAT's chunk) with
+ * body_req: as they are, or encrypted into body_buf under TLS. Returns 0
+ * or a libuv error (nothing in flight then). XXX BDAT's one chunk is the
+ * whole message: under TLS its ciphertext is one buffer of that size. */
+static int
+conn_write_body(struct smtp_conn *c, uv_buf_t *bufs, unsigned n)
+{
+	uv_buf_t cipher;
+	size_t len;
+	int rc;
+
+	c->body_req.data = c;
+	if (c->tls != NULL) {
+		for (unsigned i = 0; i < n; i++) {
+			if (!c->tls_on || hk_tls_conn_write(c->tls, bufs[i].base, bufs[i].len) != 0) {
+				c->tls_failed = true;
+				return UV_EPROTO;
+			}
+		}
+		len = hk_tls_conn_pending(c->tls);
+		c->body_buf = xmalloc(len > 0 ? len : 1);
+		len = hk_tls_conn_pull(c->tls, c->body_buf, len);
+		cipher = uv_buf_init(c->body_buf, (unsigned)len);
+		bufs = &cipher;
+		n = 1;
+	}
+	c->body_writing = true;
+	rc = uv_write(&c->body_req, (uv_stream_t *)&c->tcp, bufs, n, smtp_on_body_written);
+	if (rc < 0) {
+		c->body_writing = false;
+		free(c->body_buf);
+		c->body_buf = NULL;
+	}
+	return rc;
+}
+
 /* smtp_body_write - queue the next body write; after the last one the
  * end-of-data reply is awaited (state EOD). */
 static void
@@ -872,11 +1150,7 @@ smtp_body_write(sender_smtp *s)
 	int rc;
 
 	n = smtp_body_fill(s, bufs, SMTP_BODY_BUFS);
-	c->body_req.data = c;
-	c->body_writing = true;
-	rc = uv_write(&c->body_req, (uv_stream_t *)&c->tcp, bufs, (unsigned)n, smtp_on_body_written);
-	if (rc < 0) {
-		c->body_writing = false;
+	if ((rc = conn_write_body(c, bufs, (unsigned)n)) < 0) {
 		smtp_conn_fail(s, "connection lost", uv_strerror(rc));
 		return;
 	}
@@ -945,8 +1219,13 @@ static enum smtp_state
 smtp_ready(sender_smtp *s)
 {
 	const struct smtp_conn *c = s->conn;
+	struct sender_smtp_job *job = s->job;
 	char buf[256];
 
+	/* The session the transaction goes over, new or parked. */
+	snprintf(job->tls_version, sizeof(job->tls_version), "%s", c->tls_on ? c->tls_version : "");
+	snprintf(job->tls_cipher, sizeof(job->tls_cipher), "%s", c->tls_on ? c->tls_cipher : "");
+	job->tls_verified = c->tls_on && c->tls_verified;
 	if (c->size_ext && c->size_limit > 0 && s->job->body_len > c->size_limit) {
 		snprintf(buf, sizeof(buf), "552 5.3.4 message size %zu exceeds size limit %lu "
 		    "of server %s", s->job->body_len, c->size_limit, s->peer);
@@ -967,6 +1246,56 @@ smtp_ready(sender_smtp *s)
 		return ST_DONE;
 	}
 	return ST_MAIL;
+}
+
+/* smtp_tls_start - STARTTLS was answered 220: put a client engine on the
+ * connection and send the ClientHello. */
+static void
+smtp_tls_start(sender_smtp *s)
+{
+	struct smtp_conn *c = s->conn;
+	char err[256];
+
+	/* RFC 3207 4.2: forget what the server said in clear. */
+	c->pipelining = c->size_ext = c->eightbit_ext = c->starttls_ext = false;
+	c->smtputf8_ext = c->dsn_ext = c->chunking_ext = c->binarymime_ext = false;
+	c->size_limit = 0;
+	sender_reply_init(&c->parser);
+	if ((c->tls = hk_tls_conn_new(s->job->tls_ctx, false)) == NULL) {
+		smtp_tls_failed(s, "out of memory");
+		return;
+	}
+	c->pbuf = xmalloc(SMTP_READ_BUF);
+	/* SNI and the name the certificate is checked against: the MX host. */
+	if (hk_tls_conn_set_peer_name(c->tls, s->addrs[s->cur_addr].host) != 0)
+		hk_log_debug("smtp_tls_name_refused", "{s:s, s:s}", "peer", s->peer,
+		    "mx", s->addrs[s->cur_addr].host);
+	if (hk_tls_conn_handshake(c->tls, err, sizeof(err)) == HK_TLS_ERROR) {
+		c->tls_failed = true;
+		smtp_tls_failed(s, err);
+		return;
+	}
+	conn_tls_send(c);       /* on failure the job has moved on */
+}
+
+/* smtp_tls_done - the handshake is done: note the session, EHLO again. */
+static void
+smtp_tls_done(sender_smtp *s)
+{
+	struct smtp_conn *c = s->conn;
+	char why[160];
+
+	c->tls_on = true;
+	snprintf(c->tls_version, sizeof(c->tls_version), "%s", hk_tls_conn_version(c->tls));
+	snprintf(c->tls_cipher, sizeof(c->tls_cipher), "%s", hk_tls_conn_cipher(c->tls));
+	c->tls_verified = hk_tls_conn_verified(c->tls, why, sizeof(why));
+	if (c->pool != NULL)
+		c->pool->st.tls++;
+	hk_log_info("smtp_tls_established", "{s:s, s:s, s:s, s:s, s:b, s:s}", "peer", s->peer,
+	    "mx", s->addrs[s->cur_addr].host, "version", c->tls_version, "cipher", c->tls_cipher,
+	    "verified", c->tls_verified, "verify", why);
+	s->tried_helo = false;
+	sender_smtp_enter_state(s, ST_EHLO);
 }
 
 /* sender_smtp_enter_state - switch to ST and send what that state sends. */
@@ -995,6 +1324,12 @@ sender_smtp_enter_state(sender_smtp *s, enum smtp_state st)
 		s->tried_helo = true;
 		conn_cmd(c, "HELO %s", job->helo_name);
 		break;
+	case ST_STARTTLS:
+		conn_cmd(c, "STARTTLS");
+		break;
+	case ST_TLS:
+		smtp_tls_start(s);
+		return;
 	case ST_MAIL: {
 		char size[40] = "";
 		const char *body = "";
@@ -1044,13 +1379,8 @@ sender_smtp_enter_state(sender_smtp *s, enum smtp_state st)
 		{
 			uv_buf_t b = uv_buf_init((char *)job->body, (unsigned)job->body_len);
 			int rc;
-			c->body_req.data = c;
-			c->body_writing = true;
-			rc = uv_write(&c->body_req, (uv_stream_t *)&c->tcp, &b, 1, smtp_on_body_written);
-			if (rc < 0) {
-				c->body_writing = false;
+			if ((rc = conn_write_body(c, &b, 1)) < 0)
 				smtp_conn_fail(s, "connection lost", uv_strerror(rc));
-			}
 		}
 		return;
 	case ST_DOT:
@@ -1072,7 +1402,7 @@ smtp_ehlo_ext(struct smtp_conn *c, const struct sender_reply *r)
 	const char *line;
 	size_t i;
 
-	c->pipelining = c->size_ext = c->eightbit_ext = false;
+	c->pipelining = c->size_ext = c->eightbit_ext = c->starttls_ext = false;
 	c->smtputf8_ext = c->dsn_ext = c->chunking_ext = c->binarymime_ext = false;
 	c->size_limit = 0;
 	/* Line 0 is the greeting text; extensions follow, one per line. */
@@ -1090,6 +1420,8 @@ smtp_ehlo_ext(struct smtp_conn *c, const struct sender_reply *r)
 			c->chunking_ext = true;
 		} else if (kw == 10 && strncasecmp(line, "BINARYMIME", 10) == 0) {
 			c->binarymime_ext = true;
+		} else if (kw == 8 && strncasecmp(line, "STARTTLS", 8) == 0) {
+			c->starttls_ext = true;
 		} else if (kw == 4 && strncasecmp(line, "SIZE", 4) == 0) {
 			c->size_ext = true;
 			c->size_limit = line[4] == ' ' ? strtoul(line + 5, NULL, 10) : 0;
@@ -1150,7 +1482,42 @@ sender_smtp_response(sender_smtp *s, const struct sender_reply *r)
 		}
 		if (s->state == ST_EHLO)
 			smtp_ehlo_ext(c, r);
+		if (!c->tls_on && c->starttls_ext && s->job->tls_ctx != NULL && !s->no_tls) {
+			next = ST_STARTTLS;
+			break;
+		}
+		if (!c->tls_on && s->job->tls_required) {
+			smtp_set_last(s, 451, "451 4.7.4 TLS is required, but was not offered by %s (%s)",
+			    s->addrs[s->cur_addr].host, s->peer);
+			smtp_next_addr_quit(s);
+			return;
+		}
 		next = smtp_ready(s);
+		break;
+	case ST_STARTTLS:
+		if (cls == 2) {
+			next = ST_TLS;
+			break;
+		}
+		if (r->code == 421) {
+			smtp_set_last(s, 451, "451 4.4.0 %s refused to talk to me: %s", s->peer, r->text);
+			smtp_next_addr(s);
+			return;
+		}
+		if (s->job->tls_required) {
+			smtp_set_last(s, 451, "451 4.7.4 TLS is required, but %s (%s) refused to start "
+			    "TLS: %s", s->addrs[s->cur_addr].host, s->peer, r->text);
+			smtp_next_addr_quit(s);
+			return;
+		}
+		/* RFC 3207 4: the session may go on in plaintext, as it would
+		 * with a server that offers no STARTTLS. */
+		hk_log_info("smtp_starttls_refused", "{s:s, s:s, s:s}", "peer", s->peer,
+		    "mx", s->addrs[s->cur_addr].host, "reply", r->text);
+		next = smtp_ready(s);
+		break;
+	case ST_TLS:
+		/* Not reached: nothing is expected during the handshake. */
 		break;
 	case ST_MAIL:
 		if (first && r->code == 421) {
@@ -1269,9 +1636,9 @@ smtp_addr(sender_smtp *s, size_t i, struct sockaddr_storage *dst, char ip[INET6_
 	}
 	if (s->have_src && s->src.ss_family != dst->ss_family)
 		return "no source address of that family";
-	/* What makes one connection as good as another for this job. XXX
-	 * with TLS, the TLS state (and the policy that asked for it) joins
-	 * the key: a cleartext connection must not serve a job that needs TLS. */
+	/* What makes one connection as good as another for this job; whether
+	 * it is in TLS is matched apart (pool_take). XXX once a policy asks for
+	 * a verified certificate (MTA-STS, DANE), the verdict joins the match. */
 	snprintf(key, SMTP_KEY_MAX, "%s %s %s", s->peer, s->have_src ? s->src_text : "*",
 	    s->job->helo_name);
 	return NULL;
@@ -1284,7 +1651,12 @@ smtp_take_parked(sender_smtp *s, size_t i, const char *key, const char *ip)
 {
 	struct smtp_conn *c;
 
-	if (s->pool == NULL || (c = pool_take(s->pool, key)) == NULL)
+	if (s->pool == NULL)
+		return false;
+	/* A TLS connection is as good as a new one; a plaintext one only if
+	 * plaintext is allowed. */
+	if ((c = pool_take(s->pool, key, true)) == NULL &&
+	    (s->job->tls_required || (c = pool_take(s->pool, key, false)) == NULL))
 		return false;
 	s->cur_addr = i;
 	s->conn = c;
@@ -1292,7 +1664,8 @@ smtp_take_parked(sender_smtp *s, size_t i, const char *key, const char *ip)
 	s->unconfirmed = true;
 	snprintf(s->job->mx_addr, sizeof(s->job->mx_addr), "%s", ip);
 	snprintf(s->job->mx_host, sizeof(s->job->mx_host), "%s", s->addrs[i].host);
-	hk_log_debug("smtp_conn_reused", "{s:s, s:i}", "peer", s->peer, "uses", (int)c->uses);
+	hk_log_debug("smtp_conn_reused", "{s:s, s:i, s:s}", "peer", s->peer, "uses", (int)c->uses,
+	    "tls", c->tls_on ? c->tls_version : "");
 	sender_smtp_enter_state(s, smtp_ready(s));
 	return true;
 }
@@ -1346,6 +1719,7 @@ smtp_try_next(sender_smtp *s)
 {
 	while (s->next_addr < s->n_addrs) {
 		s->cur_addr = s->next_addr++;
+		s->no_tls = false;
 		if (smtp_try_addr(s))
 			return;
 	}
@@ -1398,6 +1772,8 @@ sender_smtp_deliver(sender_smtp **out, uv_loop_t *loop, struct sender_smtp_job *
 		return -EINVAL;
 	if (job->pool != NULL && (job->pool->closing || job->pool->loop != loop))
 		return -EINVAL;
+	if (job->tls_required && job->tls_ctx == NULL)
+		return -EINVAL;
 
 	s = xcalloc(1, sizeof(*s));
 	if (job->source_address != NULL && job->source_address[0] != '\0') {
@@ -1436,6 +1812,8 @@ sender_smtp_deliver(sender_smtp **out, uv_loop_t *loop, struct sender_smtp_job *
 	s->order = xcalloc(job->n_rcpts, sizeof(*s->order));
 	s->accepted = xcalloc(job->n_rcpts, sizeof(*s->accepted));
 	job->mx_host[0] = job->mx_addr[0] = '\0';
+	job->tls_version[0] = job->tls_cipher[0] = '\0';
+	job->tls_verified = false;
 	for (i = 0; i < job->n_rcpts; i++) {
 		struct sender_smtp_rcpt *r = &job->rcpts[i];
 		r->code = 0;

@@ -25,12 +25,34 @@
  * it. A parked connection that turns out dead before its first reply (EOF,
  * reset, 421) is dropped and the job goes on with another parked connection
  * or a new one to the same address: that is not a failed attempt.
+ *
+ * TLS (RFC 3207): with a client context in the job, STARTTLS is used
+ * whenever the server offers it; after the handshake EHLO is sent again and
+ * only the new extension list counts. Opportunistic by default (RFC 7435):
+ * the certificate is checked and the verdict reported, never required.
+ * What happens when TLS does not work out, as Postfix does it (levels "may"
+ * and "encrypt"):
+ *   - STARTTLS not offered: opportunistic, plaintext; required, 451 4.7.4
+ *     "TLS is required, but was not offered" and the next address (QUIT).
+ *   - STARTTLS refused (4xx/5xx): opportunistic, plaintext on the same
+ *     connection (RFC 3207 4); required, 451 4.7.4 and the next address.
+ *   - Handshake failure (or the connection lost or timed out during it, or
+ *     before MAIL right after it): opportunistic, the same address again on
+ *     a new connection in plaintext, once (Postfix's RETRY_AS_PLAINTEXT; a
+ *     domain whose only MX has broken TLS would otherwise never get mail,
+ *     while plaintext is what a server without STARTTLS gets anyway);
+ *     required, 451 4.7.5 and the next address.
+ * A required destination is never sent anything after EHLO in plaintext.
+ * In the pool a TLS connection and a plaintext one never share a key: a job
+ * that requires TLS takes only TLS connections; any job prefers them.
  */
 #ifndef SENDER_SMTP_H
 #define SENDER_SMTP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <openssl/ssl.h>
 #include <uv.h>
 #include "sender_dns.h"
 
@@ -62,9 +84,18 @@ struct sender_smtp_job {
 	struct sender_smtp_rcpt *rcpts;
 	size_t n_rcpts;
 	sender_smtp_pool *pool;         /* reuse connections, or NULL (QUIT each) */
+	SSL_CTX *tls_ctx;               /* STARTTLS with this client context (hk_tls_client_ctx),
+	                                 * or NULL: never */
+	bool tls_required;              /* never in plaintext: defer instead (needs tls_ctx). The
+	                                 * hook for policies: tls_required_domains today,
+	                                 * shaping rules, MTA-STS or DANE later */
 	/* out */
 	char mx_host[256];              /* the host that took the session, or "" */
 	char mx_addr[64];               /* its address as text */
+	char tls_version[16];           /* "TLSv1.3", or "" when the session was plaintext */
+	char tls_cipher[64];            /* "TLS_AES_256_GCM_SHA384", or "" */
+	bool tls_verified;              /* the certificate chained to a trusted CA and
+	                                 * matched the MX host name (recorded, not required) */
 };
 
 /* Called exactly once per job, asynchronously, on the loop's thread. */
@@ -73,9 +104,10 @@ typedef void (*sender_smtp_cb)(struct sender_smtp_job *job, void *arg);
 typedef struct sender_smtp sender_smtp;
 
 /* sender_smtp_deliver - start a transaction. The job and everything it points
- * to must stay valid until cb runs. Returns 0 and a handle in *out (valid
- * until cb runs), or negative (cb not called): -EINVAL for a bad job or a
- * pool made for another loop. */
+ * to must stay valid until cb runs (tls_ctx too; connections take their
+ * own reference). Returns 0 and a handle in *out (valid until cb runs), or
+ * negative (cb not called): -EINVAL for a bad job (tls_required without
+ * tls_ctx) or a pool made for another loop. */
 int sender_smtp_deliver(sender_smtp **out, uv_loop_t *loop,
     struct sender_smtp_job *job, sender_smtp_cb cb, void *arg);
 
@@ -106,6 +138,7 @@ struct sender_smtp_pool_stats {
 	uint64_t reused;                /* transactions started on a parked connection */
 	uint64_t stale;                 /* parked connections found dead when reused */
 	uint64_t parked;                /* connections parked after a transaction */
+	uint64_t tls;                   /* TLS handshakes completed */
 };
 
 /* sender_smtp_pool_stats - counters since the pool was made. */

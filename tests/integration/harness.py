@@ -359,6 +359,7 @@ class MxMessage:
     def __init__(self, mx, session, envelope, reply):
         self.mx = mx                            # address of the MX that got it
         self.peer = session.peer[0]             # client (sender) address
+        self.peer_port = session.peer[1]        # ... and port: one per connection
         self.helo = session.host_name           # its EHLO/HELO name
         self.mail_from = envelope.mail_from
         self.mail_options = list(envelope.mail_options)
@@ -368,6 +369,10 @@ class MxMessage:
         self.smtputf8 = bool(getattr(envelope, "smtp_utf8", False))
         self.bdat = bool(getattr(envelope, "bdat", False))
         self.data = bytes(envelope.original_content)
+        # After STARTTLS: the TLS version ("TLSv1.3") and cipher, else None.
+        ssl_object = (session.ssl or {}).get("ssl_object")
+        self.tls = ssl_object.version() if ssl_object else None
+        self.tls_cipher = ssl_object.cipher()[0] if ssl_object else None
         self.reply = reply
         self.accepted = reply.startswith("2")
         self.at = time.monotonic()
@@ -494,17 +499,21 @@ class ScriptedMx:
     script_rcpt(addr, r1, r2, ...) answers that recipient's successive RCPTs
     with r1, r2, ... then 250; script_data(...) does the same for DATA.
     smtputf8, dsn and chunking (CHUNKING and BINARYMIME) add those
-    extensions to its EHLO."""
+    extensions to its EHLO; tls_context (an ssl.SSLContext) offers STARTTLS
+    with it; data_size_limit is the SIZE it announces and enforces."""
 
     RCPT_OK = "250 2.1.5 Ok"
     DATA_OK = "250 2.0.0 Ok: accepted"
 
-    def __init__(self, addr, port, hostname=None, smtputf8=False, dsn=False, chunking=False):
+    def __init__(self, addr, port, hostname=None, smtputf8=False, dsn=False, chunking=False,
+                 tls_context=None, data_size_limit=None):
         self.addr = addr
         self.port = port
         self.smtputf8 = smtputf8
         self.dsn = dsn
         self.chunking = chunking
+        self.tls_context = tls_context
+        self.data_size_limit = data_size_limit
         self.hostname = hostname or MX_HOSTS.get(addr, "mx.test")
         self._controller = None
         self._cond = threading.Condition()
@@ -517,9 +526,14 @@ class ScriptedMx:
 
     def start(self):
         assert self._controller is None, "MX %s already running" % self.addr
+        extra = {}
+        if self.tls_context is not None:
+            extra["tls_context"] = self.tls_context
+        if self.data_size_limit is not None:
+            extra["data_size_limit"] = self.data_size_limit
         c = _FeatureController(self, _MxHandler(self), hostname=self.addr, port=self.port,
                                server_hostname=self.hostname, decode_data=False,
-                               ready_timeout=10, enable_SMTPUTF8=self.smtputf8)
+                               ready_timeout=10, enable_SMTPUTF8=self.smtputf8, **extra)
         c.start()
         self._controller = c
         return self
@@ -573,7 +587,8 @@ class MxPool:
     """One ScriptedMx per MX host address, all on the same port."""
 
     def __init__(self, port, addrs=None, features=None):
-        """FEATURES: address -> ScriptedMx keyword arguments (smtputf8, ...)."""
+        """FEATURES: address -> ScriptedMx keyword arguments (smtputf8,
+        tls_context, ...)."""
         self.port = port
         features = features or {}
         self.servers = {a: ScriptedMx(a, port, **features.get(a, {}))
@@ -1192,6 +1207,15 @@ class TestPki:
                 with open(self._path(part)) as f:
                     out.write(f.read())
         return chain, self._path(name + ".key")
+
+    def server_context(self, name, serial, cn):
+        """An ssl.SSLContext for a server (an MX offering STARTTLS) with a
+        new certificate for CN (leaf and intermediate)."""
+        import ssl
+        cert, key = self.server(name, serial, cn=cn)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        return ctx
 
     def client_context(self, **kw):
         """An ssl.SSLContext that trusts only the test root and checks the

@@ -20,17 +20,29 @@ CONFIG_JSON (a JSON string, or @path to a file holding one):
        "data_always": false,              # answer DATA with 354 even without recipients
        "close_after_message": false,      # close right after each final reply to the data
        "stale_after": null,               # N: on the MAIL of the session's transaction N+1...
-       "stale_how": "close"}              # ..."close" (no reply), "reset" (RST), "421" (then
+       "stale_how": "close",              # ..."close" (no reply), "reset" (RST), "421" (then
                                           #   close), "stall" (no reply, keep it open)
+       "tls": false,                      # STARTTLS works (put "STARTTLS" in "ehlo" to offer it);
+                                          #   the certificate is made at start (below)
+       "starttls_reply": "220 2.0.0 go",  # e.g. "454 4.7.0 no TLS", or a 220 with more behind it
+       "tls_broken": false,               # after the 220 and the ClientHello: garbage, close
+       "ehlo_tls": null}                  # the EHLO extensions under TLS (default: "ehlo"
+                                          #   without STARTTLS)
     ]
   }
+
+With a "tls" listener, a self-signed certificate for mx.tls.test (EC P-256,
+subjectAltName DNS:mx.tls.test) is made with the openssl CLI next to the
+record file: peer-cert.pem (also the CA a client can check it against) and
+peer-key.pem.
 
 Records (one JSON object per line, flushed before the reply that follows):
   {"event": "connect", "listener": host, "client_port": port}
                                                               -- at the first command
   {"event": "message", "listener": host, "client": peer ip, "client_port": port,
    "n": transaction number in the session (1, 2, ...), "helo": ..., "mail": ...,
-   "rcpts": [accepted...], "data_hex": <the un-stuffed message data, hex>}
+   "rcpts": [accepted...], "data_hex": <the un-stuffed message data, hex>,
+   "tls": "TLSv1.3" or null, "sni": server name the client sent or null}
                                                               -- before the final reply
   {"event": "session", "listener": host, "client_port": port, "commands": [verbs],
    "violation": bool}                                         -- on QUIT, before 221
@@ -41,8 +53,11 @@ A connection that sends nothing (a readiness probe) leaves no record.
 
 import asyncio
 import json
+import os
 import socket
+import ssl
 import struct
+import subprocess
 import sys
 
 
@@ -57,9 +72,22 @@ class Peer:
             f.write(json.dumps(obj) + "\n")
             f.flush()
 
+    def ehlo_list(self, tls):
+        l = self.l
+        if tls:
+            if l.get("ehlo_tls") is not None:
+                return l["ehlo_tls"]
+            return [e for e in l.get("ehlo", DEFAULT_EHLO) if e.upper() != "STARTTLS"]
+        return l.get("ehlo", DEFAULT_EHLO)
+
     async def handle(self, reader, writer):
         l = self.l
-        pipelining = "PIPELINING" in [e.split(" ")[0].upper() for e in l.get("ehlo", DEFAULT_EHLO)]
+        tls = {"version": None, "sni": None}
+
+        def offers_pipelining():
+            return "PIPELINING" in [e.split(" ")[0].upper()
+                                    for e in self.ehlo_list(tls["version"] is not None)]
+
         buf = bytearray()
         pos = [0]                       # start of unread bytes in buf
         state = {"helo": None, "mail": None, "mail_ok": False, "rcpts": [], "commands": [],
@@ -101,7 +129,7 @@ class Peer:
                 line = await readline()
                 if line is None:
                     return
-                if pending() and not pipelining:
+                if pending() and not offers_pipelining():
                     state["violation"] = True
                 cmd = line[:-2].decode("latin-1")
                 verb = cmd.split(" ")[0].split(":")[0].upper()
@@ -114,11 +142,34 @@ class Peer:
                     if l.get("ehlo_reply"):
                         await send(l["ehlo_reply"])
                         continue
-                    exts = l.get("ehlo", DEFAULT_EHLO)
+                    exts = self.ehlo_list(tls["version"] is not None)
                     lines = ["peer"] + exts
                     out = "".join("250%s%s\r\n" % ("-" if i < len(lines) - 1 else " ", t)
                                   for i, t in enumerate(lines))
                     await send(out)
+                elif verb == "STARTTLS" and l.get("tls") and tls["version"] is None:
+                    reply = l.get("starttls_reply", "220 2.0.0 go")
+                    await send(reply)
+                    if not reply.startswith("220"):
+                        continue
+                    if l.get("tls_broken"):
+                        # Wait for the ClientHello, then answer garbage.
+                        await reader.read(65536)
+                        writer.write(b"this is not a TLS record\r\n" * 4)
+                        await writer.drain()
+                        return
+                    # RFC 3207: whatever the client sent behind STARTTLS is void.
+                    del buf[:]
+                    pos[0] = 0
+                    sni = []
+                    ctx = self.tls_context(sni)
+                    try:
+                        await writer.start_tls(ctx)
+                    except (ssl.SSLError, ConnectionError, OSError):
+                        return
+                    tls["version"] = writer.get_extra_info("ssl_object").version()
+                    tls["sni"] = sni[0] if sni else None
+                    state["helo"] = None
                 elif verb == "HELO":
                     state["helo"] = cmd[5:]
                     await send("250 peer")
@@ -188,7 +239,8 @@ class Peer:
                                        "client": writer.get_extra_info("peername")[0],
                                        "client_port": client_port, "n": state["mails"],
                                        "helo": state["helo"], "mail": state["mail"],
-                                       "rcpts": state["rcpts"], "data_hex": data.hex()})
+                                       "rcpts": state["rcpts"], "data_hex": data.hex(),
+                                       "tls": tls["version"], "sni": tls["sni"]})
                     if l.get("stall") == "EOD":
                         stalled = True
                     await send(l.get("final", "250 2.0.0 queued"))
@@ -216,7 +268,30 @@ class Peer:
                 pass
 
 
+    def tls_context(self, sni):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.conf["_cert"], self.conf["_key"])
+
+        def on_sni(sslobj, name, _ctx):
+            sni.append(name)
+        ctx.sni_callback = on_sni
+        return ctx
+
+
 DEFAULT_EHLO = ["PIPELINING", "SIZE 10485760", "8BITMIME"]
+
+
+def make_certificate(conf):
+    """A self-signed certificate for mx.tls.test next to the record file."""
+    d = os.path.dirname(os.path.abspath(conf["record"]))
+    conf["_cert"] = os.path.join(d, "peer-cert.pem")
+    conf["_key"] = os.path.join(d, "peer-key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                    "-subj", "/CN=mx.tls.test", "-addext", "subjectAltName=DNS:mx.tls.test",
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-keyout", conf["_key"], "-out", conf["_cert"]],
+                   check=True, capture_output=True, timeout=60)
 
 
 async def main():
@@ -225,6 +300,8 @@ async def main():
         with open(arg[1:]) as f:
             arg = f.read()
     conf = json.loads(arg)
+    if any(l.get("tls") for l in conf["listeners"]):
+        make_certificate(conf)
     servers = []
     for lconf in conf["listeners"]:
         peer = Peer(conf, lconf)

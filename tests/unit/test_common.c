@@ -70,6 +70,9 @@ test_config_good(void **state)
 	assert_int_equal(s->u.sender.connection_cache_time_ms, 500);
 	assert_int_equal(s->u.sender.connection_reuse_limit, 100); /* default */
 	assert_null(s->http_host); /* no http: key, no HTTP */
+	assert_int_equal(s->u.sender.n_tls_required_domains, 0);
+	assert_null(s->u.sender.tls_ca_file);
+	assert_false(hk_sender_tls_required(&s->u.sender, "example.com"));
 	const struct hk_node_conf *r = hk_config_node(cfg, "r1");
 	assert_string_equal(r->http_host, "127.0.0.1");
 	assert_int_equal(r->http_port, 9101);
@@ -121,6 +124,32 @@ test_config_router_keys(void **state)
 	unlink(path);
 }
 
+/* tls_required_domains: canonical (lower case, A-label), exact match. */
+static void
+test_config_sender_tls(void **state)
+{
+	struct hk_config *cfg;
+	char err[512];
+	char *path = write_tmp("nodes:\n  r1:\n    role: router\n    front: tcp://a:1\n    back: tcp://a:2\n"
+	    "  s1:\n    role: sender\n    routers: [r1]\n    queue: /q\n"
+	    "    tls_required_domains: [Bank.Example, b\xc3\xbc" "cher.example]\n"
+	    "    tls_ca_file: /dev/null\n");
+	(void)state;
+
+	assert_int_equal(hk_config_load(path, &cfg, err, sizeof(err)), 0);
+	const struct hk_sender_conf *sc = &hk_config_node(cfg, "s1")->u.sender;
+	assert_int_equal(sc->n_tls_required_domains, 2);
+	assert_string_equal(sc->tls_required_domains[0], "bank.example");
+	assert_string_equal(sc->tls_required_domains[1], "xn--bcher-kva.example");
+	assert_true(hk_sender_tls_required(sc, "bank.example"));
+	assert_true(hk_sender_tls_required(sc, "xn--bcher-kva.example"));
+	assert_false(hk_sender_tls_required(sc, "mail.bank.example"));  /* exact match only */
+	assert_false(hk_sender_tls_required(sc, "example"));
+	assert_string_equal(sc->tls_ca_file, "/dev/null");
+	hk_config_free(&cfg);
+	unlink(path);
+}
+
 /* Each bad file must fail with an error naming the line and the key. */
 static void
 test_config_errors(void **state)
@@ -133,6 +162,12 @@ test_config_errors(void **state)
 		{ "nodes:\n  s1:\n    role: sender\n    queue: /q\n", ":2: key 'routers': required" },
 		{ "nodes:\n  s1:\n    role: sender\n    routers: [r1]\n    queue: /q\n    connection_reuse_limit: 0\n",
 		  ":6: key 'connection_reuse_limit': must be at least 1" },
+		{ "nodes:\n  s1:\n    role: sender\n    routers: [r1]\n    queue: /q\n"
+		  "    tls_required_domains: [ok.example, 'not a domain']\n",
+		  ":6: key 'tls_required_domains': 'not a domain' is not a domain name" },
+		{ "nodes:\n  s1:\n    role: sender\n    routers: [r1]\n    queue: /q\n"
+		  "    tls_ca_file: /nonexistent/ca.pem\n",
+		  ":6: key 'tls_ca_file': cannot read '/nonexistent/ca.pem'" },
 		{ "nodes:\n  s1:\n    role: sender\n    queue: /q\n    routers: [nope]\n",
 		  "key 'routers': node 's1' names 'nope'" },
 		{ "nodes:\n  x:\n    role: mailer\n", ":3: key 'role':" },
@@ -381,6 +416,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_config_good),
 		cmocka_unit_test(test_config_router_keys),
+		cmocka_unit_test(test_config_sender_tls),
 		cmocka_unit_test(test_config_errors),
 		cmocka_unit_test(test_config_tenants),
 		cmocka_unit_test(test_config_hot_domains),

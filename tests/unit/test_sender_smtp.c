@@ -31,6 +31,9 @@
 #include <jansson.h>
 #include <uv.h>
 
+/* common/ */
+#include "hk_tls.h"
+
 /* This role */
 #include "sender_reply.h"
 #include "sender_smtp.h"
@@ -210,11 +213,19 @@ static struct peer g_peer;
 #define L_STALERESET "127.0.0.28"       /* ...: resets */
 #define L_STALE421 "127.0.0.29"         /* ...: 421, then closes */
 #define L_STALESTALL "127.0.0.30"       /* ...: never answers */
+#define L_TLS "127.0.0.31"              /* offers STARTTLS */
+#define L_TLSEHLO "127.0.0.32"          /* ...SIZE 100 in clear, 10 MB and no PIPELINING in TLS */
+#define L_TLSREFUSE "127.0.0.33"        /* ...answers it 454 */
+#define L_TLSBROKEN "127.0.0.34"        /* ...answers it 220, then garbage */
+#define L_TLSINJECT "127.0.0.35"        /* ...a 250 in clear right behind the 220 */
+#define L_TLSSTALE "127.0.0.36"         /* ...closes at a session's 2nd MAIL */
+#define TLS_HOST "mx.tls.test"          /* the name in the peer's certificate */
 
 static const char *peer_listening[] = {
 	L_GREET421, L_OK, L_NOPIPE, L_MIXED, L_DATA554, L_STALLMAIL, L_STALLGREET, L_DROPDATA,
 	L_NOEHLO, L_SIZE100, L_BADGREET, L_STALLEOD, L_MAILREJ, L_DATAALWAYS, L_IDLECLOSE,
-	L_STALECLOSE, L_STALERESET, L_STALE421, L_STALESTALL,
+	L_STALECLOSE, L_STALERESET, L_STALE421, L_STALESTALL, L_TLS, L_TLSEHLO, L_TLSREFUSE,
+	L_TLSBROKEN, L_TLSINJECT, L_TLSSTALE,
 };
 
 /* free_port - a TCP port nothing listens on, on 127.0.0.1. */
@@ -267,7 +278,7 @@ peer_script(char *out, size_t len)
 static int
 peer_start(void **state)
 {
-	char script[PATH_MAX], conf[8192];
+	char script[PATH_MAX], conf[16384];
 	struct timespec pause = { 0, 20 * 1000 * 1000 };
 	size_t i;
 	int tries;
@@ -317,8 +328,24 @@ peer_start(void **state)
 		    "  {\"host\": \"" L_STALE421 "\", \"port\": %u, \"stale_after\": 1,"
 		    "   \"stale_how\": \"421\"},"
 		    "  {\"host\": \"" L_STALESTALL "\", \"port\": %u, \"stale_after\": 1,"
-		    "   \"stale_how\": \"stall\"}"
-		    " ]}", g_peer.record, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
+		    "   \"stale_how\": \"stall\"},"
+		    "  {\"host\": \"" L_TLS "\", \"port\": %u, \"tls\": true,"
+		    "   \"ehlo\": [\"STARTTLS\", \"PIPELINING\", \"SIZE 10485760\", \"8BITMIME\"]},"
+		    "  {\"host\": \"" L_TLSEHLO "\", \"port\": %u, \"tls\": true,"
+		    "   \"ehlo\": [\"STARTTLS\", \"PIPELINING\", \"SIZE 100\"],"
+		    "   \"ehlo_tls\": [\"SIZE 10485760\", \"8BITMIME\"]},"
+		    "  {\"host\": \"" L_TLSREFUSE "\", \"port\": %u, \"tls\": true,"
+		    "   \"ehlo\": [\"STARTTLS\", \"PIPELINING\"],"
+		    "   \"starttls_reply\": \"454 4.7.0 TLS not available\"},"
+		    "  {\"host\": \"" L_TLSBROKEN "\", \"port\": %u, \"tls\": true, \"tls_broken\": true,"
+		    "   \"ehlo\": [\"STARTTLS\", \"PIPELINING\"]},"
+		    "  {\"host\": \"" L_TLSINJECT "\", \"port\": %u, \"tls\": true,"
+		    "   \"ehlo\": [\"STARTTLS\", \"PIPELINING\"],"
+		    "   \"starttls_reply\": \"220 2.0.0 go\\r\\n250 2.0.0 injected\"},"
+		    "  {\"host\": \"" L_TLSSTALE "\", \"port\": %u, \"tls\": true,"
+		    "   \"ehlo\": [\"STARTTLS\", \"PIPELINING\"], \"stale_after\": 1}"
+		    " ]}", g_peer.record, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p,
+		    p, p, p, p, p, p);
 	}
 
 	g_peer.pid = fork();
@@ -354,6 +381,13 @@ peer_stop(void **state)
 	}
 	if (g_peer.record[0] != '\0')
 		unlink(g_peer.record);
+	if (g_peer.dir[0] != '\0') {
+		char path[PATH_MAX];
+		snprintf(path, sizeof(path), "%s/peer-cert.pem", g_peer.dir);
+		unlink(path);
+		snprintf(path, sizeof(path), "%s/peer-key.pem", g_peer.dir);
+		unlink(path);
+	}
 	if (g_peer.dir[0] != '\0')
 		rmdir(g_peer.dir);
 	return 0;
@@ -1830,6 +1864,418 @@ test_reuse_abort(void **state)
 	pool_end(pool, &loop);
 }
 
+/* ------------------------------------------------------------ TLS */
+
+/* tls_ctx - a client context that trusts the peer's self-signed
+ * certificate (CA: true), or the default store (CA: false). */
+static SSL_CTX *
+tls_ctx(bool ca)
+{
+	char path[PATH_MAX], err[256];
+	SSL_CTX *ctx;
+
+	snprintf(path, sizeof(path), "%s/peer-cert.pem", g_peer.dir);
+	ctx = hk_tls_client_ctx(ca ? path : NULL, err, sizeof(err));
+	if (ctx == NULL)
+		fail_msg("hk_tls_client_ctx: %s", err);
+	return ctx;
+}
+
+/* session_commands - the command verbs of the Nth session record of
+ * LISTENER after MARK, joined by spaces. */
+static void
+session_commands(size_t mark, const char *listener, int nth, char *out, size_t len)
+{
+	json_t *rec = rec_nth(mark, "session", listener, nth);
+
+	if (rec == NULL)
+		fail_msg("no session record %d for %s", nth, listener);
+	rec_commands(rec, out, len);
+	json_decref(rec);
+}
+
+/* fx_tls - FX for one recipient at one address, with CTX (may be NULL). */
+static void
+fx_tls(struct fixture *fx, SSL_CTX *ctx, bool required, const char *host, const char *ip,
+    const char *rcpt)
+{
+	fx_init(fx, stuffed_body, strlen(stuffed_body));
+	fx->job.tls_ctx = ctx;
+	fx->job.tls_required = required;
+	fx_addr(fx, host, ip);
+	fx_rcpt(fx, rcpt);
+}
+
+/* STARTTLS offered: used, EHLO again, and the session recorded. */
+static void
+test_tls_starttls_used(void **state)
+{
+	struct fixture fx;
+	SSL_CTX *ctx;
+	json_t *rec;
+	size_t mark, len;
+	uint8_t *data;
+	char cmds[256];
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	ctx = tls_ctx(true);
+	mark = rec_mark();
+	fx_tls(&fx, ctx, false, TLS_HOST, L_TLS, "a@x.test");
+	fx_run(&fx);
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_true(strcmp(fx.job.tls_version, "TLSv1.2") == 0 ||
+	    strcmp(fx.job.tls_version, "TLSv1.3") == 0);
+	assert_true(fx.job.tls_cipher[0] != '\0');
+	assert_true(fx.job.tls_verified);      /* trusted, and the name matches */
+
+	rec = rec_find(mark, "message", L_TLS);
+	assert_non_null(rec);
+	assert_string_equal(json_string_value(json_object_get(rec, "tls")), fx.job.tls_version);
+	assert_string_equal(json_string_value(json_object_get(rec, "sni")), TLS_HOST);
+	data = rec_data(rec, &len);
+	assert_int_equal(len, strlen(stuffed_body));
+	assert_memory_equal(data, stuffed_body, len);
+	free(data);
+	json_decref(rec);
+	session_commands(mark, L_TLS, 0, cmds, sizeof(cmds));
+	assert_string_equal(cmds, "EHLO STARTTLS EHLO MAIL RCPT DATA QUIT");
+
+	/* Another host name: still TLS, but not verified (name mismatch). */
+	fx_tls(&fx, ctx, false, "mx.other.test", L_TLS, "b@x.test");
+	fx_run(&fx);
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_true(fx.job.tls_version[0] != '\0');
+	assert_false(fx.job.tls_verified);
+	SSL_CTX_free(ctx);
+
+	/* A CA it does not know: still TLS (opportunistic), not verified. */
+	ctx = tls_ctx(false);
+	fx_tls(&fx, ctx, false, TLS_HOST, L_TLS, "c@x.test");
+	fx_run(&fx);
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_true(fx.job.tls_version[0] != '\0');
+	assert_false(fx.job.tls_verified);
+	SSL_CTX_free(ctx);
+
+	/* Without a context: no STARTTLS at all. */
+	mark = rec_mark();
+	fx_tls(&fx, NULL, false, TLS_HOST, L_TLS, "d@x.test");
+	fx_run(&fx);
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_string_equal(fx.job.tls_version, "");
+	assert_string_equal(fx.job.tls_cipher, "");
+	session_commands(mark, L_TLS, 0, cmds, sizeof(cmds));
+	assert_string_equal(cmds, "EHLO MAIL RCPT DATA QUIT");
+}
+
+/* After STARTTLS only the second EHLO counts (RFC 3207 4.2): its SIZE
+ * allows what the first refused, and it offers no PIPELINING. */
+static void
+test_tls_second_ehlo_counts(void **state)
+{
+	struct fixture fx;
+	SSL_CTX *ctx;
+	json_t *rec;
+	size_t mark;
+	char cmds[256], want[128];
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	ctx = tls_ctx(true);
+	mark = rec_mark();
+	fx_tls(&fx, ctx, false, TLS_HOST, L_TLSEHLO, "a@x.test");
+	fx_rcpt(&fx, "b@x.test");
+	fx_run(&fx);
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_int_equal(fx.rcpts[1].code, 250);
+	rec = rec_find(mark, "message", L_TLSEHLO);
+	assert_non_null(rec);
+	snprintf(want, sizeof(want), "MAIL FROM:<sender@origin.test> SIZE=%zu", strlen(stuffed_body));
+	assert_string_equal(json_string_value(json_object_get(rec, "mail")), want);
+	json_decref(rec);
+	rec = rec_find(mark, "session", L_TLSEHLO);
+	assert_non_null(rec);
+	assert_false(json_boolean_value(json_object_get(rec, "violation")));  /* not pipelined */
+	rec_commands(rec, cmds, sizeof(cmds));
+	assert_string_equal(cmds, "EHLO STARTTLS EHLO MAIL RCPT RCPT DATA QUIT");
+	json_decref(rec);
+
+	/* In clear the same server's SIZE 100 refuses the message. */
+	fx_tls(&fx, NULL, false, TLS_HOST, L_TLSEHLO, "c@x.test");
+	fx_run(&fx);
+	assert_int_equal(fx.rcpts[0].code, 552);
+	assert_has(fx.rcpts[0].reply, "552 5.3.4 message size");
+	SSL_CTX_free(ctx);
+}
+
+/* TLS required: a server without STARTTLS is QUIT and the next address
+ * tried; with none left, 451 4.7.4 and nothing was sent in clear. */
+static void
+test_tls_required_not_offered(void **state)
+{
+	struct fixture fx;
+	SSL_CTX *ctx;
+	size_t mark;
+	char cmds[256];
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	ctx = tls_ctx(true);
+	mark = rec_mark();
+	fx_tls(&fx, ctx, true, "mx.ok.test", L_OK, "a@x.test");
+	fx_run(&fx);
+	assert_int_equal(fx.rcpts[0].code, 451);
+	assert_has(fx.rcpts[0].reply, "451 4.7.4 TLS is required, but was not offered by "
+	    "mx.ok.test (" L_OK ":");
+	assert_string_equal(fx.job.tls_version, "");
+	assert_null(rec_find(mark, "message", L_OK));
+	session_commands(mark, L_OK, 0, cmds, sizeof(cmds));
+	assert_string_equal(cmds, "EHLO QUIT");
+
+	/* The next MX offers it: delivered there, over TLS. */
+	mark = rec_mark();
+	fx_tls(&fx, ctx, true, "mx.ok.test", L_OK, "b@x.test");
+	fx_addr(&fx, TLS_HOST, L_TLS);
+	fx_run(&fx);
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_string_equal(fx.job.mx_addr, L_TLS);
+	assert_string_equal(fx.job.mx_host, TLS_HOST);
+	assert_true(fx.job.tls_version[0] != '\0');
+	assert_null(rec_find(mark, "message", L_OK));
+
+	/* A server that answers EHLO 5xx gets HELO: no extensions, no TLS. */
+	fx_tls(&fx, ctx, true, "mx.test", L_NOEHLO, "c@x.test");
+	fx_run(&fx);
+	assert_int_equal(fx.rcpts[0].code, 451);
+	assert_has(fx.rcpts[0].reply, "451 4.7.4 TLS is required");
+
+	/* Required without a context is the caller's mistake. */
+	{
+		uv_loop_t loop;
+		sender_smtp *s;
+		fx_tls(&fx, NULL, true, TLS_HOST, L_TLS, "d@x.test");
+		uv_loop_init(&loop);
+		assert_int_equal(sender_smtp_deliver(&s, &loop, &fx.job, on_done, &fx), -EINVAL);
+		assert_int_equal(uv_loop_close(&loop), 0);
+	}
+	SSL_CTX_free(ctx);
+}
+
+/* STARTTLS answered 454: opportunistic goes on in clear on the same
+ * connection; required moves on (4.7.4), QUIT. */
+static void
+test_tls_starttls_refused(void **state)
+{
+	struct fixture fx;
+	SSL_CTX *ctx;
+	size_t mark;
+	char cmds[256];
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	ctx = tls_ctx(true);
+	mark = rec_mark();
+	fx_tls(&fx, ctx, false, TLS_HOST, L_TLSREFUSE, "a@x.test");
+	fx_run(&fx);
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_string_equal(fx.job.tls_version, "");
+	session_commands(mark, L_TLSREFUSE, 0, cmds, sizeof(cmds));
+	assert_string_equal(cmds, "EHLO STARTTLS MAIL RCPT DATA QUIT");
+
+	mark = rec_mark();
+	fx_tls(&fx, ctx, true, TLS_HOST, L_TLSREFUSE, "b@x.test");
+	fx_run(&fx);
+	assert_int_equal(fx.rcpts[0].code, 451);
+	assert_has(fx.rcpts[0].reply, "451 4.7.4 TLS is required, but " TLS_HOST);
+	assert_has(fx.rcpts[0].reply, "454 4.7.0 TLS not available");
+	assert_null(rec_find(mark, "message", L_TLSREFUSE));
+	session_commands(mark, L_TLSREFUSE, 0, cmds, sizeof(cmds));
+	assert_string_equal(cmds, "EHLO STARTTLS QUIT");
+	SSL_CTX_free(ctx);
+}
+
+/* The handshake fails: opportunistic retries the same address in clear on
+ * a new connection (without STARTTLS there); required gets 451 4.7.5 and
+ * never sends MAIL. */
+static void
+test_tls_handshake_failure(void **state)
+{
+	struct fixture fx;
+	SSL_CTX *ctx;
+	json_t *rec;
+	size_t mark;
+	char cmds[256];
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	ctx = tls_ctx(true);
+	mark = rec_mark();
+	fx_tls(&fx, ctx, false, TLS_HOST, L_TLSBROKEN, "a@x.test");
+	fx_run(&fx);
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_string_equal(fx.job.tls_version, "");
+	assert_string_equal(fx.job.mx_addr, L_TLSBROKEN);
+	assert_string_equal(fx.job.mx_host, TLS_HOST);
+	assert_int_equal(rec_count(mark, "connect", L_TLSBROKEN), 2);
+	rec = rec_find(mark, "message", L_TLSBROKEN);
+	assert_non_null(rec);
+	assert_true(json_is_null(json_object_get(rec, "tls")));
+	json_decref(rec);
+	session_commands(mark, L_TLSBROKEN, 0, cmds, sizeof(cmds));
+	assert_string_equal(cmds, "EHLO MAIL RCPT DATA QUIT");
+
+	mark = rec_mark();
+	fx_tls(&fx, ctx, true, TLS_HOST, L_TLSBROKEN, "b@x.test");
+	fx_run(&fx);
+	assert_int_equal(fx.rcpts[0].code, 451);
+	assert_has(fx.rcpts[0].reply, "451 4.7.5 TLS is required, but the TLS handshake with "
+	    L_TLSBROKEN);
+	assert_string_equal(fx.job.mx_host, "");
+	assert_int_equal(rec_count(mark, "connect", L_TLSBROKEN), 1);
+	assert_null(rec_find(mark, "message", L_TLSBROKEN));
+	SSL_CTX_free(ctx);
+}
+
+/* A reply injected in clear right behind STARTTLS's 220 is dropped, never
+ * read as if it came under TLS. */
+static void
+test_tls_injection_dropped(void **state)
+{
+	struct fixture fx;
+	SSL_CTX *ctx;
+	json_t *rec;
+	size_t mark;
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	ctx = tls_ctx(true);
+	mark = rec_mark();
+	fx_tls(&fx, ctx, false, TLS_HOST, L_TLSINJECT, "a@x.test");
+	fx_rcpt(&fx, "b@x.test");
+	fx_run(&fx);
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_int_equal(fx.rcpts[1].code, 250);
+	assert_string_equal(fx.rcpts[0].reply, "250 2.0.0 queued");
+	assert_true(fx.job.tls_version[0] != '\0');
+	assert_int_equal(rec_count(mark, "connect", L_TLSINJECT), 1);
+	rec = rec_find(mark, "message", L_TLSINJECT);
+	assert_non_null(rec);
+	assert_int_equal(json_array_size(json_object_get(rec, "rcpts")), 2);
+	json_decref(rec);
+	SSL_CTX_free(ctx);
+}
+
+/* The pool keys TLS apart: a required job never takes a parked plaintext
+ * connection; any job prefers a parked TLS one, which keeps its session
+ * (version, cipher, verdict) across transactions. */
+static void
+test_tls_reuse(void **state)
+{
+	struct fixture fx;
+	sender_smtp_pool *pool;
+	uv_loop_t loop;
+	SSL_CTX *ctx;
+	json_t *m1, *m2;
+	size_t mark;
+	char version[16];
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	ctx = tls_ctx(true);
+	mark = rec_mark();
+	uv_loop_init(&loop);
+	pool = sender_smtp_pool_new(&loop, 10000, 100);
+
+	/* A plaintext connection (no context: no STARTTLS), parked. */
+	fx_tls(&fx, NULL, false, TLS_HOST, L_TLS, "plain@x.test");
+	fx_start(&fx, &loop, pool, NULL);
+	fx_wait(&fx, &loop);
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_string_equal(fx.job.tls_version, "");
+	assert_int_equal(pool_stats(pool).idle, 1);
+
+	/* Required: not that one; a new connection, in TLS. */
+	fx_tls(&fx, ctx, true, TLS_HOST, L_TLS, "req@x.test");
+	fx_start(&fx, &loop, pool, NULL);
+	fx_wait(&fx, &loop);
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_true(fx.job.tls_version[0] != '\0');
+	snprintf(version, sizeof(version), "%s", fx.job.tls_version);
+	assert_int_equal(pool_stats(pool).connects, 2);
+	assert_int_equal(pool_stats(pool).reused, 0);
+	assert_int_equal(pool_stats(pool).tls, 1);
+	assert_int_equal(pool_stats(pool).idle, 2);
+
+	/* Three more, required or not: all on the parked TLS connection. */
+	for (int i = 0; i < 3; i++) {
+		fx_tls(&fx, ctx, i % 2 == 0, TLS_HOST, L_TLS, "again@x.test");
+		fx_start(&fx, &loop, pool, NULL);
+		fx_wait(&fx, &loop);
+		assert_int_equal(fx.rcpts[0].code, 250);
+		assert_string_equal(fx.job.tls_version, version);
+		assert_true(fx.job.tls_cipher[0] != '\0');
+		assert_true(fx.job.tls_verified);
+	}
+	assert_int_equal(pool_stats(pool).connects, 2);
+	assert_int_equal(pool_stats(pool).reused, 3);
+	assert_int_equal(pool_stats(pool).tls, 1);
+	pool_end(pool, &loop);
+
+	/* At the server: one TLS session carried transactions 1 to 4. */
+	assert_int_equal(rec_count(mark, "connect", L_TLS), 2);
+	assert_int_equal(rec_count(mark, "message", L_TLS), 5);
+	m1 = rec_nth(mark, "message", L_TLS, 1);
+	m2 = rec_nth(mark, "message", L_TLS, 4);
+	assert_non_null(m1);
+	assert_non_null(m2);
+	assert_int_equal(rec_int(m1, "client_port"), rec_int(m2, "client_port"));
+	assert_int_equal(rec_int(m1, "n"), 1);
+	assert_int_equal(rec_int(m2, "n"), 4);
+	assert_string_equal(json_string_value(json_object_get(m2, "tls")), version);
+	json_decref(m1);
+	json_decref(m2);
+	SSL_CTX_free(ctx);
+}
+
+/* A parked TLS connection that the server closed (close_notify and FIN at
+ * the next MAIL) is stale: dropped, and the job goes on with a new TLS
+ * connection, no attempt lost. */
+static void
+test_tls_reuse_stale(void **state)
+{
+	struct fixture fx;
+	sender_smtp_pool *pool;
+	uv_loop_t loop;
+	SSL_CTX *ctx;
+	size_t mark;
+
+	(void)state;
+	SKIP_WITHOUT_PEER();
+	ctx = tls_ctx(true);
+	mark = rec_mark();
+	uv_loop_init(&loop);
+	pool = sender_smtp_pool_new(&loop, 10000, 100);
+	fx_tls(&fx, ctx, true, TLS_HOST, L_TLSSTALE, "a@x.test");
+	fx_start(&fx, &loop, pool, NULL);
+	fx_wait(&fx, &loop);
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_int_equal(pool_stats(pool).idle, 1);
+
+	fx_tls(&fx, ctx, true, TLS_HOST, L_TLSSTALE, "b@x.test");
+	fx_start(&fx, &loop, pool, NULL);
+	fx_wait(&fx, &loop);
+	assert_int_equal(fx.rcpts[0].code, 250);
+	assert_true(fx.job.tls_version[0] != '\0');
+	assert_int_equal(pool_stats(pool).reused, 1);
+	assert_int_equal(pool_stats(pool).stale, 1);
+	assert_int_equal(pool_stats(pool).connects, 2);
+	assert_int_equal(pool_stats(pool).tls, 2);
+	pool_end(pool, &loop);
+	assert_int_equal(rec_count(mark, "message", L_TLSSTALE), 2);
+	SSL_CTX_free(ctx);
+}
+
 int
 main(void)
 {
@@ -1872,6 +2318,14 @@ main(void)
 		cmocka_unit_test(test_reuse_after_rset),
 		cmocka_unit_test(test_reuse_size_limit),
 		cmocka_unit_test(test_reuse_abort),
+		cmocka_unit_test(test_tls_starttls_used),
+		cmocka_unit_test(test_tls_second_ehlo_counts),
+		cmocka_unit_test(test_tls_required_not_offered),
+		cmocka_unit_test(test_tls_starttls_refused),
+		cmocka_unit_test(test_tls_handshake_failure),
+		cmocka_unit_test(test_tls_injection_dropped),
+		cmocka_unit_test(test_tls_reuse),
+		cmocka_unit_test(test_tls_reuse_stale),
 	};
 	int failed;
 
