@@ -25,6 +25,7 @@
 
 #define LINE_MAX_OCTETS 998     /* RFC 5322 2.1.1, CRLF excluded */
 #define FOLD_AT 78
+#define TEXT_MAX_OCTETS 900     /* a remote reply or an address, at most */
 
 /* ---- a growing byte buffer ---- */
 
@@ -106,6 +107,41 @@ b_field(struct buf *b, const char *name, const char *value)
 	b_str(b, "\r\n");
 }
 
+/* b_wrap - TEXT as lines of at most FOLD_AT columns, each starting with
+ * INDENT, broken at blanks (a longer word gets a line of its own). */
+static void
+b_wrap(struct buf *b, const char *indent, const char *text)
+{
+	size_t col = 0, in = strlen(indent);
+	const char *p = text;
+
+	while (*p == ' ')
+		p++;
+	while (*p) {
+		const char *e = p;
+		while (*e && *e != ' ')
+			e++;
+		size_t word = (size_t)(e - p);
+		if (col > 0 && col + 1 + word > FOLD_AT) {
+			b_str(b, "\r\n");
+			col = 0;
+		}
+		if (col == 0) {
+			b_str(b, indent);
+			col = in;
+		} else {
+			b_str(b, " ");
+			col++;
+		}
+		b_add(b, p, word);
+		col += word;
+		for (p = e; *p == ' '; p++)
+			;
+	}
+	if (col > 0)
+		b_str(b, "\r\n");
+}
+
 /* ---- small predicates ---- */
 
 static bool
@@ -178,11 +214,13 @@ b_lines(struct buf *b, const uint8_t *p, size_t n)
 }
 
 /* printable - a copy of S for a header or text line: printable ASCII, every
- * other octet (controls, 8-bit) a '?' and blanks a space. Caller frees. */
+ * other octet (controls, 8-bit) a '?' and blanks a space, at most
+ * TEXT_MAX_OCTETS of it (so that no line we write can pass 998 octets).
+ * Caller frees. */
 static char *
 printable(const char *s)
 {
-	char *o = xstrdup(s ? s : "");
+	char *o = xstrndup(s ? s : "", TEXT_MAX_OCTETS);
 
 	for (unsigned char *p = (unsigned char *)o; *p; p++) {
 		if (*p == '\t' || *p == '\r' || *p == '\n')
@@ -451,12 +489,15 @@ text_part(struct buf *b, const struct plan *pl)
 
 		b_fmt(b, "<%s>: %s", rc->address, sender_dsn_action_name(rc->action));
 		if (*diag && *mta)
-			b_fmt(b, "; host %s said:\r\n    %s", mta, diag);
+			b_fmt(b, "; host %s said:\r\n", mta);
 		else if (*diag)
-			b_fmt(b, ":\r\n    %s", diag);
+			b_str(b, ":\r\n");
 		else if (*mta)
-			b_fmt(b, " (host %s)", mta);
-		b_str(b, "\r\n");
+			b_fmt(b, " (host %s)\r\n", mta);
+		else
+			b_str(b, "\r\n");
+		if (*diag)
+			b_wrap(b, "    ", diag);
 		if (rc->action == SENDER_DSN_DELAYED && rc->will_retry_until_ms > 0) {
 			date(rc->will_retry_until_ms, when);
 			b_fmt(b, "    still being retried until %s\r\n", when);
@@ -505,7 +546,7 @@ status_part(struct buf *b, const struct plan *pl)
 		const char *o = sender_dsn_param(rc->params, rc->params_len, "ORCPT");
 
 		b_str(b, "\r\n");
-		if (o) {
+		if (o && strlen(o) <= TEXT_MAX_OCTETS) {
 			v.len = 0;
 			orcpt(&v, o);
 			b_field(b, "Original-Recipient", (const char *)v.p);
@@ -580,13 +621,14 @@ check_input(const struct sender_dsn_report *r, char *err, size_t errlen)
 {
 #define BAD(...) do { snprintf(err, errlen, __VA_ARGS__); return -1; } while (0)
 	if (r->reporting_mta == NULL || *r->reporting_mta == '\0' || has_ctl(r->reporting_mta) ||
-	    strchr(r->reporting_mta, ' ') || !is_ascii(r->reporting_mta))
+	    strchr(r->reporting_mta, ' ') || !is_ascii(r->reporting_mta) ||
+	    strlen(r->reporting_mta) > 255)
 		BAD("dsn: no reporting MTA host name, or not a host name");
 	if (r->mail_from == NULL || *r->mail_from == '\0')
 		BAD("dsn: no envelope sender to report to");
-	if (has_ctl(r->mail_from))
-		BAD("dsn: control character in the envelope sender");
-	if (r->from && (*r->from == '\0' || has_ctl(r->from)))
+	if (has_ctl(r->mail_from) || strlen(r->mail_from) > TEXT_MAX_OCTETS)
+		BAD("dsn: control character in the envelope sender, or too long");
+	if (r->from && (*r->from == '\0' || has_ctl(r->from) || strlen(r->from) > TEXT_MAX_OCTETS))
 		BAD("dsn: bad From: address");
 	if ((r->message_id == NULL || *r->message_id == '\0') && (r->id == NULL || *r->id == '\0'))
 		BAD("dsn: neither a Message-ID nor a queue id");
@@ -600,8 +642,9 @@ check_input(const struct sender_dsn_report *r, char *err, size_t errlen)
 	for (size_t i = 0; i < r->n_rcpts; i++) {
 		const struct sender_dsn_rcpt *rc = &r->rcpts[i];
 		const char *o;
-		if (rc->address == NULL || *rc->address == '\0' || has_ctl(rc->address))
-			BAD("dsn: recipient %zu: no address, or a control character in it", i);
+		if (rc->address == NULL || *rc->address == '\0' || has_ctl(rc->address) ||
+		    strlen(rc->address) > TEXT_MAX_OCTETS)
+			BAD("dsn: recipient %zu: no address, a control character in it, or too long", i);
 		if (rc->action < SENDER_DSN_FAILED || rc->action > SENDER_DSN_EXPANDED)
 			BAD("dsn: recipient %zu: unknown action %d", i, (int)rc->action);
 		if ((o = sender_dsn_param(rc->params, rc->params_len, "ORCPT")) && has_ctl(o))

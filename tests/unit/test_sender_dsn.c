@@ -641,6 +641,19 @@ test_folding_and_sanitizing(void **state)
 	}
 	un[n] = '\0';
 	assert_int_equal(strlen(un), strlen("Diagnostic-Code: smtp; ") + strlen(reply));
+	/* In the text, the reply is wrapped too. */
+	assert_non_null(strstr((char *)d.data, "said:\r\n    550 5.7.1 Message rejected? caf?? policy-word"));
+	sender_dsn_free(&d);
+
+	/* A reply of 1100 octets without a blank: cut to 900, no line over 998. */
+	char huge[1200];
+	memset(huge, 'z', 1100);
+	memcpy(huge, "550 ", 4);
+	huge[1100] = '\0';
+	s.rc[0].diagnostic = huge;
+	build(&s.r, &d);
+	assert_crlf_lines(&d);
+	assert_non_null(strstr((char *)d.data, "Diagnostic-Code: smtp; 550\r\n zzzz"));
 	sender_dsn_free(&d);
 }
 
