@@ -1047,13 +1047,15 @@ sender_queue_depth(sender_queue *q)
 /* ---- administration (`hikyaku queue`, see sender_queue.h) ---- */
 
 int
-sender_queue_scan_all(sender_queue *q, const char *id, sender_queue_scan_fn cb, void *arg)
+sender_queue_scan_all(sender_queue *q, const char *id, const struct sender_qref *after,
+    sender_queue_scan_fn cb, void *arg)
 {
-	uint8_t pfx[SENDER_QUEUE_ID_MAX + 1];
-	size_t plen = 0;
+	uint8_t pfx[SENDER_QUEUE_ID_MAX + 1], ak[RKEY_MAX];
+	size_t plen = 0, alen = 0;
 	MDB_txn *txn;
 	MDB_cursor *c;
 	MDB_val key, val;
+	MDB_cursor_op first = MDB_FIRST;
 	int rc;
 
 	if (id) {
@@ -1061,6 +1063,17 @@ sender_queue_scan_all(sender_queue *q, const char *id, sender_queue_scan_fn cb, 
 		if (plen == 0 || plen > SENDER_QUEUE_ID_MAX)
 			return 0;       /* no such message */
 		memcpy(pfx, id, ++plen);        /* with its NUL: not a longer id */
+		key = mv(pfx, plen);
+		first = MDB_SET_RANGE;
+	}
+	if (after && after->id && strlen(after->id) <= SENDER_QUEUE_ID_MAX) {
+		alen = rkey(ak, after->id, after->idx);
+		if (!plen || memcmp(ak, pfx, plen < alen ? plen : alen) >= 0) {
+			key = mv(ak, alen);
+			first = MDB_SET_RANGE;
+		} else {
+			alen = 0;       /* before the message: start at it */
+		}
 	}
 	if (read_begin(q, &txn, "scan_all") != 0)
 		return -1;
@@ -1068,9 +1081,11 @@ sender_queue_scan_all(sender_queue *q, const char *id, sender_queue_scan_fn cb, 
 		mdb_txn_abort(txn);
 		return -1;
 	}
-	key = mv(pfx, plen);
-	for (rc = mdb_cursor_get(c, &key, &val, plen ? MDB_SET_RANGE : MDB_FIRST); rc == 0;
-	     rc = mdb_cursor_get(c, &key, &val, MDB_NEXT)) {
+	rc = mdb_cursor_get(c, &key, &val, first);
+	/* SET_RANGE finds AFTER itself when it is still there: go past it. */
+	if (rc == 0 && alen && key.mv_size == alen && memcmp(key.mv_data, ak, alen) == 0)
+		rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+	for (; rc == 0; rc = mdb_cursor_get(c, &key, &val, MDB_NEXT)) {
 		const uint8_t *kp = key.mv_data;
 		struct sender_qrcpt r;
 

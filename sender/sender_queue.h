@@ -166,11 +166,15 @@ struct sender_qref {
 /*
  * sender_queue_scan_all - every recipient in key order (message id, then
  * idx: ULIDs sort by time, so oldest first), in one read transaction (one
- * consistent snapshot); with ID non-NULL only that message's. cb as for
- * sender_queue_scan_due (R valid during the call; nonzero stops). Returns 0,
- * or -1 (logged). Read-only.
+ * consistent snapshot); with ID non-NULL only that message's; with AFTER
+ * non-NULL only those whose key comes after it (to go on where an earlier
+ * scan stopped, in a new transaction: a long walk in pieces keeps no read
+ * transaction open for long, so LMDB can reuse freed pages meanwhile). cb
+ * as for sender_queue_scan_due (R valid during the call; nonzero stops).
+ * Returns 0, or -1 (logged). Read-only.
  */
-int sender_queue_scan_all(sender_queue *q, const char *id, sender_queue_scan_fn cb, void *arg);
+int sender_queue_scan_all(sender_queue *q, const char *id, const struct sender_qref *after,
+    sender_queue_scan_fn cb, void *arg);
 
 /*
  * sender_queue_delete - remove the N recipients REFS from the queue (and a

@@ -140,7 +140,7 @@ test_scan_all(void **state)
 	defer(f->q, "M1", 1, 1500, 9000);
 
 	/* Everything, in key order (id, then idx), whatever is due. */
-	assert_int_equal(sender_queue_scan_all(f->q, NULL, seen_cb, &s), 0);
+	assert_int_equal(sender_queue_scan_all(f->q, NULL, NULL, seen_cb, &s), 0);
 	assert_int_equal(s.n, 4);
 	assert_string_equal(s.items[0], "M1/0 a@a.test 0 1000");
 	assert_string_equal(s.items[1], "M1/1 b@a.test 1 9000");
@@ -149,21 +149,48 @@ test_scan_all(void **state)
 
 	/* One message: "M1" is not a prefix match of "M10". */
 	s.n = 0;
-	assert_int_equal(sender_queue_scan_all(f->q, "M1", seen_cb, &s), 0);
+	assert_int_equal(sender_queue_scan_all(f->q, "M1", NULL, seen_cb, &s), 0);
 	assert_int_equal(s.n, 2);
 	assert_string_equal(s.items[1], "M1/1 b@a.test 1 9000");
 	s.n = 0;
-	assert_int_equal(sender_queue_scan_all(f->q, "M10", seen_cb, &s), 0);
+	assert_int_equal(sender_queue_scan_all(f->q, "M10", NULL, seen_cb, &s), 0);
 	assert_int_equal(s.n, 1);
 	s.n = 0;
-	assert_int_equal(sender_queue_scan_all(f->q, "M3", seen_cb, &s), 0);
-	assert_int_equal(sender_queue_scan_all(f->q, "", seen_cb, &s), 0);
+	assert_int_equal(sender_queue_scan_all(f->q, "M3", NULL, seen_cb, &s), 0);
+	assert_int_equal(sender_queue_scan_all(f->q, "", NULL, seen_cb, &s), 0);
 	assert_int_equal(s.n, 0);
 
 	/* The callback stops it. */
 	s.stop_after = 3;
-	assert_int_equal(sender_queue_scan_all(f->q, NULL, seen_cb, &s), 0);
+	assert_int_equal(sender_queue_scan_all(f->q, NULL, NULL, seen_cb, &s), 0);
 	assert_int_equal(s.n, 3);
+
+	/* Going on after a key, whether it is still there or not. */
+	s.stop_after = 0;
+	s.n = 0;
+	struct sender_qref after = { "M1", 0 };
+	assert_int_equal(sender_queue_scan_all(f->q, NULL, &after, seen_cb, &s), 0);
+	assert_int_equal(s.n, 3);
+	assert_string_equal(s.items[0], "M1/1 b@a.test 1 9000");
+	s.n = 0;
+	after = (struct sender_qref){ "M1", 5 };        /* not a recipient */
+	assert_int_equal(sender_queue_scan_all(f->q, NULL, &after, seen_cb, &s), 0);
+	assert_int_equal(s.n, 2);
+	assert_string_equal(s.items[0], "M10/0 d@c.test 0 3000");
+	/* ... within one message, and before it (from its start) or past it. */
+	s.n = 0;
+	after = (struct sender_qref){ "M1", 0 };
+	assert_int_equal(sender_queue_scan_all(f->q, "M1", &after, seen_cb, &s), 0);
+	assert_int_equal(s.n, 1);
+	assert_string_equal(s.items[0], "M1/1 b@a.test 1 9000");
+	s.n = 0;
+	after = (struct sender_qref){ "M", 9 };
+	assert_int_equal(sender_queue_scan_all(f->q, "M1", &after, seen_cb, &s), 0);
+	assert_int_equal(s.n, 2);
+	s.n = 0;
+	after = (struct sender_qref){ "M2", 0 };
+	assert_int_equal(sender_queue_scan_all(f->q, "M1", &after, seen_cb, &s), 0);
+	assert_int_equal(s.n, 0);
 }
 
 /* admin_delete - sender_queue_delete in a child process on its own handle:
@@ -344,7 +371,7 @@ test_commit_all(void **state)
 	assert_int_equal(rm.result, SENDER_QR_DONE);
 	assert_int_equal(sender_queue_msg_load(f->q, "M1", NULL, NULL, NULL), -ENOENT);
 	struct seen s = { 0 };
-	assert_int_equal(sender_queue_scan_all(f->q, NULL, seen_cb, &s), 0);
+	assert_int_equal(sender_queue_scan_all(f->q, NULL, NULL, seen_cb, &s), 0);
 	assert_int_equal(s.n, 1);
 	assert_string_equal(s.items[0], "DSN1/0 from@client.test 0 2000");
 }
