@@ -220,7 +220,8 @@ b_lines(struct buf *b, const uint8_t *p, size_t n)
 static char *
 printable(const char *s)
 {
-	char *o = xstrndup(s ? s : "", TEXT_MAX_OCTETS);
+	s = s ? s : "";
+	char *o = xstrndup(s, strnlen(s, TEXT_MAX_OCTETS));    /* it copies N octets */
 
 	for (unsigned char *p = (unsigned char *)o; *p; p++) {
 		if (*p == '\t' || *p == '\r' || *p == '\n')
