@@ -1,5 +1,6 @@
 /*
- * hikyaku - one binary for every role and the admin commands.
+ * hikyaku - one binary for every role and the admin commands (passwd here;
+ * keygen in hk_curve, cluster in cmd_cluster, queue in sender/sender_qcli).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -15,6 +16,7 @@
 #include "cmd_cluster.h"
 #include "hk_node.h"
 #include "hk_passwd.h"
+#include "sender_qcli.h"
 
 static const struct hk_role_ops *const roles[] = { &ingress_ops, &router_ops, &sender_ops };
 
@@ -211,6 +213,8 @@ main(int argc, char **argv)
 		return hk_keygen_main(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "cluster"))
 		return cmd_cluster_main(argc, argv);
+	if (argc >= 2 && !strcmp(argv[1], "queue"))
+		return sender_qcli_main(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "version")) {
 		printf("hikyaku 0.1.0\n");
 		return 0;
@@ -221,6 +225,8 @@ main(int argc, char **argv)
 	    "       hikyaku passwd [--rounds N] < password\n"
 	    "       hikyaku keygen [NODE]\n"
 	    "       hikyaku cluster status --config FILE\n"
+	    "       hikyaku queue (--config FILE [--node SENDER] | --queue PATH) [--json]\n"
+	    "                     list|show|counts|retry|delete|bounce ... (--help)\n"
 	    "       hikyaku version\n");
 	return 2;
 }

@@ -1265,3 +1265,238 @@ sender_queue_depth(sender_queue *q)
 	struct sender_queue_stats st;
 	return sender_queue_stats(q, &st) == 0 ? st.rcpts : 0;
 }
+
+/* ---- administration (`hikyaku queue`, see sender_queue.h) ---- */
+
+int
+sender_queue_scan_all(sender_queue *q, const char *id, const struct sender_qref *after,
+    sender_queue_scan_fn cb, void *arg)
+{
+	uint8_t pfx[SENDER_QUEUE_ID_MAX + 1], ak[RKEY_MAX];
+	size_t plen = 0, alen = 0;
+	MDB_txn *txn;
+	MDB_cursor *c;
+	MDB_val key, val;
+	MDB_cursor_op first = MDB_FIRST;
+	int rc;
+
+	if (id) {
+		plen = strlen(id);
+		if (plen == 0 || plen > SENDER_QUEUE_ID_MAX)
+			return 0;       /* no such message */
+		memcpy(pfx, id, ++plen);        /* with its NUL: not a longer id */
+		key = mv(pfx, plen);
+		first = MDB_SET_RANGE;
+	}
+	if (after && after->id && strlen(after->id) <= SENDER_QUEUE_ID_MAX) {
+		alen = rkey(ak, after->id, after->idx);
+		if (!plen || memcmp(ak, pfx, plen < alen ? plen : alen) >= 0) {
+			key = mv(ak, alen);
+			first = MDB_SET_RANGE;
+		} else {
+			alen = 0;       /* before the message: start at it */
+		}
+	}
+	if (read_begin(q, &txn, "scan_all") != 0)
+		return -1;
+	if ((rc = mdb_cursor_open(txn, q->rcpt, &c)) != 0) {
+		mdb_txn_abort(txn);
+		return -1;
+	}
+	rc = mdb_cursor_get(c, &key, &val, first);
+	/* SET_RANGE finds AFTER itself when it is still there: go past it. */
+	if (rc == 0 && alen && key.mv_size == alen && memcmp(key.mv_data, ak, alen) == 0)
+		rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+	for (; rc == 0; rc = mdb_cursor_get(c, &key, &val, MDB_NEXT)) {
+		const uint8_t *kp = key.mv_data;
+		struct sender_qrcpt r;
+
+		if (plen && (key.mv_size < plen || memcmp(kp, pfx, plen) != 0))
+			break;
+		/* id, NUL, be32 idx: the id inside is a C string. */
+		if (key.mv_size < 2 + 4 || kp[key.mv_size - 5] != 0 ||
+		    memchr(kp, 0, key.mv_size - 5) != NULL) {
+			hk_log_error("queue_corrupt", "{s:s}", "what", "recipient key");
+			continue;
+		}
+		if (rcpt_decode(val.mv_data, val.mv_size, &r) != 0) {
+			hk_log_error("queue_corrupt", "{s:s, s:s}", "id", (const char *)kp, "what",
+			    "recipient record");
+			continue;
+		}
+		r.id = (const char *)kp;
+		r.idx = (uint32_t)get_be(kp + key.mv_size - 4, 4);
+		if (cb(&r, arg) != 0)
+			break;
+	}
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		hk_log_error("queue_read_failed", "{s:s, s:s, s:s}", "path", q->path, "what",
+		    "scan_all", "error", mdb_strerror(rc));
+	mdb_cursor_close(c);
+	mdb_txn_abort(txn);
+	return rc == 0 || rc == MDB_NOTFOUND ? 0 : -1;
+}
+
+/* ref_ok - an id a key can hold. */
+static bool
+ref_ok(const struct sender_qref *r)
+{
+	size_t n = r->id ? strlen(r->id) : 0;
+	return n > 0 && n <= SENDER_QUEUE_ID_MAX;
+}
+
+/* resched_one - move (id, idx)'s next attempt to NEXT_MS if it is later;
+ * *moved says whether it was. 0 (also when the recipient is not there) or
+ * an LMDB error. */
+static int
+resched_one(sender_queue *q, MDB_txn *txn, const struct sender_qref *ref, int64_t next_ms,
+    bool *moved)
+{
+	uint8_t k[RKEY_MAX], sk[DQKEY_MAX];
+	char domain[HK_DOMAIN_MAX];
+	struct sender_qrcpt r;
+	struct wbuf w = { 0 };
+	MDB_val key, val;
+	uint8_t *copy;
+	int rc;
+
+	*moved = false;
+	key = mv(k, rkey(k, ref->id, ref->idx));
+	if ((rc = mdb_get(txn, q->rcpt, &key, &val)) != 0)
+		return rc == MDB_NOTFOUND ? 0 : rc;
+	/* Work on a copy: LMDB's pointers die with the next update. */
+	copy = xmalloc(val.mv_size);
+	memcpy(copy, val.mv_data, val.mv_size);
+	if (rcpt_decode(copy, val.mv_size, &r) != 0) {
+		free(copy);
+		return MDB_CORRUPTED;
+	}
+	if (ms_key(r.next_attempt_ms) <= ms_key(next_ms)) {
+		free(copy);
+		return 0;
+	}
+	snprintf(domain, sizeof(domain), "%s", r.domain);
+	key = mv(sk, dqkey(sk, domain, r.next_attempt_ms, ref->id, ref->idx));
+	if ((rc = mdb_del(txn, q->dq, &key, NULL)) != 0 && rc != MDB_NOTFOUND) {
+		free(copy);
+		return rc;
+	}
+	r.next_attempt_ms = next_ms;
+	rcpt_encode(&w, &r);
+	free(copy);
+	key = mv(k, rkey(k, ref->id, ref->idx));
+	val = mv(w.p, w.len);
+	rc = mdb_put(txn, q->rcpt, &key, &val, 0);
+	free(w.p);
+	if (rc != 0)
+		return rc;
+	key = mv(sk, dqkey(sk, domain, next_ms, ref->id, ref->idx));
+	val = mv("\1", 1);
+	if ((rc = mdb_put(txn, q->dq, &key, &val, 0)) != 0)
+		return rc;
+	if ((rc = dom_refresh(q, txn, domain, 0)) != 0)
+		return rc;
+	*moved = true;
+	return 0;
+}
+
+/* admin_write - delete (RESCHED false) or reschedule REFS, in batches. */
+static int
+admin_write(sender_queue *q, const struct sender_qref *refs, size_t n, bool resched,
+    int64_t next_ms, size_t *done, char *err, size_t errlen)
+{
+	const char *what = resched ? "reschedule" : "delete";
+
+	*done = 0;
+	for (size_t at = 0; at < n; ) {
+		size_t end = at + SENDER_QUEUE_ADMIN_BATCH < n ? at + SENDER_QUEUE_ADMIN_BATCH : n;
+		size_t batch_done = 0;
+		MDB_txn *txn;
+		int rc;
+
+		if ((rc = mdb_txn_begin(q->env, NULL, 0, &txn)) != 0) {
+			snprintf(err, errlen, "queue: %s: mdb_txn_begin: %s", what, mdb_strerror(rc));
+			return -1;
+		}
+		for (size_t i = at; i < end && rc == 0; i++) {
+			if (!ref_ok(&refs[i]))
+				continue;
+			if (resched) {
+				bool moved;
+				if ((rc = resched_one(q, txn, &refs[i], next_ms, &moved)) == 0 && moved)
+					batch_done++;
+			} else {
+				struct sender_qop op = { .kind = SENDER_QOP_BOUNCED, .id = refs[i].id,
+				    .idx = refs[i].idx };
+				if ((rc = op_remove(q, txn, &op)) == 0 && op.result == SENDER_QR_DONE)
+					batch_done++;
+			}
+			if (rc != 0)
+				snprintf(err, errlen, "queue: %s %.40s/%u: %s", what, refs[i].id,
+				    refs[i].idx, mdb_strerror(rc));
+		}
+		if (rc != 0) {
+			mdb_txn_abort(txn);
+			return -1;
+		}
+		if ((rc = mdb_txn_commit(txn)) != 0) {
+			snprintf(err, errlen, "queue: %s: commit: %s", what, mdb_strerror(rc));
+			return -1;
+		}
+		*done += batch_done;
+		at = end;
+	}
+	return 0;
+}
+
+int
+sender_queue_delete(sender_queue *q, const struct sender_qref *refs, size_t n,
+    size_t *done, char *err, size_t errlen)
+{
+	return admin_write(q, refs, n, false, 0, done, err, errlen);
+}
+
+int
+sender_queue_reschedule(sender_queue *q, const struct sender_qref *refs, size_t n,
+    int64_t next_ms, size_t *done, char *err, size_t errlen)
+{
+	return admin_write(q, refs, n, true, next_ms, done, err, errlen);
+}
+
+int
+sender_queue_commit_all(sender_queue *q, struct sender_qop *const *ops, size_t n,
+    char *err, size_t errlen)
+{
+	MDB_txn *txn;
+	size_t at = 0;
+	int rc;
+
+	if ((rc = mdb_txn_begin(q->env, NULL, 0, &txn)) != 0) {
+		snprintf(err, errlen, "queue: mdb_txn_begin: %s", mdb_strerror(rc));
+		return -1;
+	}
+	if ((rc = batch_apply(q, txn, ops, n, false, &at)) != 0) {
+		snprintf(err, errlen, "queue: %s %.40s: %s", op_name(ops[at]->kind), op_id(ops[at]),
+		    mdb_strerror(rc));
+		mdb_txn_abort(txn);
+		for (size_t i = 0; i < n; i++)
+			ops[i]->result = SENDER_QR_NONE;
+		return -1;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (ops[i]->result != SENDER_QR_DONE) {
+			snprintf(err, errlen, "queue: %s %.40s: not done (result %d%s%s)",
+			    op_name(ops[i]->kind), op_id(ops[i]), (int)ops[i]->result,
+			    ops[i]->why[0] ? ": " : "", ops[i]->why);
+			mdb_txn_abort(txn);
+			return -1;
+		}
+	}
+	if ((rc = mdb_txn_commit(txn)) != 0) {
+		snprintf(err, errlen, "queue: commit: %s", mdb_strerror(rc));
+		for (size_t i = 0; i < n; i++)
+			ops[i]->result = SENDER_QR_NONE;
+		return -1;
+	}
+	return 0;
+}

@@ -167,4 +167,61 @@ uint64_t sender_queue_depth(sender_queue *q);
 /* sender_queue_stats - entry counts of every database. 0 or -1. */
 int sender_queue_stats(sender_queue *q, struct sender_queue_stats *st);
 
+/* ---- administration (`hikyaku queue`): may run in another process while
+ * the sender runs (LMDB is multi-process: reads never block, writes wait
+ * for the sender's commit and it for them). ---- */
+
+#define SENDER_QUEUE_ADMIN_BATCH 1000   /* recipients per admin write transaction */
+
+/* A recipient named by its key. */
+struct sender_qref {
+	const char *id;
+	uint32_t idx;
+};
+
+/*
+ * sender_queue_scan_all - every recipient in key order (message id, then
+ * idx: ULIDs sort by time, so oldest first), in one read transaction (one
+ * consistent snapshot); with ID non-NULL only that message's; with AFTER
+ * non-NULL only those whose key comes after it (to go on where an earlier
+ * scan stopped, in a new transaction: a long walk in pieces keeps no read
+ * transaction open for long, so LMDB can reuse freed pages meanwhile). cb
+ * as for sender_queue_scan_due (R valid during the call; nonzero stops).
+ * Returns 0, or -1 (logged). Read-only.
+ */
+int sender_queue_scan_all(sender_queue *q, const char *id, const struct sender_qref *after,
+    sender_queue_scan_fn cb, void *arg);
+
+/*
+ * sender_queue_delete - remove the N recipients REFS from the queue (and a
+ * message with its last recipient), as a bounce or delivery commit does but
+ * with no outcome: in write transactions of at most SENDER_QUEUE_ADMIN_BATCH
+ * recipients. One that is not there (any more) is skipped. *done counts
+ * those removed. Returns 0, or -1 with the reason in err: what was committed
+ * before stays committed (and counted). A running sender that was delivering
+ * one of them finds nothing at its outcome (SENDER_QR_NOTFOUND).
+ */
+int sender_queue_delete(sender_queue *q, const struct sender_qref *refs, size_t n,
+    size_t *done, char *err, size_t errlen);
+
+/*
+ * sender_queue_reschedule - move the next attempt of each of the N
+ * recipients REFS to NEXT_MS, if it is later than that (`retry`: due now).
+ * Attempts, last reply and first attempt stay as they are (so max_lifetime
+ * still counts from the first attempt). Batched as sender_queue_delete;
+ * *done counts the recipients moved. Returns 0, or -1 with the reason.
+ */
+int sender_queue_reschedule(sender_queue *q, const struct sender_qref *refs, size_t n,
+    int64_t next_ms, size_t *done, char *err, size_t errlen);
+
+/*
+ * sender_queue_commit_all - sender_queue_commit, all or nothing: unless
+ * every op ends SENDER_QR_DONE, nothing is stored and -1 is returned with
+ * the first op that was not done named in err (the results say what each
+ * op would have been). For a DSN queued together with the removal of the
+ * recipients it reports on.
+ */
+int sender_queue_commit_all(sender_queue *q, struct sender_qop *const *ops, size_t n,
+    char *err, size_t errlen);
+
 #endif
