@@ -935,6 +935,7 @@ KEY(s_rmax, get_duration_ms(c, v, k, &nc->u.sender.retry_max_ms))
 KEY(s_life, get_duration_ms(c, v, k, &nc->u.sender.max_lifetime_ms))
 KEY(s_hb, get_duration_ms(c, v, k, &nc->u.sender.heartbeat_interval_ms))
 KEY(s_cachetime, get_duration_ms(c, v, k, &nc->u.sender.connection_cache_time_ms))
+KEY(s_delaywarn, get_duration_ms(c, v, k, &nc->u.sender.delay_warning_ms))
 
 static int
 k_s_reuse(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
@@ -1040,7 +1041,7 @@ static const struct key_rule sender_keys[] = {
 	{ "retry_min", k_s_rmin }, { "retry_max", k_s_rmax },
 	{ "max_lifetime", k_s_life }, { "heartbeat_interval", k_s_hb },
 	{ "connection_cache_time", k_s_cachetime }, { "connection_reuse_limit", k_s_reuse },
-	{ "max_connections_per_domain", k_s_perdom },
+	{ "max_connections_per_domain", k_s_perdom }, { "delay_warning_time", k_s_delaywarn },
 	{ "tls_required_domains", k_s_tlsreq }, { "tls_ca_file", k_s_cafile },
 	{ NULL, NULL },
 };
@@ -1085,6 +1086,7 @@ set_defaults(struct hk_node_conf *nc)
 		nc->u.sender.connection_cache_time_ms = 2000;   /* Postfix: smtp_connection_cache_time_limit */
 		nc->u.sender.connection_reuse_limit = 100;
 		nc->u.sender.max_connections_per_domain = 20;  /* Postfix: default_destination_concurrency_limit */
+		nc->u.sender.delay_warning_ms = 4u * 3600000u;
 		break;
 	}
 }

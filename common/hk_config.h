@@ -129,6 +129,7 @@ struct hk_sender_conf {
 	uint32_t connection_cache_time_ms;  /* park an SMTP connection this long; 0: no reuse */
 	uint32_t connection_reuse_limit;    /* transactions per SMTP connection (>= 1) */
 	uint32_t max_connections_per_domain; /* concurrent sessions to one domain (>= 1) */
+	uint32_t delay_warning_ms;  /* delay DSN (NOTIFY=DELAY) after this long queued; 0: first deferral */
 	char **tls_required_domains;    /* canonical (lower case, A-label): never in plaintext */
 	size_t n_tls_required_domains;
 	char *tls_ca_file;              /* PEM CAs to check MX certificates against, or NULL */

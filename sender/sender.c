@@ -50,6 +50,7 @@
 
 /* This role */
 #include "sender_handoff.h"
+#include "sender_notify.h"
 #include "sender_queue.h"
 #include "sender_sched.h"
 
@@ -82,6 +83,7 @@ struct sender {
 	sender_queue *q;
 	sender_sched *sched;
 	sender_handoff *handoff;
+	sender_notify *notify;          /* DSNs owed for our outcomes */
 	hk_zlink **links;
 	size_t n_links;
 	uv_timer_t hb_timer;
@@ -106,6 +108,7 @@ struct sender {
 		_Atomic uint64_t enqueues, stored, duplicates, enqueue_failed;
 		_Atomic uint64_t outcomes[4];    /* by enum sender_outcome_kind - 1 */
 		_Atomic uint64_t handed_off;     /* recipients removed after a handoff */
+		_Atomic uint64_t dsns;           /* DSNs queued for our own outcomes */
 		struct sender_handoff_stats handoff;
 	} stats;
 };
@@ -267,11 +270,36 @@ log_queued(const Hk__Submission *m, uint32_t shard, uint32_t n_rcpts)
 	    "handed_from", from);
 }
 
+/* commit_dsn_done - a DSN queued with the outcomes it reports (or not). */
+static void
+commit_dsn_done(struct sender *s, struct sender_op *op, bool *stored)
+{
+	const Hk__Submission *m = op->msg;
+	const char *to = m->envelope->rcpts[0]->address;
+
+	if (s->commit_rc != 0 || op->q.result != SENDER_QR_DONE) {
+		hk_log_error("dsn_dropped", "{s:s, s:s, s:s}", "about", op->id, "to", to,
+		    "error", s->commit_rc != 0 ? s->commit_err : op->q.why);
+		return;
+	}
+	s->stats.dsns++;
+	hk_log_info("dsn_queued", "{s:s, s:s, s:s, s:I, s:I}", "id", m->id, "about", op->id,
+	    "to", to, "rcpts", (json_int_t)op->attempts, "size", (json_int_t)op->q.body_len);
+	char dom[HK_DOMAIN_MAX];
+	if (hk_domain_of(to, dom) == 0)
+		sender_handoff_touch(s->handoff, dom, to);
+	*stored = true;
+}
+
 static void
 commit_enqueue_done(struct sender *s, struct sender_op *op, bool *stored)
 {
 	const Hk__Submission *m = op->msg;
 
+	if (op->link == NULL) {         /* a DSN of ours, not a router's enqueue */
+		commit_dsn_done(s, op, stored);
+		return;
+	}
 	if (s->commit_rc != 0) {
 		s->stats.enqueue_failed++;
 		send_enqueue_reply(s, op->link, op->req_id, false, false, s->commit_err);
@@ -385,11 +413,34 @@ commit_done(uv_work_t *w, int status)
 	drain_check(s);
 }
 
+/* emit_dsn - queue a DSN in the batch of the outcomes it reports. */
+static void
+emit_dsn(Hk__Submission *msg, uint8_t *body, size_t body_len, const char *about, size_t n,
+    void *arg)
+{
+	struct sender *s = arg;
+	struct sender_op *op = xcalloc(1, sizeof(*op));
+
+	op->msg = msg;
+	op->body = body;
+	op->id = xstrdup(about);
+	op->attempts = (uint32_t)n;     /* recipients reported, for the log */
+	op->q.kind = SENDER_QOP_ENQUEUE;
+	op->q.msg = msg;
+	op->q.body = body;
+	op->q.body_len = body_len;
+	op->q.now_ms = hk_now_ms();
+	batch_push(&s->next, op);
+}
+
 static void
 commit_start(struct sender *s)
 {
 	if (s->committing || s->next.n == 0)
 		return;
+	/* Before the outcomes commit: the notes read the recipients as they
+	 * stood, and their DSNs go into the same transaction. */
+	sender_notify_flush(s->notify, hk_now_ms(), emit_dsn, s);
 	s->running = s->next;
 	memset(&s->next, 0, sizeof(s->next));
 	s->committing = true;
@@ -419,6 +470,7 @@ on_outcome(const struct sender_outcome *o, void *arg)
 	op->q.id = op->id;
 	op->q.idx = o->idx;
 	op->q.reply = op->reply;
+	sender_notify_outcome(s->notify, o);
 	switch (o->kind) {
 	case SENDER_OUT_DELIVERED: op->q.kind = SENDER_QOP_DELIVERED; break;
 	case SENDER_OUT_DEFERRED:
@@ -428,8 +480,7 @@ on_outcome(const struct sender_outcome *o, void *arg)
 		break;
 	case SENDER_OUT_BOUNCED:
 	case SENDER_OUT_EXPIRED:
-		/* XXX the DSN to the sender is a later issue: logged only. */
-		op->q.kind = SENDER_QOP_BOUNCED;
+		op->q.kind = SENDER_QOP_BOUNCED;        /* its DSN: sender_notify */
 		break;
 	}
 	add_op(s, op);
@@ -689,6 +740,7 @@ sender_metrics(void *arg, hk_prom *p)
 	hk_prom_one(p, "hikyaku_sender_handoff_acked_total", "counter", "Recipients the new owner committed after a handoff.", s->stats.handoff.rcpts_acked);
 	hk_prom_one(p, "hikyaku_sender_handed_off_total", "counter", "Recipients removed here after their handoff.", s->stats.handed_off);
 	hk_prom_one(p, "hikyaku_sender_handoff_refused_total", "counter", "Handoff requests refused, unsent or timed out (tried again).", s->stats.handoff.refused);
+	hk_prom_one(p, "hikyaku_sender_dsns_total", "counter", "Delivery status notifications queued for our own bounces, expiries and delays.", s->stats.dsns);
 	hk_prom_one(p, "hikyaku_sender_foreign_recipients", "gauge", "Queued recipients another sender owns, as the last handoff scan saw (lower bound).", s->stats.handoff.foreign);
 	for (int i = 0; i < 4; i++) {
 		char name[64], help[96];
@@ -720,6 +772,7 @@ maybe_finish(struct sender *s)
 	if (!s->stopping || !s->sched_done || s->committing || s->next.n > 0 || s->finished)
 		return;
 	s->finished = true;
+	sender_notify_free(&s->notify);
 	sender_handoff_close(s->handoff);
 	s->handoff = NULL;
 	for (size_t i = 0; i < s->n_links; i++)
@@ -818,6 +871,11 @@ sender_start(struct hk_node *node)
 		.stats = &s->stats.handoff,
 	});
 	sender_sched_set_filter(s->sched, sched_filter, s);
+	s->notify = sender_notify_new(&(struct sender_notify_conf){
+		.q = s->q, .reporting_mta = c->hostname ? c->hostname : "localhost",
+		.node = node->conf->name, .delay_warning_ms = c->delay_warning_ms,
+		.max_lifetime_ms = c->max_lifetime_ms,
+	});
 	if (node->conf->http_host)
 		snprintf(s->endpoint, sizeof(s->endpoint), "http://%s:%u", node->conf->http_host,
 		    (unsigned)node->conf->http_port);

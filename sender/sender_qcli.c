@@ -33,6 +33,7 @@
 #include "hk_util.h"
 
 /* This role */
+#include "sender_bounce.h"
 #include "sender_dsn.h"
 #include "sender_qcli.h"
 #include "sender_queue.h"
@@ -649,23 +650,20 @@ struct bounce_state {
 static int
 bounce_message(struct ctx *c, struct bounce_state *bs, const struct item *v, size_t n)
 {
-	const char *id = v[0].id, *why_none = NULL, *from;
-	const Hk__Envelope *env;
+	const char *id = v[0].id, *from;
 	Hk__Submission *m = NULL;
-	Hk__Submission sub = HK__SUBMISSION__INIT;
-	Hk__Envelope denv = HK__ENVELOPE__INIT;
-	Hk__Recipient drcpt = HK__RECIPIENT__INIT, *drcpt_p = &drcpt;
-	char *dparams[2];
 	uint8_t *body = NULL;
 	size_t body_len = 0, nd = 0, nops = 0;
 	struct sender_dsn_rcpt *drc = xcalloc(n, sizeof(*drc));
 	char (*diag)[SENDER_QUEUE_REPLY_MAX + 96] = xcalloc(n, sizeof(*diag));
 	struct sender_qop *ops = xcalloc(n + 1, sizeof(*ops));
 	struct sender_qop **opp = xcalloc(n + 1, sizeof(*opp));
-	struct sender_dsn dsn = { 0 };
-	char err[512] = "", dsn_id[HK_ID_LEN + 1] = "", dom[HK_DOMAIN_MAX];
+	struct sender_bounce b;
+	char err[512] = "", why_none[160] = "", dsn_id[HK_ID_LEN + 1] = "";
+	bool have_dsn = false;
 	int rc = -1;
 
+	memset(&b, 0, sizeof(b));
 	int lrc = sender_queue_msg_load(c->q, id, &m, &body, &body_len);
 	if (lrc == -ENOENT) {
 		rc = 1;
@@ -675,8 +673,7 @@ bounce_message(struct ctx *c, struct bounce_state *bs, const struct item *v, siz
 		fprintf(stderr, "hikyaku queue: bounce %s: cannot read the message\n", id);
 		goto out;
 	}
-	env = m->envelope;
-	from = env && env->mail_from ? env->mail_from : "";
+	from = m->envelope && m->envelope->mail_from ? m->envelope->mail_from : "";
 	for (size_t i = 0; i < n; i++) {
 		if (!sender_dsn_wanted(SENDER_DSN_FAILED, v[i].params, v[i].params_len, from))
 			continue;
@@ -689,46 +686,17 @@ bounce_message(struct ctx *c, struct bounce_state *bs, const struct item *v, siz
 		};
 		nd++;
 	}
-	if (*from == '\0')
-		why_none = "null sender";
-	else if (nd == 0)
-		why_none = "NOTIFY";
-	else if (hk_domain_of(from, dom) != 0)
-		why_none = "the sender address has no valid domain";
-
-	if (why_none == NULL) {
-		struct sender_dsn_report rep = {
-			.reporting_mta = c->o->hostname, .mail_from = from,
-			.mail_params = env ? (const char *const *)env->mail_params : NULL,
-			.n_mail_params = env ? env->n_mail_params : 0,
-			.id = id, .arrival_ms = m->received_at_ms, .now_ms = c->now,
-			.rcpts = drc, .n_rcpts = nd, .body = body, .body_len = body_len,
-		};
-		if (sender_dsn_build(&rep, &dsn, err, sizeof(err)) != 0) {
-			fprintf(stderr, "hikyaku queue: bounce %s: %s\n", id, err);
-			goto out;
-		}
-		hk_id_next(bs->ids, dsn_id);
-		sub.id = dsn_id;
-		sub.tenant = m->tenant;
-		sub.pool = m->pool;
-		sub.envelope = &denv;
-		sub.body_size = dsn.len;
-		sub.received_at_ms = c->now;
-		sub.ingress_node = "hikyaku-queue";
-		sub.client_address = "";
-		denv.mail_from = "";
-		denv.n_mail_params = 0;
-		if (dsn.smtputf8)
-			dparams[denv.n_mail_params++] = "SMTPUTF8";
-		if (dsn.eightbit)
-			dparams[denv.n_mail_params++] = "BODY=8BITMIME";
-		denv.mail_params = dparams;
-		drcpt.address = (char *)from;
-		denv.rcpts = &drcpt_p;
-		denv.n_rcpts = 1;
-		ops[nops++] = (struct sender_qop){ .kind = SENDER_QOP_ENQUEUE, .msg = &sub,
-		    .body = dsn.data, .body_len = dsn.len, .now_ms = c->now };
+	hk_id_next(bs->ids, dsn_id);
+	int brc = sender_bounce_make(&b, m, body, body_len, drc, nd, c->o->hostname, dsn_id, c->now,
+	    "hikyaku-queue", why_none, sizeof(why_none));
+	if (brc < 0) {
+		fprintf(stderr, "hikyaku queue: bounce %s: %s\n", id, why_none);
+		goto out;
+	}
+	if (brc == 0) {
+		have_dsn = true;
+		ops[nops++] = (struct sender_qop){ .kind = SENDER_QOP_ENQUEUE, .msg = &b.sub,
+		    .body = b.dsn.data, .body_len = b.dsn.len, .now_ms = c->now };
 	}
 	for (size_t i = 0; i < n; i++)
 		ops[nops++] = (struct sender_qop){ .kind = SENDER_QOP_BOUNCED, .id = v[i].id,
@@ -745,12 +713,12 @@ bounce_message(struct ctx *c, struct bounce_state *bs, const struct item *v, siz
 		goto out;
 	}
 	bs->bounced += n;
-	if (why_none == NULL) {
+	if (have_dsn) {
 		bs->dsn_count++;
 		if (c->o->json)
 			json_array_append_new(bs->dsns, json_pack("{s:s, s:o, s:o, s:I, s:b}", "id",
 			    dsn_id, "to", jstr(from), "about", jstr(id), "recipients", (json_int_t)nd,
-			    "full", dsn.returned == SENDER_DSN_RETURNED_FULL));
+			    "full", b.dsn.returned == SENDER_DSN_RETURNED_FULL));
 		else
 			fprintf(c->out, "%s: %zu recipient%s bounced; DSN %s queued to <%s> "
 			    "(%zu recipient%s)\n", id, n, n == 1 ? "" : "s", dsn_id, from, nd,
@@ -761,7 +729,7 @@ bounce_message(struct ctx *c, struct bounce_state *bs, const struct item *v, siz
 	}
 	rc = 0;
 out:
-	sender_dsn_free(&dsn);
+	sender_bounce_free(&b);
 	if (m)
 		hk__submission__free_unpacked(m, NULL);
 	free(body);

@@ -190,7 +190,7 @@ def test_bounce_without_dsn_and_usage(cluster, mx):
     tok = uuid.uuid4().hex
     qid = submit_deferred(c, mx, "quiet@b.test", tok, rcpt_opts=["NOTIFY=NEVER"])
     out = cli(c, "bounce", "--rcpt", "quiet@b.test")
-    assert "no DSN (NOTIFY)" in out and "1 recipient bounced (1 matched), 0 DSNs queued" in out
+    assert "no DSN (no recipient asked for one (NOTIFY))" in out and "1 recipient bounced (1 matched), 0 DSNs queued" in out
     assert cli(c, "counts", json_out=True)["total"] == 0
     time.sleep(0.5)
     assert not [m for m in mx.messages() if m.mail_from in ("", "<>")]
