@@ -347,7 +347,8 @@ job_domain_result(struct job *j, int64_t now)
 			    "failures", (int)d->failures);
 		d->failures = 0;
 		d->backoff_until_ms = 0;
-	} else if (j->sr[0].code / 100 == 4) {
+	} else if (j->sr[0].code / 100 == 4 && d->backoff_until_ms <= now) {
+		/* Jobs started together fail together: one failure per period. */
 		uint64_t delay = sender_retry_delay(s->conf->retry_min_ms, s->conf->retry_max_ms,
 		    ++d->failures, rng_unit(s));
 		d->backoff_until_ms = now + (int64_t)delay;
@@ -685,6 +686,9 @@ sender_sched_release(sender_sched *s, const char *id, uint32_t idx)
 {
 	if (!iset_del(&s->inflight, id, idx))
 		hk_log_debug("sched_release_unknown", "{s:s, s:i}", "id", id, "idx", (int)idx);
+	/* A delivery slot is free again: fill it on the next loop turn rather
+	 * than at the next tick (every release of the turn shares one scan). */
+	sender_sched_kick(s);
 }
 
 void
