@@ -23,6 +23,7 @@
 #include "hk_util.h"
 
 /* This role */
+#include "sender_class.h"
 #include "sender_dns.h"
 #include "sender_sched.h"
 #include "sender_smtp.h"
@@ -357,7 +358,8 @@ job_domain_result(struct job *j, int64_t now)
 	dstate_gc(s, d);
 }
 
-/* job_end - report each recipient's outcome and free the job. */
+/* job_end - classify each recipient's reply (sender_class), report its
+ * outcome and free the job. */
 static void
 job_end(struct job *j)
 {
@@ -368,16 +370,20 @@ job_end(struct job *j)
 	for (size_t i = 0; i < j->n; i++) {
 		struct job_rcpt *r = &j->r[i];
 		struct sender_smtp_rcpt *sr = &j->sr[i];
-		int cls = sr->code / 100;
+		struct sender_class cl;
+
+		sender_class_reply(sr->code, sr->reply, j->domain, j->sj.mx_host, &cl);
 		struct sender_outcome o = {
 			.id = j->id, .idx = r->idx, .tenant = tenant, .rcpt = r->address,
 			.domain = j->domain, .mx = j->sj.mx_host, .mx_addr = j->sj.mx_addr,
-			.tls = j->sj.tls_version, .reply = sr->reply, .attempts = r->attempts + 1, .attempt_ms = now,
+			.tls = j->sj.tls_version, .reply = sr->reply, .status = cl.status,
+			.reason = sender_class_reason_name(cl.reason), .throttled = cl.throttled,
+			.provider = cl.provider, .attempts = r->attempts + 1, .attempt_ms = now,
 		};
 
-		if (cls == 2) {
+		if (cl.kind == SENDER_CLASS_DELIVERED) {
 			o.kind = SENDER_OUT_DELIVERED;
-		} else if (cls == 5) {
+		} else if (cl.kind == SENDER_CLASS_BOUNCED) {
 			o.kind = SENDER_OUT_BOUNCED;
 		} else if (s->stopping) {
 			/* Aborted by the shutdown, not a real attempt: the recipient
