@@ -164,6 +164,7 @@ struct dstate {
 struct job_rcpt {
 	uint32_t idx;
 	uint32_t attempts;              /* before this one */
+	int64_t queued_at_ms;           /* max_lifetime counts from here */
 	int64_t first_attempt_ms;
 	char *address;
 	char *params;                   /* RCPT parameters, NUL-terminated, back to back */
@@ -391,7 +392,12 @@ job_end(struct job *j)
 			iset_del(&s->inflight, j->id, r->idx);
 			continue;
 		} else {
-			int64_t first = r->first_attempt_ms ? r->first_attempt_ms : j->start_ms;
+			/* max_lifetime is time in the queue (as Postfix's
+			 * maximal_queue_lifetime), not since the first attempt: a
+			 * recipient that waited for a free delivery slot, or for
+			 * the sender to come back, has used up that time too. */
+			int64_t first = r->queued_at_ms ? r->queued_at_ms :
+			    r->first_attempt_ms ? r->first_attempt_ms : j->start_ms;
 			if (now - first >= (int64_t)s->conf->max_lifetime_ms) {
 				o.kind = SENDER_OUT_EXPIRED;
 			} else {
@@ -605,7 +611,8 @@ pick_one(const struct sender_qrcpt *r, void *arg)
 		j->sr = xrealloc(j->sr, j->cap * sizeof(*j->sr));
 	}
 	j->r[j->n] = (struct job_rcpt){
-		.idx = r->idx, .attempts = r->attempts, .first_attempt_ms = r->first_attempt_ms,
+		.idx = r->idx, .attempts = r->attempts, .queued_at_ms = r->queued_at_ms,
+		.first_attempt_ms = r->first_attempt_ms,
 		.address = xstrdup(r->address),
 		.params = r->params_len ? memcpy(xmalloc(r->params_len), r->params, r->params_len) : NULL,
 		.params_len = r->params_len,

@@ -311,3 +311,22 @@ def test_soft_bounce_until_expiry_is_expired(cluster, mx):
     c.start_all()
     assert c.wait_event("sender_ready", node="sender-1")["queue_depth"] == 0
 
+
+def test_max_lifetime_counts_from_queueing(cluster, mx):
+    """A recipient that waited in the queue for a free delivery slot longer
+    than max_lifetime expires at its first failed attempt: the lifetime is
+    time in the queue, not time since the first attempt."""
+    c = cluster(max_deliveries=1, command_timeout="3s", max_lifetime="2s",
+                retry_min="500ms", retry_max="500ms")
+    slow, busy = "slow@a.test", "busy@b.test"
+    mx[MX_A].script_data(harness.STALL)
+    mx[MX_B].script_rcpt(busy, *["450 4.2.1 Mailbox busy, try again"] * 20)
+    q1, _ = send(c, [slow])
+    mx[MX_A].wait_action()          # the only delivery slot is taken
+    q2, _ = send(c, [busy])
+    ex = wait_ev(c, "expired", q2, busy, timeout=20)
+    assert (ex["attempts"], ex["status"], ex["reason"]) == (1, "4.2.1", "mailbox"), ex
+    assert events(c, "deferred", q2, busy) == []
+    # The stalled one timed out after 3 s, past its 2 s too.
+    ex1 = wait_ev(c, "expired", q1, slow, timeout=20)
+    assert (ex1["attempts"], ex1["status"], ex1["reason"]) == (1, "4.4.2", "network"), ex1
