@@ -143,6 +143,9 @@ static const struct tcase cases[] = {
 	{ 451, "451 4.7.651 The mail server [203.0.113.5] has been temporarily rate limited due to "
 	    "IP reputation. (S3114)",
 	    HOTMAIL, F, "4.7.651", "block", true, "outlook", "outlook-reputation" },
+	{ 451, "451 4.7.652 The mail server [203.0.113.5] has exceeded the maximum number of "
+	    "connections. (S3115)",
+	    OUTLOOK, F, "4.7.652", "throttle", true, "outlook", "outlook-limit" },
 	{ 421, "421 RP-001 (COL004-MC1F35) Unfortunately, some messages from 203.0.113.5 weren't "
 	    "sent. Please try again. We have limits for how many messages can be sent per hour "
 	    "and per day.",
@@ -224,6 +227,18 @@ static const struct tcase cases[] = {
 	    OTHERMX, F, "4.7.0", "throttle", true, "", "text-throttle" },
 	{ 452, "452 4.5.3 Too many recipients", OTHERMX,
 	    F, "4.5.3", "throttle", true, "", "status-too-many-rcpts" },
+	{ 421, "421 4.3.2 System not accepting network messages", OTHERMX,
+	    F, "4.3.2", "throttle", true, "", "status-not-accepting" },
+	{ 451, "451 4.3.2 System busy, try again later", OTHERMX,
+	    F, "4.3.2", "throttle", true, "", "status-not-accepting" },
+	{ 421, "421 4.7.28 Mail flood detected, rate limited", OTHERMX,
+	    F, "4.7.28", "throttle", true, "", "status-flood" },
+	{ 552, "552 5.2.3 Message exceeds maximum fixed size", OTHERMX,
+	    B, "5.2.3", "policy", false, "", "status-too-big" },
+	{ 550, "550 Requested action not taken: recipient does not exist", OTHERMX,
+	    B, "5.0.0", "mailbox", false, "", "text-does-not-exist" },
+	{ 550, "550 5.1.6 Recipient has moved", OTHERMX,
+	    B, "5.1.6", "mailbox", false, "", "subject-addressing" },
 	{ 552, "552 5.2.2 Mailbox full", OTHERMX, B, "5.2.2", "quota", false, "", "status-quota" },
 	{ 552, "552 5.3.4 Message size exceeds fixed limit", OTHERMX,
 	    B, "5.3.4", "policy", false, "", "status-size" },
