@@ -92,10 +92,12 @@ def cluster(make_cluster):
     return start
 
 
-def send(c, rcpts, token=None, lines=20):
-    """Submit one message to RCPTS; returns (queue id, Message-ID token)."""
+def send(c, rcpts, token=None, lines=20, mail_from="from@client.test"):
+    """Submit one message to RCPTS; returns (queue id, Message-ID token).
+    Tests of bounces send from <>, so that no DSN is queued (its delivery is
+    tested elsewhere, tests/integration/test_dsn.py)."""
     token = token or uuid.uuid4().hex
-    r = harness.submit(c.port(), "from@client.test", rcpts,
+    r = harness.submit(c.port(), mail_from, rcpts,
                        harness.make_message(token, rcpts=rcpts, lines=lines))
     assert r["data"] and r["data"][0] == 250, r
     return r["queue_id"], token
@@ -169,7 +171,7 @@ def test_550_user_unknown_bounces(cluster, mx):
     gone = "gone@c.test"
     mx[MX_C].script_rcpt(gone, "550 5.1.1 <gone@c.test>: Recipient address rejected: "
                                "User unknown in local recipient table")
-    qid, token = send(c, [gone])
+    qid, token = send(c, [gone], mail_from="")
     b = wait_ev(c, "bounced", qid, gone)
     assert (b["attempts"], b["status"], b["reason"], b["throttled"], b["mx"]) == (
         1, "5.1.1", "mailbox", False, "mx.c.test"), b
@@ -186,7 +188,7 @@ def test_mixed_replies_in_one_transaction(cluster, mx):
     m.script_rcpt(perm, "550 5.1.1 No such user")
     m.script_rcpt(full, "452-4.2.2 The email account that you tried to reach is over quota.\r\n"
                         "452 4.2.2 Please direct the recipient to the help page. - gsmtp")
-    qid, token = send(c, [ok, tmp, perm, full])
+    qid, token = send(c, [ok, tmp, perm, full], mail_from="")
     got = {r: wait_ev(c, ev, qid, r) for r, ev in
            ((ok, "delivered"), (tmp, "deferred"), (perm, "bounced"), (full, "deferred"))}
     # One session: every first outcome is attempt 1, and the one message
@@ -243,7 +245,7 @@ def test_stalled_server_times_out_then_delivers(cluster, mx):
 def test_null_mx_bounces_at_once(cluster, mx):
     c = cluster()
     rcpt = "nobody@nullmx.test"
-    qid, _ = send(c, [rcpt])
+    qid, _ = send(c, [rcpt], mail_from="")
     b = wait_ev(c, "bounced", qid, rcpt)
     assert (b["attempts"], b["status"], b["reason"], b["mx"], b["mx_addr"]) == (
         1, "5.1.10", "dns", "", ""), b
@@ -297,7 +299,7 @@ def test_soft_bounce_until_expiry_is_expired(cluster, mx):
     rcpt = "busy@b.test"
     reply = "450 4.2.1 The user you are trying to contact is receiving mail at a rate that"
     mx[MX_B].script_rcpt(rcpt, *[reply] * 50)
-    qid, token = send(c, [rcpt])
+    qid, token = send(c, [rcpt], mail_from="")
     ex = wait_ev(c, "expired", qid, rcpt, timeout=20)
     assert (ex["reply"], ex["status"], ex["reason"], ex["throttled"]) == (
         reply, "4.2.1", "throttle", True), ex
@@ -321,9 +323,9 @@ def test_max_lifetime_counts_from_queueing(cluster, mx):
     slow, busy = "slow@a.test", "busy@b.test"
     mx[MX_A].script_data(harness.STALL)
     mx[MX_B].script_rcpt(busy, *["450 4.2.1 Mailbox busy, try again"] * 20)
-    q1, _ = send(c, [slow])
+    q1, _ = send(c, [slow], mail_from="")
     mx[MX_A].wait_action()          # the only delivery slot is taken
-    q2, _ = send(c, [busy])
+    q2, _ = send(c, [busy], mail_from="")
     ex = wait_ev(c, "expired", q2, busy, timeout=20)
     assert (ex["attempts"], ex["status"], ex["reason"]) == (1, "4.2.1", "mailbox"), ex
     assert events(c, "deferred", q2, busy) == []
