@@ -68,6 +68,9 @@ struct sender_op {
 	enum sender_outcome_kind out;
 	char *id, *tenant, *rcpt, *domain, *mx, *mx_addr, *reply;
 	char tls[16];                   /* TLS version of the session, or "" */
+	char status[16];                /* the reply's RFC 3463 code (sender_class) */
+	const char *reason, *provider;  /* static strings */
+	bool throttled;
 	uint32_t attempts;
 	int tries;
 };
@@ -197,21 +200,27 @@ outcome_event(enum sender_outcome_kind k)
 	return "handed_off";    /* 0: a handoff's removal */
 }
 
+/* log_outcome - the delivered/deferred/bounced/expired event, with the
+ * reply and what sender_class made of it (status, reason, throttled,
+ * provider). */
 static void
 log_outcome(const struct sender_op *op)
 {
 	const char *ev = outcome_event(op->out);
 
 	if (op->out == SENDER_OUT_DEFERRED)
-		hk_log_info(ev, "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:I}",
+		hk_log_info(ev, "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:s, s:s, s:b, s:s, s:I}",
 		    "id", op->id, "tenant", op->tenant, "rcpt", op->rcpt, "domain", op->domain,
 		    "mx", op->mx, "mx_addr", op->mx_addr, "tls", op->tls, "attempts", (int)op->attempts,
-		    "reply", op->reply, "next_attempt_ms", (json_int_t)op->q.next_attempt_ms);
+		    "reply", op->reply, "status", op->status, "reason", op->reason,
+		    "throttled", (int)op->throttled, "provider", op->provider,
+		    "next_attempt_ms", (json_int_t)op->q.next_attempt_ms);
 	else
-		hk_log_info(ev, "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s}",
+		hk_log_info(ev, "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:s, s:s, s:b, s:s}",
 		    "id", op->id, "tenant", op->tenant, "rcpt", op->rcpt, "domain", op->domain,
 		    "mx", op->mx, "mx_addr", op->mx_addr, "tls", op->tls, "attempts", (int)op->attempts,
-		    "reply", op->reply);
+		    "reply", op->reply, "status", op->status, "reason", op->reason,
+		    "throttled", (int)op->throttled, "provider", op->provider);
 }
 
 /* ---- commit (the worker thread runs only commit_work) ---- */
@@ -466,6 +475,10 @@ on_outcome(const struct sender_outcome *o, void *arg)
 	op->mx_addr = xstrdup(o->mx_addr);
 	snprintf(op->tls, sizeof(op->tls), "%s", o->tls ? o->tls : "");
 	op->reply = xstrdup(o->reply);
+	snprintf(op->status, sizeof(op->status), "%s", o->status);
+	op->reason = o->reason;
+	op->provider = o->provider;
+	op->throttled = o->throttled;
 	op->attempts = o->attempts;
 	op->q.id = op->id;
 	op->q.idx = o->idx;

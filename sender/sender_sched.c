@@ -23,6 +23,7 @@
 #include "hk_util.h"
 
 /* This role */
+#include "sender_class.h"
 #include "sender_dns.h"
 #include "sender_sched.h"
 #include "sender_smtp.h"
@@ -163,6 +164,7 @@ struct dstate {
 struct job_rcpt {
 	uint32_t idx;
 	uint32_t attempts;              /* before this one */
+	int64_t queued_at_ms;           /* max_lifetime counts from here */
 	int64_t first_attempt_ms;
 	char *address;
 	char *params;                   /* RCPT parameters, NUL-terminated, back to back */
@@ -358,7 +360,8 @@ job_domain_result(struct job *j, int64_t now)
 	dstate_gc(s, d);
 }
 
-/* job_end - report each recipient's outcome and free the job. */
+/* job_end - classify each recipient's reply (sender_class), report its
+ * outcome and free the job. */
 static void
 job_end(struct job *j)
 {
@@ -369,16 +372,20 @@ job_end(struct job *j)
 	for (size_t i = 0; i < j->n; i++) {
 		struct job_rcpt *r = &j->r[i];
 		struct sender_smtp_rcpt *sr = &j->sr[i];
-		int cls = sr->code / 100;
+		struct sender_class cl;
+
+		sender_class_reply(sr->code, sr->reply, j->domain, j->sj.mx_host, &cl);
 		struct sender_outcome o = {
 			.id = j->id, .idx = r->idx, .tenant = tenant, .rcpt = r->address,
 			.domain = j->domain, .mx = j->sj.mx_host, .mx_addr = j->sj.mx_addr,
-			.tls = j->sj.tls_version, .reply = sr->reply, .attempts = r->attempts + 1, .attempt_ms = now,
+			.tls = j->sj.tls_version, .reply = sr->reply, .status = cl.status,
+			.reason = sender_class_reason_name(cl.reason), .throttled = cl.throttled,
+			.provider = cl.provider, .attempts = r->attempts + 1, .attempt_ms = now,
 		};
 
-		if (cls == 2) {
+		if (cl.kind == SENDER_CLASS_DELIVERED) {
 			o.kind = SENDER_OUT_DELIVERED;
-		} else if (cls == 5) {
+		} else if (cl.kind == SENDER_CLASS_BOUNCED) {
 			o.kind = SENDER_OUT_BOUNCED;
 		} else if (s->stopping) {
 			/* Aborted by the shutdown, not a real attempt: the recipient
@@ -386,7 +393,12 @@ job_end(struct job *j)
 			iset_del(&s->inflight, j->id, r->idx);
 			continue;
 		} else {
-			int64_t first = r->first_attempt_ms ? r->first_attempt_ms : j->start_ms;
+			/* max_lifetime is time in the queue (as Postfix's
+			 * maximal_queue_lifetime), not since the first attempt: a
+			 * recipient that waited for a free delivery slot, or for
+			 * the sender to come back, has used up that time too. */
+			int64_t first = r->queued_at_ms ? r->queued_at_ms :
+			    r->first_attempt_ms ? r->first_attempt_ms : j->start_ms;
 			if (now - first >= (int64_t)s->conf->max_lifetime_ms) {
 				o.kind = SENDER_OUT_EXPIRED;
 			} else {
@@ -600,7 +612,8 @@ pick_one(const struct sender_qrcpt *r, void *arg)
 		j->sr = xrealloc(j->sr, j->cap * sizeof(*j->sr));
 	}
 	j->r[j->n] = (struct job_rcpt){
-		.idx = r->idx, .attempts = r->attempts, .first_attempt_ms = r->first_attempt_ms,
+		.idx = r->idx, .attempts = r->attempts, .queued_at_ms = r->queued_at_ms,
+		.first_attempt_ms = r->first_attempt_ms,
 		.address = xstrdup(r->address),
 		.params = r->params_len ? memcpy(xmalloc(r->params_len), r->params, r->params_len) : NULL,
 		.params_len = r->params_len,

@@ -43,7 +43,10 @@ enum sender_outcome_kind {
 	SENDER_OUT_EXPIRED,             /* 4xx past max_lifetime: remove (DSN later) */
 };
 
-/* One recipient's outcome. Strings are valid during the callback only. */
+/* One recipient's outcome. Strings are valid during the callback only,
+ * except reason and provider, which are static. The reply is classified by
+ * sender_class: kind follows its basic code, status/reason/throttled/
+ * provider are what sender_class_reply() made of it. */
 struct sender_outcome {
 	enum sender_outcome_kind kind;
 	const char *id;
@@ -55,6 +58,11 @@ struct sender_outcome {
 	const char *mx_addr;
 	const char *tls;                /* TLS version of the session ("TLSv1.3"), or "" */
 	const char *reply;              /* remote reply, or our reason */
+	const char *status;             /* RFC 3463 code of the reply ("5.1.1"), or derived ("4.0.0") */
+	const char *reason;             /* static: "none", "throttle", "block", "mailbox", "quota",
+	                                 * "policy", "dns", "network", "other" */
+	bool throttled;                 /* the destination asked us to slow down */
+	const char *provider;           /* static: "gmail", "yahoo", ... or "" */
 	uint32_t attempts;              /* including this one */
 	int64_t attempt_ms;             /* when this attempt ended */
 	int64_t next_attempt_ms;        /* DEFERRED */

@@ -6,7 +6,10 @@ Everything here runs real programs on loopback addresses:
   - DnsServer: dnsmasq answering MX/A records for the test zone `test`, every
     other name under it NXDOMAIN;
   - ScriptedMx / MxPool: aiosmtpd servers (one thread each, in this process)
-    that record every transaction and answer RCPT and DATA from a script;
+    that record every transaction and answer RCPT and DATA from a script
+    (or stall, or drop the connection: STALL, DROP, DROP_IN_DATA);
+  - ServfailStub: a UDP DNS server answering SERVFAIL to everything (dnsmasq
+    forwards a zone to it);
   - SmtpSink: Postfix's smtp-sink as a counting MX;
   - Cluster: writes a Hikyaku YAML config and runs `hikyaku all` or single
     nodes, each process's JSON-lines stdout in its own file, with waits on
@@ -16,6 +19,7 @@ Everything here runs real programs on loopback addresses:
     with the openssl CLI, and client SSL contexts that trust it.
 Every process is started by pid in a ProcessGroup and stopped by pid.
 """
+import asyncio
 import atexit
 import json
 import math
@@ -351,7 +355,78 @@ class DnsServer:
             self.proc.stop()
 
 
+class ServfailStub:
+    """A DNS server on 127.0.0.1:port (UDP) that answers every query with
+    SERVFAIL, in a thread of this process. dnsmasq cannot make a SERVFAIL
+    itself: forward a zone here (DnsServer extra_args
+    "--server=/zone/127.0.0.1#PORT") and dnsmasq relays the rcode."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.port = None
+        for _ in range(500):
+            port = random.randrange(20000, 32000)
+            if port in _taken_ports:
+                continue
+            try:
+                self.sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _taken_ports.add(port)
+            self.port = port
+            break
+        if self.port is None:
+            raise RuntimeError("no free UDP port for the SERVFAIL stub")
+        self.sock.settimeout(0.2)
+        self.queries = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    @staticmethod
+    def _question_end(q):
+        i = 12
+        while i < len(q) and q[i] != 0:
+            if q[i] & 0xC0:
+                return None
+            i += 1 + q[i]
+        return i + 5 if i + 5 <= len(q) else None
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                q, peer = self.sock.recvfrom(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            end = self._question_end(q) if len(q) >= 12 else None
+            if end is None:
+                continue
+            self.queries += 1
+            # Same id; QR, the query's opcode and RD; RA and rcode 2; the
+            # question only.
+            flags = bytes([0x80 | (q[2] & 0x79), 0x80 | 2])
+            self.sock.sendto(q[:2] + flags + q[4:6] + b"\0\0\0\0\0\0" + q[12:end], peer)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
 # ---------------------------------------------------------------- MX servers
+
+# Script entries that are not replies: STALL never answers (the connection
+# stays open until the client gives up), DROP closes the connection instead
+# of answering (for DATA: after the final dot), DROP_IN_DATA (DATA only)
+# answers 354, reads one line of the message and closes the connection.
+STALL = "<stall>"
+DROP = "<drop>"
+DROP_IN_DATA = "<drop-in-data>"
 
 class MxMessage:
     """One transaction an MX accepted (DATA answered 2xx), or rejected."""
@@ -393,11 +468,23 @@ class _MxHandler:
                                        ("BINARYMIME", self.mx.chunking)) if on]
         return responses[:-1] + ["250-" + e for e in extra] + responses[-1:]
 
+    async def _act(self, server, kind, reply):
+        """STALL or DROP: record it, then wait to be cancelled (aiosmtpd
+        cancels the handler when the connection is lost)."""
+        with self.mx._cond:
+            self.mx.actions.append((kind, reply, time.monotonic()))
+            self.mx._cond.notify_all()
+        if reply == DROP and server.transport is not None:
+            server.transport.close()
+        await asyncio.sleep(3600)
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.mx._next_reply("rcpt", address.lower())
         with self.mx._cond:
             self.mx.rcpt_attempts.append((address, reply, session.peer[0], time.monotonic()))
             self.mx._cond.notify_all()
+        if reply in (STALL, DROP):
+            await self._act(server, "rcpt", reply)
         if reply.startswith("2"):
             opts = list(rcpt_options) + getattr(server, "dsn_taken", [])
             envelope.rcpt_tos.append(address)
@@ -409,6 +496,8 @@ class _MxHandler:
 
     async def handle_DATA(self, server, session, envelope):
         reply = self.mx._next_reply("data", None)
+        if reply in (STALL, DROP):
+            await self._act(server, "data", reply)
         msg = MxMessage(self.mx.addr, session, envelope, reply)
         with self.mx._cond:
             self.mx.transactions.append(msg)
@@ -465,6 +554,17 @@ class _FeatureSmtp(AioSmtp):
         finally:
             self.dsn_taken = []
 
+    async def smtp_DATA(self, arg):
+        if self.envelope.rcpt_tos and self.mx._take("data", None, DROP_IN_DATA):
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            await self._reader.readuntil(b"\r\n")
+            with self.mx._cond:
+                self.mx.actions.append(("data", DROP_IN_DATA, time.monotonic()))
+                self.mx._cond.notify_all()
+            self.transport.close()
+            return
+        await super().smtp_DATA(arg)
+
     async def smtp_BDAT(self, arg):
         if not self.mx.chunking:
             return await self.push('500 Error: command "BDAT" not recognized')
@@ -497,7 +597,9 @@ class _FeatureController(Controller):
 class ScriptedMx:
     """An aiosmtpd MX on ADDR:PORT. Unscripted RCPT and DATA get 250.
     script_rcpt(addr, r1, r2, ...) answers that recipient's successive RCPTs
-    with r1, r2, ... then 250; script_data(...) does the same for DATA.
+    with r1, r2, ... then 250; script_data(...) does the same for DATA. A
+    reply may be several lines (lines joined by CRLF), or STALL, DROP,
+    DROP_IN_DATA (recorded in .actions as (kind, action, time)).
     smtputf8, dsn and chunking (CHUNKING and BINARYMIME) add those
     extensions to its EHLO; tls_context (an ssl.SSLContext) offers STARTTLS
     with it; data_size_limit is the SIZE it announces and enforces."""
@@ -523,6 +625,7 @@ class ScriptedMx:
         self.connections = 0        # sessions opened, ever
         self.sessions_now = 0       # open now
         self.max_sessions = 0       # most open at once
+        self.actions = []
 
     def start(self):
         assert self._controller is None, "MX %s already running" % self.addr
@@ -555,6 +658,15 @@ class ScriptedMx:
         with self._cond:
             self._scripts[("data", None)] = list(replies)
 
+    def _take(self, kind, key, action):
+        """Pop the next scripted reply of (KIND, KEY) if it is ACTION."""
+        with self._cond:
+            q = self._scripts.get((kind, key))
+            if q and q[0] == action:
+                q.pop(0)
+                return True
+        return False
+
     def _next_reply(self, kind, key):
         with self._cond:
             q = self._scripts.get((kind, key))
@@ -567,6 +679,18 @@ class ScriptedMx:
         """Accepted transactions so far."""
         with self._cond:
             return [m for m in self.transactions if m.accepted]
+
+    def wait_action(self, count=1, timeout=10.0):
+        """Wait until COUNT scripted STALL/DROP actions happened; returns them."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.actions) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Timeout("MX %s: timed out after %.1fs waiting for %d action(s); has %r"
+                                  % (self.addr, timeout, count, self.actions))
+                self._cond.wait(left)
+            return list(self.actions)
 
     def wait_for(self, pred, timeout=10.0, what="a message"):
         """Wait until pred(accepted messages) is true; returns its value."""
