@@ -68,6 +68,7 @@ struct sender_op {
 	enum sender_outcome_kind out;
 	char *id, *tenant, *rcpt, *domain, *mx, *mx_addr, *reply;
 	char tls[16];                   /* TLS version of the session, or "" */
+	char source[64];                /* our source address on it, or "" */
 	char status[16];                /* the reply's RFC 3463 code (sender_class) */
 	const char *reason, *provider;  /* static strings */
 	bool throttled;
@@ -209,16 +210,18 @@ log_outcome(const struct sender_op *op)
 	const char *ev = outcome_event(op->out);
 
 	if (op->out == SENDER_OUT_DEFERRED)
-		hk_log_info(ev, "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:s, s:s, s:b, s:s, s:I}",
+		hk_log_info(ev, "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:s, s:s, s:b, s:s, s:I}",
 		    "id", op->id, "tenant", op->tenant, "rcpt", op->rcpt, "domain", op->domain,
-		    "mx", op->mx, "mx_addr", op->mx_addr, "tls", op->tls, "attempts", (int)op->attempts,
+		    "mx", op->mx, "mx_addr", op->mx_addr, "source", op->source, "tls", op->tls,
+		    "attempts", (int)op->attempts,
 		    "reply", op->reply, "status", op->status, "reason", op->reason,
 		    "throttled", (int)op->throttled, "provider", op->provider,
 		    "next_attempt_ms", (json_int_t)op->q.next_attempt_ms);
 	else
-		hk_log_info(ev, "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:s, s:s, s:b, s:s}",
+		hk_log_info(ev, "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:s, s:s, s:b, s:s}",
 		    "id", op->id, "tenant", op->tenant, "rcpt", op->rcpt, "domain", op->domain,
-		    "mx", op->mx, "mx_addr", op->mx_addr, "tls", op->tls, "attempts", (int)op->attempts,
+		    "mx", op->mx, "mx_addr", op->mx_addr, "source", op->source, "tls", op->tls,
+		    "attempts", (int)op->attempts,
 		    "reply", op->reply, "status", op->status, "reason", op->reason,
 		    "throttled", (int)op->throttled, "provider", op->provider);
 }
@@ -473,6 +476,7 @@ on_outcome(const struct sender_outcome *o, void *arg)
 	op->domain = xstrdup(o->domain);
 	op->mx = xstrdup(o->mx);
 	op->mx_addr = xstrdup(o->mx_addr);
+	snprintf(op->source, sizeof(op->source), "%s", o->source ? o->source : "");
 	snprintf(op->tls, sizeof(op->tls), "%s", o->tls ? o->tls : "");
 	op->reply = xstrdup(o->reply);
 	snprintf(op->status, sizeof(op->status), "%s", o->status);

@@ -378,6 +378,7 @@ job_end(struct job *j)
 		struct sender_outcome o = {
 			.id = j->id, .idx = r->idx, .tenant = tenant, .rcpt = r->address,
 			.domain = j->domain, .mx = j->sj.mx_host, .mx_addr = j->sj.mx_addr,
+			.source = j->sj.source_addr,
 			.tls = j->sj.tls_version, .reply = sr->reply, .status = cl.status,
 			.reason = sender_class_reason_name(cl.reason), .throttled = cl.throttled,
 			.provider = cl.provider, .attempts = r->attempts + 1, .attempt_ms = now,

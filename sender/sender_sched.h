@@ -39,8 +39,8 @@ typedef struct sender_sched sender_sched;
 enum sender_outcome_kind {
 	SENDER_OUT_DELIVERED = 1,       /* 2xx: remove */
 	SENDER_OUT_DEFERRED,            /* 4xx: retry at next_attempt_ms */
-	SENDER_OUT_BOUNCED,             /* 5xx: remove (DSN later) */
-	SENDER_OUT_EXPIRED,             /* 4xx past max_lifetime: remove (DSN later) */
+	SENDER_OUT_BOUNCED,             /* 5xx: remove (and a DSN: sender_notify) */
+	SENDER_OUT_EXPIRED,             /* 4xx past max_lifetime: remove (and a DSN) */
 };
 
 /* One recipient's outcome. Strings are valid during the callback only,
@@ -56,6 +56,7 @@ struct sender_outcome {
 	const char *domain;
 	const char *mx;                 /* host that took the session, or "" */
 	const char *mx_addr;
+	const char *source;             /* our address on that session (the source IP), or "" */
 	const char *tls;                /* TLS version of the session ("TLSv1.3"), or "" */
 	const char *reply;              /* remote reply, or our reason */
 	const char *status;             /* RFC 3463 code of the reply ("5.1.1"), or derived ("4.0.0") */

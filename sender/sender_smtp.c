@@ -183,6 +183,7 @@ struct smtp_conn {
 	struct smtp_conn *prev, *next;  /* CM_IDLE: the pool's list */
 	char key[SMTP_KEY_MAX];         /* what a job must match to reuse it */
 	char peer[80];                  /* "addr:port" */
+	char local[64];                 /* our address on it (getsockname) */
 
 	uv_tcp_t tcp;
 	uv_connect_t connect_req;
@@ -1602,6 +1603,12 @@ smtp_on_connect(uv_connect_t *req, int status)
 	}
 	c->connected = true;
 	uv_tcp_nodelay(&c->tcp, 1);
+	struct sockaddr_storage me;
+	int melen = sizeof(me);
+	c->local[0] = '\0';
+	if (uv_tcp_getsockname(&c->tcp, (struct sockaddr *)&me, &melen) == 0)
+		uv_ip_name((struct sockaddr *)&me, c->local, sizeof(c->local));
+	snprintf(s->job->source_addr, sizeof(s->job->source_addr), "%s", c->local);
 	if ((rc = uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_on_read)) < 0) {
 		smtp_set_last(s, 451, "451 4.4.1 connect to %s failed: %s", s->peer, uv_strerror(rc));
 		smtp_next_addr(s);
@@ -1663,6 +1670,7 @@ smtp_take_parked(sender_smtp *s, size_t i, const char *key, const char *ip)
 	c->s = s;
 	s->unconfirmed = true;
 	snprintf(s->job->mx_addr, sizeof(s->job->mx_addr), "%s", ip);
+	snprintf(s->job->source_addr, sizeof(s->job->source_addr), "%s", c->local);
 	snprintf(s->job->mx_host, sizeof(s->job->mx_host), "%s", s->addrs[i].host);
 	hk_log_debug("smtp_conn_reused", "{s:s, s:i, s:s}", "peer", s->peer, "uses", (int)c->uses,
 	    "tls", c->tls_on ? c->tls_version : "");
@@ -1811,7 +1819,7 @@ sender_smtp_deliver(sender_smtp **out, uv_loop_t *loop, struct sender_smtp_job *
 	}
 	s->order = xcalloc(job->n_rcpts, sizeof(*s->order));
 	s->accepted = xcalloc(job->n_rcpts, sizeof(*s->accepted));
-	job->mx_host[0] = job->mx_addr[0] = '\0';
+	job->mx_host[0] = job->mx_addr[0] = job->source_addr[0] = '\0';
 	job->tls_version[0] = job->tls_cipher[0] = '\0';
 	job->tls_verified = false;
 	for (i = 0; i < job->n_rcpts; i++) {

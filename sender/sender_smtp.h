@@ -92,6 +92,7 @@ struct sender_smtp_job {
 	/* out */
 	char mx_host[256];              /* the host that took the session, or "" */
 	char mx_addr[64];               /* its address as text */
+	char source_addr[64];           /* our end of that session (the source IP), or "" */
 	char tls_version[16];           /* "TLSv1.3", or "" when the session was plaintext */
 	char tls_cipher[64];            /* "TLS_AES_256_GCM_SHA384", or "" */
 	bool tls_verified;              /* the certificate chained to a trusted CA and

@@ -128,7 +128,9 @@ def test_delivered_event_fields(cluster, mx):
             "throttled": False, "provider": ""}
     assert {k: ev.get(k) for k in want} == want, ev
     assert "next_attempt_ms" not in ev
-    mx[MX_A].wait_for(lambda ms: [m for m in ms if token.encode() in m.data])
+    (m,) = mx[MX_A].wait_for(lambda ms: [m for m in ms if token.encode() in m.data])
+    # The source address of the session, as the MX saw it.
+    assert ev["source"] == m.peer, (ev, m.peer)
     assert arrivals(mx, token) == {rcpt: 1}
 
 
