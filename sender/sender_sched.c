@@ -25,6 +25,7 @@
 /* This role */
 #include "sender_class.h"
 #include "sender_dns.h"
+#include "sender_pool.h"
 #include "sender_sched.h"
 #include "sender_smtp.h"
 
@@ -200,6 +201,7 @@ struct sender_sched {
 	void *arg;
 	struct iset inflight;
 	hk_u64map *domains;             /* struct dstate by domain hash */
+	sender_pools *pools;            /* source addresses by tenant pool */
 	struct dstate *dlist;           /* all of them */
 	sender_sched_filter_fn filter;  /* deliverable here? (NULL: all) */
 	void *filter_arg;
@@ -514,9 +516,18 @@ job_start(sender_sched *s, struct job *j)
 		job_fail(j, 451, "451 4.3.0 cannot read the message from the queue");
 		return;
 	}
+	/* The source address from the tenant's pool; its EHLO name goes with it. */
+	int64_t retry_at;
+	const struct hk_pool_addr *src = sender_pools_pick(s->pools, j->meta->pool, NULL, NULL,
+	    &retry_at, NULL);
+	if (src == NULL) {
+		job_fail(j, 451, "451 4.4.5 no source address of pool %s can be used now",
+		    j->meta->pool && *j->meta->pool ? j->meta->pool : "shared");
+		return;
+	}
 	j->sj = (struct sender_smtp_job){
-		.helo_name = c->hostname ? c->hostname : "localhost",
-		.source_address = c->source_address,
+		.helo_name = src->hostname,
+		.source_address = src->address,
 		.port = c->delivery_port,
 		.connect_timeout_ms = c->connect_timeout_ms,
 		.command_timeout_ms = c->command_timeout_ms,
@@ -678,6 +689,7 @@ sender_sched_new(sender_sched **out, uv_loop_t *loop, sender_queue *q,
 		return -1;
 	}
 	s->domains = hk_u64map_new();
+	s->pools = sender_pools_new(conf);
 	s->pool = sender_smtp_pool_new(loop, conf->connection_cache_time_ms,
 	    conf->connection_reuse_limit);
 	uv_timer_init(loop, &s->timer);
@@ -791,6 +803,7 @@ sender_sched_free(sender_sched **sp)
 		free(d);
 	}
 	hk_u64map_destroy(&s->domains);
+	sender_pools_free(&s->pools);
 	/* Connections still closing hold their own references (SSL_new). */
 	SSL_CTX_free(s->tls_ctx);
 	free(s);
