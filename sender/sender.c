@@ -113,6 +113,7 @@ struct sender {
 		_Atomic uint64_t outcomes[4];    /* by enum sender_outcome_kind - 1 */
 		_Atomic uint64_t handed_off;     /* recipients removed after a handoff */
 		_Atomic uint64_t dsns;           /* DSNs queued for our own outcomes */
+		_Atomic uint64_t postponed;      /* recipients that waited for a budget */
 		struct sender_handoff_stats handoff;
 	} stats;
 };
@@ -197,6 +198,7 @@ outcome_event(enum sender_outcome_kind k)
 	case SENDER_OUT_DEFERRED: return "deferred";
 	case SENDER_OUT_BOUNCED: return "bounced";
 	case SENDER_OUT_EXPIRED: return "expired";
+	case SENDER_OUT_POSTPONED: return "postponed";
 	}
 	return "handed_off";    /* 0: a handoff's removal */
 }
@@ -356,6 +358,7 @@ stats_outcome(struct sender *s, enum sender_outcome_kind k)
 	case SENDER_OUT_DEFERRED: s->stats.outcomes[1]++; break;
 	case SENDER_OUT_BOUNCED: s->stats.outcomes[2]++; break;
 	case SENDER_OUT_EXPIRED: s->stats.outcomes[3]++; break;
+	case SENDER_OUT_POSTPONED: s->stats.postponed++; break;
 	}
 }
 
@@ -376,6 +379,11 @@ commit_outcome_done(struct sender *s, struct sender_op *op)
 		    s->commit_rc != 0 ? s->commit_err : op->q.why);
 	} else if (op->q.result == SENDER_QR_DONE && op->q.kind == SENDER_QOP_HANDED_OFF) {
 		s->stats.handed_off++;
+	} else if (op->q.result == SENDER_QR_DONE && op->out == SENDER_OUT_POSTPONED) {
+		stats_outcome(s, op->out);
+		hk_log_info("postponed", "{s:s, s:s, s:s, s:I, s:s}", "id", op->id, "rcpt", op->rcpt,
+		    "domain", op->domain, "until_ms", (json_int_t)op->q.next_attempt_ms,
+		    "reason", op->reply);
 	} else if (op->q.result == SENDER_QR_DONE) {
 		log_outcome(op);
 		stats_outcome(s, op->out);
@@ -498,6 +506,10 @@ on_outcome(const struct sender_outcome *o, void *arg)
 	case SENDER_OUT_BOUNCED:
 	case SENDER_OUT_EXPIRED:
 		op->q.kind = SENDER_QOP_BOUNCED;        /* its DSN: sender_notify */
+		break;
+	case SENDER_OUT_POSTPONED:
+		op->q.kind = SENDER_QOP_POSTPONED;
+		op->q.next_attempt_ms = o->next_attempt_ms;
 		break;
 	}
 	add_op(s, op);
@@ -757,6 +769,7 @@ sender_metrics(void *arg, hk_prom *p)
 	hk_prom_one(p, "hikyaku_sender_handoff_acked_total", "counter", "Recipients the new owner committed after a handoff.", s->stats.handoff.rcpts_acked);
 	hk_prom_one(p, "hikyaku_sender_handed_off_total", "counter", "Recipients removed here after their handoff.", s->stats.handed_off);
 	hk_prom_one(p, "hikyaku_sender_handoff_refused_total", "counter", "Handoff requests refused, unsent or timed out (tried again).", s->stats.handoff.refused);
+	hk_prom_one(p, "hikyaku_sender_postponed_total", "counter", "Recipients that waited for a source address with budget (warm-up, shaping), not attempted.", s->stats.postponed);
 	hk_prom_one(p, "hikyaku_sender_dsns_total", "counter", "Delivery status notifications queued for our own bounces, expiries and delays.", s->stats.dsns);
 	hk_prom_one(p, "hikyaku_sender_foreign_recipients", "gauge", "Queued recipients another sender owns, as the last handoff scan saw (lower bound).", s->stats.handoff.foreign);
 	for (int i = 0; i < 4; i++) {

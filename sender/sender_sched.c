@@ -186,6 +186,7 @@ struct job {
 	struct sender_smtp_job sj;
 	sender_smtp *smtp;              /* while SMTP runs */
 	bool dns_pending;
+	bool postponed;                 /* ended waiting for a budget (job_postpone) */
 	int64_t start_ms;
 };
 
@@ -343,8 +344,8 @@ job_domain_result(struct job *j, int64_t now)
 		return;
 	if (d->jobs > 0)
 		d->jobs--;
-	if (s->stopping || j->n == 0) {
-		/* an aborted job says nothing about the domain */
+	if (s->stopping || j->n == 0 || j->postponed) {
+		/* an aborted or postponed job says nothing about the domain */
 	} else if (j->sj.mx_host[0] != '\0') {
 		if (d->failures > 0)
 			hk_log_info("domain_backoff_end", "{s:s, s:i}", "domain", d->domain,
@@ -371,7 +372,7 @@ job_end(struct job *j)
 	int64_t now = hk_now_ms();
 	const char *tenant = j->meta && j->meta->tenant ? j->meta->tenant : "";
 
-	for (size_t i = 0; i < j->n; i++) {
+	for (size_t i = 0; i < j->n && !j->postponed; i++) {
 		struct job_rcpt *r = &j->r[i];
 		struct sender_smtp_rcpt *sr = &j->sr[i];
 		struct sender_class cl;
@@ -438,6 +439,33 @@ job_fail(struct job *j, int code, const char *fmt, ...)
 		j->sr[i].code = code;
 		snprintf(j->sr[i].reply, sizeof(j->sr[i].reply), "%s", text);
 	}
+	job_end(j);
+}
+
+/* job_postpone - no source address may carry the job now: every recipient
+ * waits until UNTIL without an attempt (WHY says what it waits for). */
+static void __attribute__((format(printf, 3, 4)))
+job_postpone(struct job *j, int64_t until, const char *fmt, ...)
+{
+	sender_sched *s = j->s;
+	const char *tenant = j->meta && j->meta->tenant ? j->meta->tenant : "";
+	char why[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	for (size_t i = 0; i < j->n; i++) {
+		struct sender_outcome o = {
+			.kind = SENDER_OUT_POSTPONED, .id = j->id, .idx = j->r[i].idx, .tenant = tenant,
+			.rcpt = j->r[i].address, .domain = j->domain, .mx = "", .mx_addr = "",
+			.source = "", .tls = "", .reply = why, .status = "", .reason = "budget",
+			.provider = "", .attempts = j->r[i].attempts, .attempt_ms = hk_now_ms(),
+			.next_attempt_ms = until,
+		};
+		s->cb(&o, s->arg);
+	}
+	j->postponed = true;    /* reported: job_end has nothing more to say */
 	job_end(j);
 }
 
@@ -521,7 +549,9 @@ job_start(sender_sched *s, struct job *j)
 	const struct hk_pool_addr *src = sender_pools_pick(s->pools, j->meta->pool, NULL, NULL,
 	    &retry_at, NULL);
 	if (src == NULL) {
-		job_fail(j, 451, "451 4.4.5 no source address of pool %s can be used now",
+		if (retry_at == INT64_MAX)
+			retry_at = hk_now_ms() + (int64_t)c->retry_min_ms;
+		job_postpone(j, retry_at, "no address of pool %s has budget left",
 		    j->meta->pool && *j->meta->pool ? j->meta->pool : "shared");
 		return;
 	}

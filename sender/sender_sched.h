@@ -41,6 +41,8 @@ enum sender_outcome_kind {
 	SENDER_OUT_DEFERRED,            /* 4xx: retry at next_attempt_ms */
 	SENDER_OUT_BOUNCED,             /* 5xx: remove (and a DSN: sender_notify) */
 	SENDER_OUT_EXPIRED,             /* 4xx past max_lifetime: remove (and a DSN) */
+	SENDER_OUT_POSTPONED,           /* not attempted (no source address has budget):
+	                                 * wait until next_attempt_ms, no attempt counted */
 };
 
 /* One recipient's outcome. Strings are valid during the callback only,
@@ -66,7 +68,7 @@ struct sender_outcome {
 	const char *provider;           /* static: "gmail", "yahoo", ... or "" */
 	uint32_t attempts;              /* including this one */
 	int64_t attempt_ms;             /* when this attempt ended */
-	int64_t next_attempt_ms;        /* DEFERRED */
+	int64_t next_attempt_ms;        /* DEFERRED, POSTPONED */
 };
 
 typedef void (*sender_outcome_cb)(const struct sender_outcome *o, void *arg);
