@@ -20,6 +20,7 @@
 
 #include "sender_class.h"
 #include "sender_shaping.h"
+#include "sender_warmup.h"
 
 extern const unsigned char sender_shaping_builtin[];
 extern const size_t sender_shaping_builtin_len;
@@ -659,6 +660,55 @@ test_state_survives_restart(void **state)
 	rmdir(dir);
 }
 
+/* The set-up the sender is to use: shaping's state in the warm-up
+ * environment, both surviving a restart side by side. */
+static void
+test_state_in_warmup_env(void **state)
+{
+	char dir[64] = "/tmp/hk_test_shaping_wu_XXXXXX", err[256], p[128];
+	sender_warmup_schedule *s;
+	sender_warmup *w;
+	sender_shaping *sh;
+	uint32_t got;
+	int64_t retry;
+	(void)state;
+
+	assert_non_null(mkdtemp(dir));
+	for (int round = 0; round < 2; round++) {
+		s = sender_warmup_schedule_load(NULL, err, sizeof(err));
+		assert_int_equal(sender_warmup_open(&w, dir, &s, false, err, sizeof(err)), 0);
+		sender_warmup_set_address(w, "10.0.0.2", true);
+		sh = load(NULL);
+		assert_int_equal(sender_shaping_attach(sh, sender_warmup_env(w), err, sizeof(err)), 0);
+		const struct sender_shaping_rule *g = sender_shaping_match(sh, "gmail.com", NULL);
+		if (round == 0) {
+			assert_int_equal(sender_warmup_take(w, "10.0.0.2", g->name, 5, T0, &got, &retry), 0);
+			assert_int_equal(got, 5);
+			sender_shaping_result(sh, g, "10.0.0.2", true, "421 4.7.28", T0);
+			assert_int_equal(sender_warmup_count(w, "10.0.0.2", g->name, SENDER_WARMUP_THROTTLED, T0), 0);
+		} else {
+			assert_int_equal(sender_shaping_acquire(sh, g, "10.0.0.2", T0 + 1000, &retry),
+			    SENDER_SHAPING_SUSPENDED);
+			assert_int_equal(retry, T0 + 5 * 60000);
+			struct sender_warmup_status *st;
+			size_t n;
+			assert_int_equal(sender_warmup_status(w, T0 + 1000, &st, &n), 0);
+			assert_int_equal(n, 1);
+			assert_string_equal(st[0].provider, "gmail");
+			assert_int_equal(st[0].sent_day, 5);
+			assert_int_equal(st[0].throttled, 1);
+			free(st);
+		}
+		sender_shaping_free(&sh);
+		sender_warmup_close(&w);
+	}
+	snprintf(p, sizeof(p), "%s/data.mdb", dir);
+	unlink(p);
+	snprintf(p, sizeof(p), "%s/lock.mdb", dir);
+	unlink(p);
+	rmdir(dir);
+}
+
 static void
 test_status(void **state)
 {
@@ -712,6 +762,7 @@ main(void)
 		cmocka_unit_test(test_throttle_suspends_and_slows),
 		cmocka_unit_test(test_recovery_step_by_step),
 		cmocka_unit_test(test_state_survives_restart),
+		cmocka_unit_test(test_state_in_warmup_env),
 		cmocka_unit_test(test_status),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
