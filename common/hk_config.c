@@ -937,6 +937,23 @@ KEY(s_hb, get_duration_ms(c, v, k, &nc->u.sender.heartbeat_interval_ms))
 KEY(s_cachetime, get_duration_ms(c, v, k, &nc->u.sender.connection_cache_time_ms))
 KEY(s_delaywarn, get_duration_ms(c, v, k, &nc->u.sender.delay_warning_ms))
 
+/* A path key of a sender, relative to the configuration file. */
+static int
+get_path(struct cfg_ctx *c, const yaml_node_t *v, const char *k, char **out)
+{
+	const char *p = scalar(v);
+
+	if (p == NULL || *p == '\0')
+		return cfg_error(c, v, k, "expected a path");
+	free(*out);
+	*out = resolve_path(c->path, p);
+	return 0;
+}
+
+KEY(s_shaping, get_path(c, v, k, &nc->u.sender.shaping_file))
+KEY(s_warmup, get_path(c, v, k, &nc->u.sender.warmup_file))
+KEY(s_repdir, get_path(c, v, k, &nc->u.sender.reputation_dir))
+
 static int
 k_s_reuse(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
 {
@@ -1129,7 +1146,8 @@ static const struct key_rule sender_keys[] = {
 	{ "max_lifetime", k_s_life }, { "heartbeat_interval", k_s_hb },
 	{ "connection_cache_time", k_s_cachetime }, { "connection_reuse_limit", k_s_reuse },
 	{ "max_connections_per_domain", k_s_perdom }, { "delay_warning_time", k_s_delaywarn },
-	{ "pools", k_s_pools },
+	{ "pools", k_s_pools }, { "shaping_file", k_s_shaping }, { "warmup_file", k_s_warmup },
+	{ "reputation_dir", k_s_repdir },
 	{ "tls_required_domains", k_s_tlsreq }, { "tls_ca_file", k_s_cafile },
 	{ NULL, NULL },
 };
@@ -1304,6 +1322,11 @@ check_node(struct cfg_ctx *c, struct hk_config *cfg, struct hk_node_conf *nc, bo
 		NEED(nc->router_names, "routers");
 		if (!nc->u.sender.hostname)
 			nc->u.sender.hostname = xstrdup("localhost");
+		if (nc->u.sender.reputation_dir == NULL) {
+			size_t n = strlen(nc->u.sender.queue_path) + sizeof("/reputation");
+			nc->u.sender.reputation_dir = xmalloc(n);
+			snprintf(nc->u.sender.reputation_dir, n, "%s/reputation", nc->u.sender.queue_path);
+		}
 		if (nc->u.sender.n_pools > 0 && nc->u.sender.source_address) {
 			snprintf(c->err, c->errlen, "%s:%d: key 'source_address': give either source_address "
 			    "or pools, not both (node '%s')", c->path, nc->line, nc->name);
@@ -1498,6 +1521,9 @@ hk_config_free(struct hk_config **cfgp)
 				free(pc->spill_to);
 			}
 			free(nc->u.sender.pools);
+			free(nc->u.sender.shaping_file);
+			free(nc->u.sender.warmup_file);
+			free(nc->u.sender.reputation_dir);
 			free_list(nc->router_names, nc->u.sender.n_routers);
 			free_list(nc->u.sender.routers, nc->u.sender.n_routers);
 			break;

@@ -148,6 +148,9 @@ struct hk_sender_conf {
 	uint32_t connection_reuse_limit;    /* transactions per SMTP connection (>= 1) */
 	uint32_t max_connections_per_domain; /* concurrent sessions to one domain (>= 1) */
 	uint32_t delay_warning_ms;  /* delay DSN (NOTIFY=DELAY) after this long queued; 0: first deferral */
+	char *shaping_file;         /* rules on top of the built-in ones, or NULL */
+	char *warmup_file;          /* the warm-up schedule, or NULL: built in */
+	char *reputation_dir;       /* warm-up and shaping state (LMDB); default QUEUE/reputation */
 	struct hk_pool_conf *pools; /* pools:, or one implicit "shared" pool of
 	                             * {source_address, hostname} */
 	size_t n_pools;

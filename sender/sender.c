@@ -51,6 +51,8 @@
 /* This role */
 #include "sender_handoff.h"
 #include "sender_notify.h"
+#include "sender_shaping.h"
+#include "sender_warmup.h"
 #include "sender_queue.h"
 #include "sender_sched.h"
 
@@ -88,6 +90,11 @@ struct sender {
 	sender_sched *sched;
 	sender_handoff *handoff;
 	sender_notify *notify;          /* DSNs owed for our outcomes */
+	sender_shaping *shaping;        /* per-destination limits */
+	sender_warmup *warmup;          /* warm-up state (its own LMDB environment) */
+	/* Status documents for GET /shaping and /warmup, made on the loop. */
+	uv_mutex_t status_lock;
+	char *shaping_json, *warmup_json;
 	hk_zlink **links;
 	size_t n_links;
 	uv_timer_t hb_timer;
@@ -730,6 +737,20 @@ sender_publish(struct hk_node *node)
 		return;
 	s->stats.queue_depth = sender_queue_depth(s->q);
 	s->stats.in_flight = sender_sched_jobs(s->sched);
+	int64_t now = hk_now_ms();
+	json_t *sj = s->shaping ? sender_shaping_status_json(s->shaping, now) : json_array();
+	json_t *wj = s->warmup ? sender_warmup_status_json(s->warmup, now) : json_array();
+	char *a = json_dumps(sj, JSON_COMPACT), *b = json_dumps(wj, JSON_COMPACT);
+	json_decref(sj);
+	json_decref(wj);
+	uv_mutex_lock(&s->status_lock);
+	free(s->shaping_json);
+	free(s->warmup_json);
+	s->shaping_json = a;
+	s->warmup_json = b;
+	uv_mutex_unlock(&s->status_lock);
+	if (s->warmup)
+		sender_warmup_sync(s->warmup);   /* bounds what a machine crash can take */
 }
 
 static bool
@@ -750,6 +771,24 @@ sender_ready(void *arg, char *reason, size_t len)
 	else
 		return true;
 	return false;
+}
+
+/* sender_get - GET /shaping and /warmup: the status documents of the last
+ * publish (hikyaku shaping|warmup status). */
+static int
+sender_get(void *arg, const char *path, char **body, size_t *len)
+{
+	struct sender *s = arg;
+	char **doc = !strcmp(path, "/shaping") ? &s->shaping_json : !strcmp(path, "/warmup")
+	    ? &s->warmup_json : NULL;
+
+	if (doc == NULL)
+		return 0;
+	uv_mutex_lock(&s->status_lock);
+	*body = xstrdup(*doc ? *doc : "[]");
+	uv_mutex_unlock(&s->status_lock);
+	*len = strlen(*body);
+	return 200;
 }
 
 static void
@@ -790,6 +829,9 @@ on_handle_closed(uv_handle_t *h)
 
 	if (--s->handles_open == 0) {
 		free(s->next.ops);
+		free(s->shaping_json);
+		free(s->warmup_json);
+		uv_mutex_destroy(&s->status_lock);
 		free(s);
 	}
 }
@@ -803,6 +845,8 @@ maybe_finish(struct sender *s)
 		return;
 	s->finished = true;
 	sender_notify_free(&s->notify);
+	sender_shaping_free(&s->shaping);      /* detaches from the warm-up env first */
+	sender_warmup_close(&s->warmup);
 	sender_handoff_close(s->handoff);
 	s->handoff = NULL;
 	for (size_t i = 0; i < s->n_links; i++)
@@ -848,6 +892,33 @@ sched_filter(const char *domain, const char *rcpt, void *arg)
 	return s->handoff == NULL || sender_handoff_mine(s->handoff, domain, rcpt);
 }
 
+/* reputation_open - the shaping rules (built in, then shaping_file), the
+ * warm-up schedule and state (reputation_dir), shaping's adaptive state
+ * kept there too, and every pool address registered as warming or warm. */
+static int
+reputation_open(struct sender *s, char *err, size_t errlen)
+{
+	const struct hk_sender_conf *c = s->conf;
+	sender_warmup_schedule *sched;
+
+	if ((s->shaping = sender_shaping_load(c->shaping_file, err, errlen)) == NULL)
+		return -1;
+	if ((sched = sender_warmup_schedule_load(c->warmup_file, err, errlen)) == NULL ||
+	    sender_warmup_open(&s->warmup, c->reputation_dir, &sched, false, err, errlen) != 0 ||
+	    sender_shaping_attach(s->shaping, sender_warmup_env(s->warmup), err, errlen) != 0) {
+		sender_warmup_schedule_free(&sched);
+		sender_shaping_free(&s->shaping);
+		sender_warmup_close(&s->warmup);
+		return -1;
+	}
+	for (size_t i = 0; i < c->n_pools; i++)
+		for (size_t k = 0; k < c->pools[i].n_addrs; k++)
+			if (c->pools[i].addrs[k].address)
+				sender_warmup_set_address(s->warmup, c->pools[i].addrs[k].address,
+				    c->pools[i].addrs[k].warmup);
+	return 0;
+}
+
 static int
 sender_start(struct hk_node *node)
 {
@@ -865,6 +936,14 @@ sender_start(struct hk_node *node)
 		free(s);
 		return -1;
 	}
+	if (reputation_open(s, err, sizeof(err)) != 0) {
+		hk_log_error("reputation_open_failed", "{s:s, s:s}", "path", c->reputation_dir,
+		    "error", err);
+		sender_queue_close(&s->q);
+		free(s);
+		return -1;
+	}
+	uv_mutex_init(&s->status_lock);
 	s->links = xcalloc(c->n_routers ? c->n_routers : 1, sizeof(*s->links));
 	for (size_t i = 0; i < c->n_routers; i++) {
 		int64_t max = (int64_t)hk_config_max_frame(node->cfg);
@@ -901,6 +980,7 @@ sender_start(struct hk_node *node)
 		.stats = &s->stats.handoff,
 	});
 	sender_sched_set_filter(s->sched, sched_filter, s);
+	sender_sched_set_shaping(s->sched, s->shaping, s->warmup);
 	s->notify = sender_notify_new(&(struct sender_notify_conf){
 		.q = s->q, .reporting_mta = c->hostname ? c->hostname : "localhost",
 		.node = node->conf->name, .delay_warning_ms = c->delay_warning_ms,
@@ -917,7 +997,7 @@ sender_start(struct hk_node *node)
 	node->role = s;
 	s->stats.queue_open = true;
 	node->http_handlers = (struct hk_http_handlers){
-		.arg = s, .ready = sender_ready, .metrics = sender_metrics,
+		.arg = s, .ready = sender_ready, .metrics = sender_metrics, .get = sender_get,
 	};
 	node->publish = sender_publish;
 	hk_log_info("sender_ready", "{s:I, s:s, s:i}", "queue_depth",
@@ -928,6 +1008,9 @@ fail:
 	for (size_t i = 0; i < s->n_links; i++)
 		hk_zlink_close(s->links[i]);
 	free(s->links);
+	sender_shaping_free(&s->shaping);
+	sender_warmup_close(&s->warmup);
+	uv_mutex_destroy(&s->status_lock);
 	sender_queue_close(&s->q);
 	free(s);
 	return -1;

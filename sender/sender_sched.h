@@ -88,6 +88,14 @@ void sender_sched_kick(sender_sched *s);
  * the recipient may be picked again by the schedule. */
 void sender_sched_release(sender_sched *s, const char *id, uint32_t idx);
 
+/* sender_sched_set_shaping - per-destination limits (SHAPING) and warm-up
+ * budgets (WARMUP) for choosing each job's source address; either may be
+ * NULL. They must outlive the scheduler. */
+struct sender_shaping;
+struct sender_warmup;
+void sender_sched_set_shaping(sender_sched *s, struct sender_shaping *shaping,
+    struct sender_warmup *warmup);
+
 /* sender_sched_set_filter - FN(domain, rcpt, arg) false: the recipient is
  * not ours to deliver (its domain has another owner now and is being handed
  * on); the schedule passes it by. With rcpt NULL it is asked about the
