@@ -492,6 +492,20 @@ on_smtp(struct sender_smtp_job *sj, void *arg)
 	job_end(j);
 }
 
+static void on_tick(uv_timer_t *t);
+
+/* sched_wake_at - scan at WHEN if that is before the next tick. */
+static void
+sched_wake_at(sender_sched *s, int64_t when)
+{
+	int64_t now = hk_now_ms(), due = (int64_t)uv_timer_get_due_in(&s->timer);
+
+	if (s->stopping || when - now >= due)
+		return;
+	uv_timer_start(&s->timer, on_tick, when > now ? (uint64_t)(when - now) : 0,
+	    SENDER_SCHED_TICK_MS);
+}
+
 /*
  * shape_key - the key of the job's shaping state for source address ADDR:
  * the address for a named rule (one provider, all its domains together);
@@ -566,9 +580,10 @@ job_source(struct job *j, const char *mx_host)
 				retry_at = ra;
 			if (a == NULL)
 				break;
-			char key[SENDER_SHAPING_ADDR_MAX];
-			enum sender_shaping_verdict v = sender_shaping_acquire(s->shaping, j->rule,
-			    shape_key(j, a->address ? a->address : "", key), t.now, &ra);
+			char kbuf[SENDER_SHAPING_ADDR_MAX];
+			const char *key = shape_key(j, a->address ? a->address : "", kbuf);
+			enum sender_shaping_verdict v = sender_shaping_acquire(s->shaping, j->rule, key,
+			    t.now, &ra);
 			if (v == SENDER_SHAPING_OK) {
 				uint32_t taken = j->n;
 				j->shaped = true;
@@ -614,6 +629,8 @@ job_source(struct job *j, const char *mx_host)
 		retry_at = now + (retry_at == INT64_MAX ? 1000 : (int64_t)s->conf->retry_max_ms);
 	struct dstate *d = dstate_find(s, j->domain, true);
 	d->hold_until_ms = retry_at < now + 1000 ? retry_at : now + 1000;
+	/* A paced rule's next slot is often sooner than the next tick. */
+	sched_wake_at(s, d->hold_until_ms);
 	job_postpone(j, retry_at, "pool %s, rule %s: %s", pool, j->rule ? j->rule->name : "-", why);
 	return false;
 }
@@ -626,11 +643,12 @@ job_settle(struct job *j, int64_t now)
 	sender_sched *s = j->s;
 	const char *addr = j->src && j->src->address ? j->src->address : "";
 	bool answered = j->sj.mx_host[0] != '\0';
-	char key[SENDER_SHAPING_ADDR_MAX];
+	char kbuf[SENDER_SHAPING_ADDR_MAX];
+	const char *key;
 
 	if (j->rule == NULL || j->src == NULL)
 		return;
-	shape_key(j, addr, key);
+	key = shape_key(j, addr, kbuf);
 	for (size_t i = 0; i < j->n && !j->postponed; i++) {
 		struct sender_smtp_rcpt *sr = &j->sr[i];
 		struct sender_class cl;

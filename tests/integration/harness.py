@@ -21,6 +21,7 @@ Every process is started by pid in a ProcessGroup and stopped by pid.
 """
 import asyncio
 import atexit
+import datetime
 import json
 import math
 import os
@@ -1051,6 +1052,12 @@ def domain_mx_spread(domains):
     for i, d in enumerate(domains):
         mx[d] = hosts[i % len(hosts)]
     return mx
+
+
+def parse_ts(ts):
+    """A log line's "ts" (RFC 3339, UTC, milliseconds) as epoch seconds."""
+    return datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
 
 
 _M64 = (1 << 64) - 1
