@@ -388,7 +388,8 @@ commit_outcome_done(struct sender *s, struct sender_op *op)
 		s->stats.handed_off++;
 	} else if (op->q.result == SENDER_QR_DONE && op->out == SENDER_OUT_POSTPONED) {
 		stats_outcome(s, op->out);
-		hk_log_info("postponed", "{s:s, s:s, s:s, s:I, s:s}", "id", op->id, "rcpt", op->rcpt,
+		/* Pacing waits are routine: only waits of a second or more are news. */
+		hk_log(op->q.next_attempt_ms - hk_now_ms() >= 1000 ? HK_LOG_INFO : HK_LOG_DEBUG, "postponed", "{s:s, s:s, s:s, s:I, s:s}", "id", op->id, "rcpt", op->rcpt,
 		    "domain", op->domain, "until_ms", (json_int_t)op->q.next_attempt_ms,
 		    "reason", op->reply);
 	} else if (op->q.result == SENDER_QR_DONE) {

@@ -159,6 +159,8 @@ struct dstate {
 	uint32_t failures;              /* attempts in a row no MX took */
 	int64_t backoff_until_ms;       /* no new job before */
 	int64_t hold_until_ms;          /* briefly no new job: its sources had no budget */
+	int64_t paced_until_ms;         /* a rate refused it lately: ... */
+	uint32_t paced_jobs;            /* ... at most this many jobs at once meanwhile */
 	struct dstate *next;            /* same hash */
 	struct dstate *lprev, *lnext;   /* every one, for the end */
 };
@@ -263,7 +265,12 @@ dstate_find(sender_sched *s, const char *domain, bool create)
 static uint32_t
 domain_limit(const sender_sched *s, const struct dstate *d)
 {
-	return d->failures > 0 ? 1 : s->conf->max_connections_per_domain;
+	if (d->failures > 0)
+		return 1;
+	/* Paced by its rule: more jobs at once would only be postponed. */
+	if (d->paced_until_ms > hk_now_ms() && d->paced_jobs < s->conf->max_connections_per_domain)
+		return d->paced_jobs;
+	return s->conf->max_connections_per_domain;
 }
 
 /* dstate_gc - forget D once it says nothing: no job, no failure. */
@@ -272,7 +279,8 @@ dstate_gc(sender_sched *s, struct dstate *d)
 {
 	hk_u64map *m = s->domains;
 
-	if (d->jobs > 0 || d->failures > 0 || d->hold_until_ms > hk_now_ms())
+	if (d->jobs > 0 || d->failures > 0 || d->hold_until_ms > hk_now_ms() ||
+	    d->paced_until_ms > hk_now_ms())
 		return;
 	if (d->lprev)
 		d->lprev->lnext = d->lnext;
@@ -568,6 +576,7 @@ job_source(struct job *j, const char *mx_host)
 	struct src_try t = { .s = s, .j = j, .now = hk_now_ms() };
 	int64_t retry_at = INT64_MAX, ra;
 	const char *why = "no address has budget left";
+	bool paced = false;
 
 	j->rule = s->shaping ? sender_shaping_match(s->shaping, j->domain, mx_host) : NULL;
 	if (j->rule == NULL) {
@@ -605,6 +614,8 @@ job_source(struct job *j, const char *mx_host)
 				why = "warm-up budget";
 			} else {
 				why = sender_shaping_verdict_name(v);
+				if (v == SENDER_SHAPING_RATE || v == SENDER_SHAPING_CONNECTIONS)
+					paced = true;
 			}
 			if (ra < retry_at)
 				retry_at = ra;
@@ -629,6 +640,10 @@ job_source(struct job *j, const char *mx_host)
 		retry_at = now + (retry_at == INT64_MAX ? 1000 : (int64_t)s->conf->retry_max_ms);
 	struct dstate *d = dstate_find(s, j->domain, true);
 	d->hold_until_ms = retry_at < now + 1000 ? retry_at : now + 1000;
+	if (paced) {
+		d->paced_until_ms = now + 10000;
+		d->paced_jobs = j->rule && j->rule->max_connections ? j->rule->max_connections : 1;
+	}
 	/* A paced rule's next slot is often sooner than the next tick. */
 	sched_wake_at(s, d->hold_until_ms);
 	job_postpone(j, retry_at, "pool %s, rule %s: %s", pool, j->rule ? j->rule->name : "-", why);
