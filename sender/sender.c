@@ -740,7 +740,9 @@ sender_publish(struct hk_node *node)
 	s->stats.in_flight = sender_sched_jobs(s->sched);
 	int64_t now = hk_now_ms();
 	json_t *sj = s->shaping ? sender_shaping_status_json(s->shaping, now) : json_array();
-	json_t *wj = s->warmup ? sender_warmup_status_json(s->warmup, now) : json_array();
+	json_t *wj = s->warmup ? sender_warmup_status_json(s->warmup, now) : NULL;
+	if (wj == NULL)
+		wj = json_array();      /* not readable now: an empty list, and the log says why */
 	char *a = json_dumps(sj, JSON_COMPACT), *b = json_dumps(wj, JSON_COMPACT);
 	json_decref(sj);
 	json_decref(wj);

@@ -12,6 +12,7 @@ record the peer (source) address of every session.
   max_per_minute.
 """
 import json
+import subprocess
 import urllib.request
 import uuid
 
@@ -87,6 +88,12 @@ def test_warmup_cap_exact_then_wait(make_cluster, mx):
         "http://%s/warmup" % c.nodes["sender-1"]["http"], timeout=5))
     (row,) = [r for r in st if r["addr"] == "127.0.0.5"]
     assert row["day_cap"] == 6 and row["sent_day"] == 6, row
+    # `hikyaku warmup status` prints the same.
+    out = subprocess.run([harness.HIKYAKU_BIN, "warmup", "status", "--config", c.config_path],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    line = [l for l in out.stdout.splitlines() if "127.0.0.5" in l]
+    assert line and line[0].split()[1:6] == ["default", "1/2", "6", "6", "0"], out.stdout
 
 
 def test_spill_to_warm_addresses(make_cluster, mx):
@@ -141,6 +148,11 @@ def test_throttling_pauses_that_address_for_that_provider_only(make_cluster, mx)
         "http://%s/shaping" % c.nodes["sender-1"]["http"], timeout=5))
     (row,) = [r for r in st if r["addr"] == hit and r["rule"] == "prov"]
     assert row["throttles_total"] == 1 and "Try again later" in row["why"], row
+    out = subprocess.run([harness.HIKYAKU_BIN, "shaping", "status", "--config", c.config_path,
+                          "--node", "sender-1"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    line = [l for l in out.stdout.splitlines() if hit in l and " prov " in l]
+    assert line and "Try again later" in line[0] and "0.50" in line[0], out.stdout
 
 
 def test_concurrency_and_rate_follow_the_rule(make_cluster, mx):
