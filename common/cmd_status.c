@@ -105,13 +105,13 @@ print_warmup(const char *node, json_t *doc)
 	char a[32], b[32], c[32], d[32], e[32], f[32];
 
 	printf("sender %s: %zu (address, provider) pairs under warm-up\n", node, json_array_size(doc));
-	printf("  %-16s %-10s %7s %9s %9s %9s %9s %8s %8s %8s  %s\n", "ADDRESS", "PROVIDER", "STEP",
-	    "DAY_CAP", "SENT", "REMAIN", "HOUR_CAP", "ACCEPT", "BOUNCE", "COMPL", "HOLD");
+	printf("  %-16s %-10s %4s %7s %9s %9s %9s %9s %8s %8s %8s  %s\n", "ADDRESS", "PROVIDER",
+	    "DAY", "STEP", "DAY_CAP", "SENT", "REMAIN", "HOUR_CAP", "ACCEPT", "BOUNCE", "COMPL", "HOLD");
 	json_array_foreach(doc, i, r) {
 		char step[32];
 		snprintf(step, sizeof(step), "%lld/%lld", num(r, "step"), num(r, "steps"));
-		printf("  %-16s %-10s %7s %9s %9lld %9s %9s %8s %8s %8s  %s%s%s\n",
-		    str(r, "addr"), str(r, "provider"),
+		printf("  %-16s %-10s %4lld %7s %9s %9lld %9s %9s %8s %8s %8s  %s%s%s\n",
+		    str(r, "addr"), str(r, "provider"), num(r, "day"),
 		    json_is_true(json_object_get(r, "done")) ? "warm" : step,
 		    capv(r, "day_cap", a, sizeof(a)), num(r, "sent_day"),
 		    capv(r, "remaining", b, sizeof(b)), capv(r, "hour_cap", c, sizeof(c)),

@@ -93,7 +93,7 @@ def test_warmup_cap_exact_then_wait(make_cluster, mx):
                          capture_output=True, text=True, timeout=10)
     assert out.returncode == 0, out.stderr
     line = [l for l in out.stdout.splitlines() if "127.0.0.5" in l]
-    assert line and line[0].split()[1:6] == ["default", "1/2", "6", "6", "0"], out.stdout
+    assert line and line[0].split()[1:7] == ["default", "1", "1/2", "6", "6", "0"], out.stdout
 
 
 def test_spill_to_warm_addresses(make_cluster, mx):
