@@ -95,6 +95,7 @@ struct sender {
 	/* Status documents for GET /shaping and /warmup, made on the loop. */
 	uv_mutex_t status_lock;
 	char *shaping_json, *warmup_json;
+	int64_t pruned_ms;              /* shaping pairs last pruned */
 	hk_zlink **links;
 	size_t n_links;
 	uv_timer_t hb_timer;
@@ -754,6 +755,11 @@ sender_publish(struct hk_node *node)
 	uv_mutex_unlock(&s->status_lock);
 	if (s->warmup)
 		sender_warmup_sync(s->warmup);   /* bounds what a machine crash can take */
+	if (s->shaping && now - s->pruned_ms >= 60000) {
+		/* The default rule keeps a pair per destination domain. */
+		sender_shaping_prune(s->shaping, now);
+		s->pruned_ms = now;
+	}
 }
 
 static bool

@@ -217,6 +217,7 @@ struct sender_sched {
 	sender_shaping *shaping;        /* per-destination limits (NULL: none) */
 	sender_warmup *warmup;          /* warm-up budgets (NULL: none) */
 	struct dstate *dlist;           /* all of them */
+	int64_t swept_ms;               /* dlist last swept (on_tick) */
 	sender_sched_filter_fn filter;  /* deliverable here? (NULL: all) */
 	void *filter_arg;
 	struct job *jobs;               /* running, doubly linked */
@@ -891,7 +892,18 @@ sched_scan(sender_sched *s)
 static void
 on_tick(uv_timer_t *t)
 {
-	sched_scan(t->data);
+	sender_sched *s = t->data;
+	int64_t now = hk_now_ms();
+
+	/* Domains whose holds ran out with no job to end them. */
+	if (now - s->swept_ms >= 10000) {
+		for (struct dstate *d = s->dlist, *next; d; d = next) {
+			next = d->lnext;
+			dstate_gc(s, d);
+		}
+		s->swept_ms = now;
+	}
+	sched_scan(s);
 }
 
 int

@@ -823,6 +823,48 @@ pair_get(sender_shaping *sh, const struct sender_shaping_rule *pub, const char *
 	return p;
 }
 
+/* pair_idle - P says nothing a fresh pair would not: no connection, full
+ * rate, not suspended, and nothing granted within the hour window. */
+static bool
+pair_idle(const struct pair *p, int64_t now)
+{
+	int64_t minute = floordiv(now, 60000);
+
+	if (p->conns > 0 || p->factor < 1.0 || p->suspended_until > now || p->tat > (double)now)
+		return false;
+	for (int i = 0; i < SLOTS; i++)
+		if (p->slot_minute[i] != INT64_MIN && p->slot_minute[i] > minute - SLOTS)
+			return false;
+	for (uint32_t i = 0; i < p->ring_len; i++)
+		if (p->ring[i] > now - 60000)
+			return false;
+	return true;
+}
+
+size_t
+sender_shaping_prune(sender_shaping *sh, int64_t now)
+{
+	size_t gone = 0;
+
+	for (size_t b = 0; b < sh->n_buckets; b++) {
+		struct pair **pp = &sh->buckets[b];
+		while (*pp) {
+			struct pair *p = *pp;
+			if (!pair_idle(p, now)) {
+				pp = &p->next;
+				continue;
+			}
+			*pp = p->next;
+			free(p->ring);
+			free(p->addr);
+			free(p);
+			sh->n_pairs--;
+			gone++;
+		}
+	}
+	return gone;
+}
+
 /* scaled - LIMIT times the factor, at least 1; 0 stays 0 (no limit). The
  * small epsilon keeps 0.3 * 10 from flooring to 2. */
 static uint32_t

@@ -170,6 +170,12 @@ void sender_shaping_result(sender_shaping *sh, const struct sender_shaping_rule 
  * transaction each. 0, or -1 with ERR. */
 int sender_shaping_attach(sender_shaping *sh, MDB_env *env, char *err, size_t errlen);
 
+/* sender_shaping_prune - forget the pairs that say nothing a new one would
+ * not (no connection, full rate, not suspended, nothing granted within the
+ * last hour): the per-domain pairs of the "default" rule would otherwise
+ * grow with every destination ever seen. Returns how many went. */
+size_t sender_shaping_prune(sender_shaping *sh, int64_t now);
+
 /* sender_shaping_factor - the current rate factor of (ADDR, RULE): 1 when it
  * was never throttled. */
 double sender_shaping_factor(const sender_shaping *sh, const struct sender_shaping_rule *rule, const char *addr);

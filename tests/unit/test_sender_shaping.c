@@ -22,6 +22,8 @@
 #include "sender_shaping.h"
 #include "sender_warmup.h"
 
+static void test_prune(void **state);
+
 extern const unsigned char sender_shaping_builtin[];
 extern const size_t sender_shaping_builtin_len;
 
@@ -768,6 +770,39 @@ main(void)
 		cmocka_unit_test(test_state_survives_restart),
 		cmocka_unit_test(test_state_in_warmup_env),
 		cmocka_unit_test(test_status),
+		cmocka_unit_test(test_prune),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
+}
+
+/* Pairs that say nothing a new one would not are forgotten; the others
+ * stay (an open connection, a suspension, grants within the hour). */
+static void
+test_prune(void **state)
+{
+	sender_shaping *sh = only("rules:\n  r: {domains: [r.test], max_per_hour: 10}\n");
+	const struct sender_shaping_rule *r = sender_shaping_rule(sh, "r");
+	int64_t retry;
+	size_t n;
+	struct sender_shaping_status *st;
+	(void)state;
+
+	assert_int_equal(sender_shaping_acquire(sh, r, "idle", T0, &retry), SENDER_SHAPING_OK);
+	sender_shaping_release(sh, r, "idle");
+	assert_int_equal(sender_shaping_acquire(sh, r, "open", T0, &retry), SENDER_SHAPING_OK);
+	assert_int_equal(sender_shaping_acquire(sh, r, "slow", T0, &retry), SENDER_SHAPING_OK);
+	sender_shaping_release(sh, r, "slow");
+	sender_shaping_result(sh, r, "slow", true, "421 4.7.0 slow down", T0);
+	/* Within the hour the grants still count: nothing goes. */
+	assert_int_equal(sender_shaping_prune(sh, T0 + 30 * 60000), 0);
+	/* After it, the idle pair goes; the open and the slowed ones stay. */
+	assert_int_equal(sender_shaping_prune(sh, T0 + 62 * 60000), 1);
+	sender_shaping_status(sh, T0 + 62 * 60000, &st, &n);
+	assert_int_equal(n, 2);
+	assert_string_equal(st[0].addr, "open");
+	assert_string_equal(st[1].addr, "slow");
+	free(st);
+	/* A pruned pair comes back fresh when used again. */
+	assert_int_equal(sender_shaping_acquire(sh, r, "idle", T0 + 63 * 60000, &retry), SENDER_SHAPING_OK);
+	sender_shaping_free(&sh);
 }
