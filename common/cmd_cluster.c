@@ -14,80 +14,17 @@
 /* common/ */
 #include "cmd_cluster.h"
 #include "hk_config.h"
+#include "hk_fetch.h"
 #include "hk_util.h"
 
-#define CLUSTER_TIMEOUT_MS 3000L
-#define CLUSTER_MAX_BODY (16u << 20)
-
-struct body {
-	char *data;
-	size_t len;
-};
-
-static size_t
-on_data(char *p, size_t size, size_t n, void *arg)
-{
-	struct body *b = arg;
-	size_t add = size * n;
-
-	if (b->len + add > CLUSTER_MAX_BODY)
-		return 0;   /* curl fails the transfer */
-	b->data = xrealloc(b->data, b->len + add + 1);
-	memcpy(b->data + b->len, p, add);
-	b->len += add;
-	b->data[b->len] = '\0';
-	return add;
-}
-
-/* The URL of a router's /cluster: a wildcard listen address is asked on loopback. */
-static void
-cluster_url(const struct hk_node_conf *nc, char *url, size_t len)
-{
-	const char *h = nc->http_host;
-
-	if (!strcmp(h, "0.0.0.0") || !strcmp(h, "*"))
-		h = "127.0.0.1";
-	else if (!strcmp(h, "::"))
-		h = "::1";
-	if (strchr(h, ':'))
-		snprintf(url, len, "http://[%s]:%u/cluster", h, nc->http_port);
-	else
-		snprintf(url, len, "http://%s:%u/cluster", h, nc->http_port);
-}
-
-/* fetch - GET URL into *doc. 0, or -1 with why. */
+/* fetch - GET URL into *doc, a /cluster document. 0, or -1 with why. */
 static int
 fetch(CURL *curl, const char *url, json_t **doc, char *why, size_t whylen)
 {
-	struct body b = { NULL, 0 };
-	json_error_t jerr;
-	long status = 0;
-	CURLcode rc;
-
-	curl_easy_reset(curl);
-	curl_easy_setopt(curl, CURLOPT_URL, url);
-	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, CLUSTER_TIMEOUT_MS);
-	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, CLUSTER_TIMEOUT_MS);
-	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
-	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_data);
-	curl_easy_setopt(curl, CURLOPT_WRITEDATA, &b);
-	rc = curl_easy_perform(curl);
-	if (rc != CURLE_OK) {
-		snprintf(why, whylen, "%s", curl_easy_strerror(rc));
-		free(b.data);
+	if (hk_fetch_json(curl, url, doc, why, whylen) != 0)
 		return -1;
-	}
-	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-	if (status != 200) {
-		snprintf(why, whylen, "HTTP status %ld", status);
-		free(b.data);
-		return -1;
-	}
-	*doc = json_loadb(b.data ? b.data : "", b.len, 0, &jerr);
-	free(b.data);
-	if (*doc == NULL || !json_is_array(json_object_get(*doc, "members"))) {
-		snprintf(why, whylen, "not a /cluster document: %s", *doc ? "no members" : jerr.text);
+	if (!json_is_array(json_object_get(*doc, "members"))) {
+		snprintf(why, whylen, "not a /cluster document: no members");
 		json_decref(*doc);
 		return -1;
 	}
@@ -189,7 +126,7 @@ cmd_cluster_main(int argc, char **argv)
 			rc = 1;
 			continue;
 		}
-		cluster_url(nc, url, sizeof(url));
+		hk_fetch_url(nc, "/cluster", url, sizeof(url));
 		if (curl == NULL || fetch(curl, url, &doc, why, sizeof(why)) != 0) {
 			fprintf(stderr, "router %s (%s): unreachable: %s\n", nc->name, url,
 			    curl ? why : "cannot start libcurl");

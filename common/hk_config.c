@@ -937,6 +937,23 @@ KEY(s_hb, get_duration_ms(c, v, k, &nc->u.sender.heartbeat_interval_ms))
 KEY(s_cachetime, get_duration_ms(c, v, k, &nc->u.sender.connection_cache_time_ms))
 KEY(s_delaywarn, get_duration_ms(c, v, k, &nc->u.sender.delay_warning_ms))
 
+/* A path key of a sender, relative to the configuration file. */
+static int
+get_path(struct cfg_ctx *c, const yaml_node_t *v, const char *k, char **out)
+{
+	const char *p = scalar(v);
+
+	if (p == NULL || *p == '\0')
+		return cfg_error(c, v, k, "expected a path");
+	free(*out);
+	*out = resolve_path(c->path, p);
+	return 0;
+}
+
+KEY(s_shaping, get_path(c, v, k, &nc->u.sender.shaping_file))
+KEY(s_warmup, get_path(c, v, k, &nc->u.sender.warmup_file))
+KEY(s_repdir, get_path(c, v, k, &nc->u.sender.reputation_dir))
+
 static int
 k_s_reuse(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
 {
@@ -985,6 +1002,93 @@ hk_sender_tls_required(const struct hk_sender_conf *conf, const char *domain)
 		if (strcmp(conf->tls_required_domains[i], domain) == 0)
 			return true;
 	return false;
+}
+
+/* pools: {NAME: {addresses: [{address, hostname, weight, warmup}], spill_to}} */
+static int
+k_s_pools(struct cfg_ctx *c, const yaml_node_t *v, const char *k, struct hk_node_conf *nc)
+{
+	static const char *const pool_keys[] = { "addresses", "spill_to", NULL };
+	static const char *const addr_keys[] = { "address", "hostname", "weight", "warmup", NULL };
+	struct hk_sender_conf *sc = &nc->u.sender;
+
+	if (v->type != YAML_MAPPING_NODE || v->data.mapping.pairs.top == v->data.mapping.pairs.start)
+		return cfg_error(c, v, k, "expected a mapping of pool name to {addresses, spill_to}");
+	size_t len = (size_t)(v->data.mapping.pairs.top - v->data.mapping.pairs.start);
+	sc->pools = xcalloc(len, sizeof(*sc->pools));
+	for (size_t i = 0; i < len; i++) {
+		const yaml_node_t *kn = yaml_document_get_node(c->doc, v->data.mapping.pairs.start[i].key);
+		const yaml_node_t *pv = yaml_document_get_node(c->doc, v->data.mapping.pairs.start[i].value);
+		struct hk_pool_conf *pc = &sc->pools[i];
+		const yaml_node_t *as, *x;
+		const char *name = scalar(kn);
+
+		if (name == NULL || *name == '\0')
+			return cfg_error(c, kn, k, "pool names must be non-empty strings");
+		if (hk_sender_pool(sc, name))
+			return cfg_error(c, kn, name, "pool defined twice");
+		pc->name = xstrdup(name);
+		pc->line = (int)kn->start_mark.line + 1;
+		sc->n_pools++;
+		if (pv->type != YAML_MAPPING_NODE)
+			return cfg_error(c, pv, name, "expected {addresses, spill_to}");
+		if (map_check_keys(c, pv, "a pool", pool_keys))
+			return -1;
+		if ((x = map_get(c, pv, "spill_to")) != NULL && get_string(c, x, "spill_to", &pc->spill_to))
+			return -1;
+		if ((as = map_get(c, pv, "addresses")) == NULL || as->type != YAML_SEQUENCE_NODE ||
+		    as->data.sequence.items.top == as->data.sequence.items.start)
+			return cfg_error(c, as ? as : pv, "addresses", "pool '%s' needs a non-empty list of "
+			    "{address, hostname, weight, warmup}", name);
+		size_t na = (size_t)(as->data.sequence.items.top - as->data.sequence.items.start);
+		pc->addrs = xcalloc(na, sizeof(*pc->addrs));
+		for (size_t j = 0; j < na; j++) {
+			const yaml_node_t *item = yaml_document_get_node(c->doc, as->data.sequence.items.start[j]);
+			struct hk_pool_addr *a = &pc->addrs[j];
+			unsigned char bin[16];
+
+			pc->n_addrs++;
+			a->weight = 1;
+			if (item->type != YAML_MAPPING_NODE)
+				return cfg_error(c, item, "addresses", "each address is {address, hostname, weight, warmup}");
+			if (map_check_keys(c, item, "a pool address", addr_keys))
+				return -1;
+			if ((x = map_get(c, item, "address")) == NULL)
+				return cfg_error(c, item, "address", "required for each address of pool '%s'", name);
+			if (get_string(c, x, "address", &a->address))
+				return -1;
+			if (inet_pton(AF_INET, a->address, bin) != 1 && inet_pton(AF_INET6, a->address, bin) != 1)
+				return cfg_error(c, x, "address", "'%s' is not an IPv4 or IPv6 address", a->address);
+			for (size_t m = 0; m < j; m++)
+				if (strcmp(pc->addrs[m].address, a->address) == 0)
+					return cfg_error(c, x, "address", "%s is twice in pool '%s'", a->address, name);
+			if ((x = map_get(c, item, "hostname")) == NULL)
+				return cfg_error(c, item, "hostname", "required for %s (its EHLO name, matching its PTR)",
+				    a->address);
+			if (get_string(c, x, "hostname", &a->hostname))
+				return -1;
+			if ((x = map_get(c, item, "weight")) != NULL && get_u32_min1(c, x, "weight", &a->weight))
+				return -1;
+			if ((x = map_get(c, item, "warmup")) != NULL && get_bool(c, x, "warmup", &a->warmup))
+				return -1;
+		}
+	}
+	for (size_t i = 0; i < sc->n_pools; i++) {
+		const char *to = sc->pools[i].spill_to;
+		if (to && (hk_sender_pool(sc, to) == NULL || strcmp(to, sc->pools[i].name) == 0))
+			return cfg_error(c, v, "spill_to", "pool '%s' spills to '%s', which is not another "
+			    "pool of this sender", sc->pools[i].name, to);
+	}
+	return 0;
+}
+
+const struct hk_pool_conf *
+hk_sender_pool(const struct hk_sender_conf *sc, const char *name)
+{
+	for (size_t i = 0; i < sc->n_pools; i++)
+		if (sc->pools[i].name && name && strcmp(sc->pools[i].name, name) == 0)
+			return &sc->pools[i];
+	return NULL;
 }
 
 static int
@@ -1042,6 +1146,8 @@ static const struct key_rule sender_keys[] = {
 	{ "max_lifetime", k_s_life }, { "heartbeat_interval", k_s_hb },
 	{ "connection_cache_time", k_s_cachetime }, { "connection_reuse_limit", k_s_reuse },
 	{ "max_connections_per_domain", k_s_perdom }, { "delay_warning_time", k_s_delaywarn },
+	{ "pools", k_s_pools }, { "shaping_file", k_s_shaping }, { "warmup_file", k_s_warmup },
+	{ "reputation_dir", k_s_repdir },
 	{ "tls_required_domains", k_s_tlsreq }, { "tls_ca_file", k_s_cafile },
 	{ NULL, NULL },
 };
@@ -1216,6 +1322,30 @@ check_node(struct cfg_ctx *c, struct hk_config *cfg, struct hk_node_conf *nc, bo
 		NEED(nc->router_names, "routers");
 		if (!nc->u.sender.hostname)
 			nc->u.sender.hostname = xstrdup("localhost");
+		if (nc->u.sender.reputation_dir == NULL) {
+			size_t n = strlen(nc->u.sender.queue_path) + sizeof("/reputation");
+			nc->u.sender.reputation_dir = xmalloc(n);
+			snprintf(nc->u.sender.reputation_dir, n, "%s/reputation", nc->u.sender.queue_path);
+		}
+		if (nc->u.sender.n_pools > 0 && nc->u.sender.source_address) {
+			snprintf(c->err, c->errlen, "%s:%d: key 'source_address': give either source_address "
+			    "or pools, not both (node '%s')", c->path, nc->line, nc->name);
+			return -1;
+		}
+		if (nc->u.sender.n_pools == 0) {
+			/* One implicit pool: the node's source_address (or the
+			 * system's choice) and hostname. */
+			struct hk_pool_conf *pc = nc->u.sender.pools = xcalloc(1, sizeof(*pc));
+			nc->u.sender.n_pools = 1;
+			pc->name = xstrdup("shared");
+			pc->line = nc->line;
+			pc->addrs = xcalloc(1, sizeof(*pc->addrs));
+			pc->n_addrs = 1;
+			pc->addrs[0].address = nc->u.sender.source_address
+			    ? xstrdup(nc->u.sender.source_address) : NULL;
+			pc->addrs[0].hostname = xstrdup(nc->u.sender.hostname);
+			pc->addrs[0].weight = 1;
+		}
 		if (nc->u.sender.weight == 0) {
 			snprintf(c->err, c->errlen, "%s:%d: key 'weight': must be at least 1 (node '%s')",
 			    c->path, nc->line, nc->name);
@@ -1380,6 +1510,20 @@ hk_config_free(struct hk_config **cfgp)
 			free(nc->u.sender.dns_servers);
 			free(nc->u.sender.tls_ca_file);
 			free_list(nc->u.sender.tls_required_domains, nc->u.sender.n_tls_required_domains);
+			for (size_t j = 0; j < nc->u.sender.n_pools; j++) {
+				struct hk_pool_conf *pc = &nc->u.sender.pools[j];
+				for (size_t m = 0; m < pc->n_addrs; m++) {
+					free(pc->addrs[m].address);
+					free(pc->addrs[m].hostname);
+				}
+				free(pc->addrs);
+				free(pc->name);
+				free(pc->spill_to);
+			}
+			free(nc->u.sender.pools);
+			free(nc->u.sender.shaping_file);
+			free(nc->u.sender.warmup_file);
+			free(nc->u.sender.reputation_dir);
 			free_list(nc->router_names, nc->u.sender.n_routers);
 			free_list(nc->u.sender.routers, nc->u.sender.n_routers);
 			break;

@@ -108,6 +108,24 @@ struct hk_ingress_conf {
 	enum hk_bare_lf bare_lf;         /* a line ended by a bare LF in DATA */
 };
 
+/* One source address of a sender's IP pool. */
+struct hk_pool_addr {
+	char *address;          /* IPv4 or IPv6 literal: outbound sockets bind to it */
+	char *hostname;         /* its EHLO name (must match its PTR) */
+	uint32_t weight;        /* share in the pool's weighted round robin (>= 1) */
+	bool warmup;            /* a new address: under the warm-up schedule */
+};
+
+/* A named pool of source addresses (pools: of a sender). */
+struct hk_pool_conf {
+	char *name;
+	struct hk_pool_addr *addrs;
+	size_t n_addrs;
+	char *spill_to;         /* a pool whose warm addresses may carry this one's
+	                         * mail when none of its own has budget; NULL: wait */
+	int line;
+};
+
 struct hk_sender_conf {
 	char **routers;         /* router back endpoints (resolved from names) */
 	size_t n_routers;
@@ -130,10 +148,19 @@ struct hk_sender_conf {
 	uint32_t connection_reuse_limit;    /* transactions per SMTP connection (>= 1) */
 	uint32_t max_connections_per_domain; /* concurrent sessions to one domain (>= 1) */
 	uint32_t delay_warning_ms;  /* delay DSN (NOTIFY=DELAY) after this long queued; 0: first deferral */
+	char *shaping_file;         /* rules on top of the built-in ones, or NULL */
+	char *warmup_file;          /* the warm-up schedule, or NULL: built in */
+	char *reputation_dir;       /* warm-up and shaping state (LMDB); default QUEUE/reputation */
+	struct hk_pool_conf *pools; /* pools:, or one implicit "shared" pool of
+	                             * {source_address, hostname} */
+	size_t n_pools;
 	char **tls_required_domains;    /* canonical (lower case, A-label): never in plaintext */
 	size_t n_tls_required_domains;
 	char *tls_ca_file;              /* PEM CAs to check MX certificates against, or NULL */
 };
+
+/* hk_sender_pool - the pool NAME of sender CONF, or NULL. */
+const struct hk_pool_conf *hk_sender_pool(const struct hk_sender_conf *conf, const char *name);
 
 /* hk_sender_tls_required - whether DOMAIN (canonical) is one of CONF's
  * tls_required_domains (exact match). */

@@ -116,3 +116,15 @@ hk_parse_hostport(const char *s, char **host, uint16_t *port)
 	*port = (uint16_t)p;
 	return 0;
 }
+
+int
+hk_hexval(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}

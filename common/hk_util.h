@@ -20,6 +20,9 @@ int hk_random(void *p, size_t n);
 int64_t hk_now_ms(void);
 
 /* hk_parse_hostport - "host:port" or "[v6]:port" into host (caller frees) and port. 0 or -1. */
+/* hk_hexval - the value of hex digit C (either case), or -1. */
+int hk_hexval(unsigned char c);
+
 int hk_parse_hostport(const char *s, char **host, uint16_t *port);
 
 #endif

@@ -14,6 +14,7 @@
 
 #include "hk_curve.h"
 #include "cmd_cluster.h"
+#include "cmd_status.h"
 #include "hk_node.h"
 #include "hk_passwd.h"
 #include "sender_qcli.h"
@@ -213,6 +214,8 @@ main(int argc, char **argv)
 		return hk_keygen_main(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "cluster"))
 		return cmd_cluster_main(argc, argv);
+	if (argc >= 2 && (!strcmp(argv[1], "shaping") || !strcmp(argv[1], "warmup")))
+		return cmd_status_main(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "queue"))
 		return sender_qcli_main(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "version")) {
@@ -225,6 +228,7 @@ main(int argc, char **argv)
 	    "       hikyaku passwd [--rounds N] < password\n"
 	    "       hikyaku keygen [NODE]\n"
 	    "       hikyaku cluster status --config FILE\n"
+	    "       hikyaku shaping|warmup status --config FILE [--node SENDER] [--json]\n"
 	    "       hikyaku queue (--config FILE [--node SENDER] | --queue PATH) [--json]\n"
 	    "                     list|show|counts|retry|delete|bounce ... (--help)\n"
 	    "       hikyaku version\n");

@@ -17,22 +17,11 @@
 #include <strings.h>
 
 /* This role */
+#include "hk_util.h"
 #include "ingress_param.h"
 #include "ingress_parse.h"
 
 /* --- encodings ------------------------------------------------------------ */
-
-static int
-hexval(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
 
 int
 ingress_xtext_decode(const char *in, size_t len, char *out, size_t out_size, size_t *out_len)
@@ -43,8 +32,8 @@ ingress_xtext_decode(const char *in, size_t len, char *out, size_t out_size, siz
 		unsigned char c = (unsigned char)in[i];
 		if (c == '+') {
 			int hi, lo;
-			if (len - i < 3 || (hi = hexval((unsigned char)in[i + 1])) < 0 ||
-			    (lo = hexval((unsigned char)in[i + 2])) < 0)
+			if (len - i < 3 || (hi = hk_hexval((unsigned char)in[i + 1])) < 0 ||
+			    (lo = hk_hexval((unsigned char)in[i + 2])) < 0)
 				return -1;
 			c = (unsigned char)(hi << 4 | lo);
 			i += 2;
@@ -112,7 +101,7 @@ ingress_unitext_decode(const char *in, size_t len, bool raw_utf8, char *out, siz
 			if (len - i < 3 || in[i + 1] != 'x' || in[i + 2] != '{')
 				return -1;
 			for (; j < len && in[j] != '}'; j++) {
-				int h = hexval((unsigned char)in[j]);
+				int h = hk_hexval((unsigned char)in[j]);
 				if (h < 0 || ++digits > 6)
 					return -1;
 				cp = cp << 4 | (unsigned long)h;

@@ -51,6 +51,8 @@
 /* This role */
 #include "sender_handoff.h"
 #include "sender_notify.h"
+#include "sender_shaping.h"
+#include "sender_warmup.h"
 #include "sender_queue.h"
 #include "sender_sched.h"
 
@@ -88,6 +90,12 @@ struct sender {
 	sender_sched *sched;
 	sender_handoff *handoff;
 	sender_notify *notify;          /* DSNs owed for our outcomes */
+	sender_shaping *shaping;        /* per-destination limits */
+	sender_warmup *warmup;          /* warm-up state (its own LMDB environment) */
+	/* Status documents for GET /shaping and /warmup, made on the loop. */
+	uv_mutex_t status_lock;
+	char *shaping_json, *warmup_json;
+	int64_t pruned_ms;              /* shaping pairs last pruned */
 	hk_zlink **links;
 	size_t n_links;
 	uv_timer_t hb_timer;
@@ -113,6 +121,7 @@ struct sender {
 		_Atomic uint64_t outcomes[4];    /* by enum sender_outcome_kind - 1 */
 		_Atomic uint64_t handed_off;     /* recipients removed after a handoff */
 		_Atomic uint64_t dsns;           /* DSNs queued for our own outcomes */
+		_Atomic uint64_t postponed;      /* recipients that waited for a budget */
 		struct sender_handoff_stats handoff;
 	} stats;
 };
@@ -197,6 +206,7 @@ outcome_event(enum sender_outcome_kind k)
 	case SENDER_OUT_DEFERRED: return "deferred";
 	case SENDER_OUT_BOUNCED: return "bounced";
 	case SENDER_OUT_EXPIRED: return "expired";
+	case SENDER_OUT_POSTPONED: return "postponed";
 	}
 	return "handed_off";    /* 0: a handoff's removal */
 }
@@ -356,6 +366,7 @@ stats_outcome(struct sender *s, enum sender_outcome_kind k)
 	case SENDER_OUT_DEFERRED: s->stats.outcomes[1]++; break;
 	case SENDER_OUT_BOUNCED: s->stats.outcomes[2]++; break;
 	case SENDER_OUT_EXPIRED: s->stats.outcomes[3]++; break;
+	case SENDER_OUT_POSTPONED: s->stats.postponed++; break;
 	}
 }
 
@@ -376,6 +387,12 @@ commit_outcome_done(struct sender *s, struct sender_op *op)
 		    s->commit_rc != 0 ? s->commit_err : op->q.why);
 	} else if (op->q.result == SENDER_QR_DONE && op->q.kind == SENDER_QOP_HANDED_OFF) {
 		s->stats.handed_off++;
+	} else if (op->q.result == SENDER_QR_DONE && op->out == SENDER_OUT_POSTPONED) {
+		stats_outcome(s, op->out);
+		/* Pacing waits are routine: only waits of a second or more are news. */
+		hk_log(op->q.next_attempt_ms - hk_now_ms() >= 1000 ? HK_LOG_INFO : HK_LOG_DEBUG, "postponed", "{s:s, s:s, s:s, s:I, s:s}", "id", op->id, "rcpt", op->rcpt,
+		    "domain", op->domain, "until_ms", (json_int_t)op->q.next_attempt_ms,
+		    "reason", op->reply);
 	} else if (op->q.result == SENDER_QR_DONE) {
 		log_outcome(op);
 		stats_outcome(s, op->out);
@@ -498,6 +515,10 @@ on_outcome(const struct sender_outcome *o, void *arg)
 	case SENDER_OUT_BOUNCED:
 	case SENDER_OUT_EXPIRED:
 		op->q.kind = SENDER_QOP_BOUNCED;        /* its DSN: sender_notify */
+		break;
+	case SENDER_OUT_POSTPONED:
+		op->q.kind = SENDER_QOP_POSTPONED;
+		op->q.next_attempt_ms = o->next_attempt_ms;
 		break;
 	}
 	add_op(s, op);
@@ -718,6 +739,27 @@ sender_publish(struct hk_node *node)
 		return;
 	s->stats.queue_depth = sender_queue_depth(s->q);
 	s->stats.in_flight = sender_sched_jobs(s->sched);
+	int64_t now = hk_now_ms();
+	json_t *sj = s->shaping ? sender_shaping_status_json(s->shaping, now) : json_array();
+	json_t *wj = s->warmup ? sender_warmup_status_json(s->warmup, now) : NULL;
+	if (wj == NULL)
+		wj = json_array();      /* not readable now: an empty list, and the log says why */
+	char *a = json_dumps(sj, JSON_COMPACT), *b = json_dumps(wj, JSON_COMPACT);
+	json_decref(sj);
+	json_decref(wj);
+	uv_mutex_lock(&s->status_lock);
+	free(s->shaping_json);
+	free(s->warmup_json);
+	s->shaping_json = a;
+	s->warmup_json = b;
+	uv_mutex_unlock(&s->status_lock);
+	if (s->warmup)
+		sender_warmup_sync(s->warmup);   /* bounds what a machine crash can take */
+	if (s->shaping && now - s->pruned_ms >= 60000) {
+		/* The default rule keeps a pair per destination domain. */
+		sender_shaping_prune(s->shaping, now);
+		s->pruned_ms = now;
+	}
 }
 
 static bool
@@ -740,6 +782,24 @@ sender_ready(void *arg, char *reason, size_t len)
 	return false;
 }
 
+/* sender_get - GET /shaping and /warmup: the status documents of the last
+ * publish (hikyaku shaping|warmup status). */
+static int
+sender_get(void *arg, const char *path, char **body, size_t *len)
+{
+	struct sender *s = arg;
+	char **doc = !strcmp(path, "/shaping") ? &s->shaping_json : !strcmp(path, "/warmup")
+	    ? &s->warmup_json : NULL;
+
+	if (doc == NULL)
+		return 0;
+	uv_mutex_lock(&s->status_lock);
+	*body = xstrdup(*doc ? *doc : "[]");
+	uv_mutex_unlock(&s->status_lock);
+	*len = strlen(*body);
+	return 200;
+}
+
 static void
 sender_metrics(void *arg, hk_prom *p)
 {
@@ -757,6 +817,7 @@ sender_metrics(void *arg, hk_prom *p)
 	hk_prom_one(p, "hikyaku_sender_handoff_acked_total", "counter", "Recipients the new owner committed after a handoff.", s->stats.handoff.rcpts_acked);
 	hk_prom_one(p, "hikyaku_sender_handed_off_total", "counter", "Recipients removed here after their handoff.", s->stats.handed_off);
 	hk_prom_one(p, "hikyaku_sender_handoff_refused_total", "counter", "Handoff requests refused, unsent or timed out (tried again).", s->stats.handoff.refused);
+	hk_prom_one(p, "hikyaku_sender_postponed_total", "counter", "Recipients that waited for a source address with budget (warm-up, shaping), not attempted.", s->stats.postponed);
 	hk_prom_one(p, "hikyaku_sender_dsns_total", "counter", "Delivery status notifications queued for our own bounces, expiries and delays.", s->stats.dsns);
 	hk_prom_one(p, "hikyaku_sender_foreign_recipients", "gauge", "Queued recipients another sender owns, as the last handoff scan saw (lower bound).", s->stats.handoff.foreign);
 	for (int i = 0; i < 4; i++) {
@@ -777,6 +838,9 @@ on_handle_closed(uv_handle_t *h)
 
 	if (--s->handles_open == 0) {
 		free(s->next.ops);
+		free(s->shaping_json);
+		free(s->warmup_json);
+		uv_mutex_destroy(&s->status_lock);
 		free(s);
 	}
 }
@@ -790,6 +854,8 @@ maybe_finish(struct sender *s)
 		return;
 	s->finished = true;
 	sender_notify_free(&s->notify);
+	sender_shaping_free(&s->shaping);      /* detaches from the warm-up env first */
+	sender_warmup_close(&s->warmup);
 	sender_handoff_close(s->handoff);
 	s->handoff = NULL;
 	for (size_t i = 0; i < s->n_links; i++)
@@ -835,6 +901,33 @@ sched_filter(const char *domain, const char *rcpt, void *arg)
 	return s->handoff == NULL || sender_handoff_mine(s->handoff, domain, rcpt);
 }
 
+/* reputation_open - the shaping rules (built in, then shaping_file), the
+ * warm-up schedule and state (reputation_dir), shaping's adaptive state
+ * kept there too, and every pool address registered as warming or warm. */
+static int
+reputation_open(struct sender *s, char *err, size_t errlen)
+{
+	const struct hk_sender_conf *c = s->conf;
+	sender_warmup_schedule *sched;
+
+	if ((s->shaping = sender_shaping_load(c->shaping_file, err, errlen)) == NULL)
+		return -1;
+	if ((sched = sender_warmup_schedule_load(c->warmup_file, err, errlen)) == NULL ||
+	    sender_warmup_open(&s->warmup, c->reputation_dir, &sched, false, err, errlen) != 0 ||
+	    sender_shaping_attach(s->shaping, sender_warmup_env(s->warmup), err, errlen) != 0) {
+		sender_warmup_schedule_free(&sched);
+		sender_shaping_free(&s->shaping);
+		sender_warmup_close(&s->warmup);
+		return -1;
+	}
+	for (size_t i = 0; i < c->n_pools; i++)
+		for (size_t k = 0; k < c->pools[i].n_addrs; k++)
+			if (c->pools[i].addrs[k].address)
+				sender_warmup_set_address(s->warmup, c->pools[i].addrs[k].address,
+				    c->pools[i].addrs[k].warmup);
+	return 0;
+}
+
 static int
 sender_start(struct hk_node *node)
 {
@@ -852,6 +945,14 @@ sender_start(struct hk_node *node)
 		free(s);
 		return -1;
 	}
+	if (reputation_open(s, err, sizeof(err)) != 0) {
+		hk_log_error("reputation_open_failed", "{s:s, s:s}", "path", c->reputation_dir,
+		    "error", err);
+		sender_queue_close(&s->q);
+		free(s);
+		return -1;
+	}
+	uv_mutex_init(&s->status_lock);
 	s->links = xcalloc(c->n_routers ? c->n_routers : 1, sizeof(*s->links));
 	for (size_t i = 0; i < c->n_routers; i++) {
 		int64_t max = (int64_t)hk_config_max_frame(node->cfg);
@@ -888,6 +989,7 @@ sender_start(struct hk_node *node)
 		.stats = &s->stats.handoff,
 	});
 	sender_sched_set_filter(s->sched, sched_filter, s);
+	sender_sched_set_shaping(s->sched, s->shaping, s->warmup);
 	s->notify = sender_notify_new(&(struct sender_notify_conf){
 		.q = s->q, .reporting_mta = c->hostname ? c->hostname : "localhost",
 		.node = node->conf->name, .delay_warning_ms = c->delay_warning_ms,
@@ -904,7 +1006,7 @@ sender_start(struct hk_node *node)
 	node->role = s;
 	s->stats.queue_open = true;
 	node->http_handlers = (struct hk_http_handlers){
-		.arg = s, .ready = sender_ready, .metrics = sender_metrics,
+		.arg = s, .ready = sender_ready, .metrics = sender_metrics, .get = sender_get,
 	};
 	node->publish = sender_publish;
 	hk_log_info("sender_ready", "{s:I, s:s, s:i}", "queue_depth",
@@ -915,6 +1017,9 @@ fail:
 	for (size_t i = 0; i < s->n_links; i++)
 		hk_zlink_close(s->links[i]);
 	free(s->links);
+	sender_shaping_free(&s->shaping);
+	sender_warmup_close(&s->warmup);
+	uv_mutex_destroy(&s->status_lock);
 	sender_queue_close(&s->q);
 	free(s);
 	return -1;

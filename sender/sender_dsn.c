@@ -382,18 +382,6 @@ sender_dsn_status(const char *reply, enum sender_dsn_action a, char out[16])
 	snprintf(out, 16, "%.*s", (int)(3 + d1 + d2), p);
 }
 
-static int
-hexval(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
 int
 sender_dsn_xtext_decode(const char *in, char *out, size_t out_size)
 {
@@ -402,7 +390,7 @@ sender_dsn_xtext_decode(const char *in, char *out, size_t out_size)
 	for (const unsigned char *p = (const unsigned char *)in; *p; p++) {
 		int c = *p;
 		if (c == '+') {
-			int h = hexval(p[1]), l = h < 0 ? -1 : hexval(p[2]);
+			int h = hk_hexval(p[1]), l = h < 0 ? -1 : hk_hexval(p[2]);
 			if (l < 0)
 				return -1;
 			c = h * 16 + l;

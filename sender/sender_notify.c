@@ -81,7 +81,7 @@ sender_notify_outcome(sender_notify *n, const struct sender_outcome *o)
 {
 	struct group *g = NULL;
 
-	if (o->kind == SENDER_OUT_DELIVERED)
+	if (o->kind == SENDER_OUT_DELIVERED || o->kind == SENDER_OUT_POSTPONED)
 		return;
 	for (size_t i = n->n; i-- > 0; )
 		if (strcmp(n->g[i].id, o->id) == 0) {

@@ -904,8 +904,38 @@ op_name(enum sender_qop_kind k)
 	case SENDER_QOP_DEFERRED: return "deferred";
 	case SENDER_QOP_BOUNCED: return "bounced";
 	case SENDER_QOP_HANDED_OFF: return "handed_off";
+	case SENDER_QOP_POSTPONED: return "postponed";
 	}
 	return "unknown";
+}
+
+static int move_next(sender_queue *q, MDB_txn *txn, const char *id, uint32_t idx,
+    int64_t next_ms, bool earlier_only, bool *moved);
+
+/* op_postpone - the recipient waits (a budget, not a failure): only its
+ * next attempt moves. */
+static int
+op_postpone(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
+{
+	bool moved;
+
+	if (op->id == NULL || strlen(op->id) == 0 || strlen(op->id) > SENDER_QUEUE_ID_MAX) {
+		op->result = SENDER_QR_NOTFOUND;
+		return 0;
+	}
+	uint8_t k[RKEY_MAX];
+	MDB_val key = mv(k, rkey(k, op->id, op->idx)), val;
+	int rc = mdb_get(txn, q->rcpt, &key, &val);
+	if (rc == MDB_NOTFOUND) {
+		op->result = SENDER_QR_NOTFOUND;
+		return 0;
+	}
+	if (rc != 0)
+		return rc;
+	if ((rc = move_next(q, txn, op->id, op->idx, op->next_attempt_ms, false, &moved)) != 0)
+		return rc;
+	op->result = SENDER_QR_DONE;
+	return 0;
 }
 
 static int
@@ -917,6 +947,7 @@ op_apply(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 	case SENDER_QOP_BOUNCED:
 	case SENDER_QOP_HANDED_OFF: return op_remove(q, txn, op);
 	case SENDER_QOP_DEFERRED: return op_defer(q, txn, op);
+	case SENDER_QOP_POSTPONED: return op_postpone(q, txn, op);
 	}
 	return EINVAL;
 }
@@ -1345,12 +1376,12 @@ ref_ok(const struct sender_qref *r)
 	return n > 0 && n <= SENDER_QUEUE_ID_MAX;
 }
 
-/* resched_one - move (id, idx)'s next attempt to NEXT_MS if it is later;
- * *moved says whether it was. 0 (also when the recipient is not there) or
- * an LMDB error. */
+/* move_next - move (ID, IDX)'s next attempt to NEXT_MS (with EARLIER_ONLY:
+ * only if that is earlier), its attempts and last reply untouched. 0 and
+ * *moved, or an LMDB error; a recipient not there is not an error. */
 static int
-resched_one(sender_queue *q, MDB_txn *txn, const struct sender_qref *ref, int64_t next_ms,
-    bool *moved)
+move_next(sender_queue *q, MDB_txn *txn, const char *id, uint32_t idx, int64_t next_ms,
+    bool earlier_only, bool *moved)
 {
 	uint8_t k[RKEY_MAX], sk[DQKEY_MAX];
 	char domain[HK_DOMAIN_MAX];
@@ -1361,7 +1392,7 @@ resched_one(sender_queue *q, MDB_txn *txn, const struct sender_qref *ref, int64_
 	int rc;
 
 	*moved = false;
-	key = mv(k, rkey(k, ref->id, ref->idx));
+	key = mv(k, rkey(k, id, idx));
 	if ((rc = mdb_get(txn, q->rcpt, &key, &val)) != 0)
 		return rc == MDB_NOTFOUND ? 0 : rc;
 	/* Work on a copy: LMDB's pointers die with the next update. */
@@ -1371,12 +1402,13 @@ resched_one(sender_queue *q, MDB_txn *txn, const struct sender_qref *ref, int64_
 		free(copy);
 		return MDB_CORRUPTED;
 	}
-	if (ms_key(r.next_attempt_ms) <= ms_key(next_ms)) {
+	if (ms_key(r.next_attempt_ms) == ms_key(next_ms) ||
+	    (earlier_only && ms_key(r.next_attempt_ms) < ms_key(next_ms))) {
 		free(copy);
 		return 0;
 	}
 	snprintf(domain, sizeof(domain), "%s", r.domain);
-	key = mv(sk, dqkey(sk, domain, r.next_attempt_ms, ref->id, ref->idx));
+	key = mv(sk, dqkey(sk, domain, r.next_attempt_ms, id, idx));
 	if ((rc = mdb_del(txn, q->dq, &key, NULL)) != 0 && rc != MDB_NOTFOUND) {
 		free(copy);
 		return rc;
@@ -1384,13 +1416,13 @@ resched_one(sender_queue *q, MDB_txn *txn, const struct sender_qref *ref, int64_
 	r.next_attempt_ms = next_ms;
 	rcpt_encode(&w, &r);
 	free(copy);
-	key = mv(k, rkey(k, ref->id, ref->idx));
+	key = mv(k, rkey(k, id, idx));
 	val = mv(w.p, w.len);
 	rc = mdb_put(txn, q->rcpt, &key, &val, 0);
 	free(w.p);
 	if (rc != 0)
 		return rc;
-	key = mv(sk, dqkey(sk, domain, next_ms, ref->id, ref->idx));
+	key = mv(sk, dqkey(sk, domain, next_ms, id, idx));
 	val = mv("\1", 1);
 	if ((rc = mdb_put(txn, q->dq, &key, &val, 0)) != 0)
 		return rc;
@@ -1398,6 +1430,14 @@ resched_one(sender_queue *q, MDB_txn *txn, const struct sender_qref *ref, int64_
 		return rc;
 	*moved = true;
 	return 0;
+}
+
+/* resched_one - move REF's next attempt to NEXT_MS if that is earlier. */
+static int
+resched_one(sender_queue *q, MDB_txn *txn, const struct sender_qref *ref, int64_t next_ms,
+    bool *moved)
+{
+	return move_next(q, txn, ref->id, ref->idx, next_ms, true, moved);
 }
 
 /* admin_write - delete (RESCHED false) or reschedule REFS, in batches. */

@@ -49,6 +49,7 @@ enum sender_qop_kind {
 	SENDER_QOP_DEFERRED,
 	SENDER_QOP_BOUNCED,
 	SENDER_QOP_HANDED_OFF,  /* committed at the new owner: remove here */
+	SENDER_QOP_POSTPONED,   /* waits (no budget): next_attempt_ms moves, no attempt counted */
 };
 
 enum sender_qresult {
@@ -75,7 +76,7 @@ struct sender_qop {
 	/* DELIVERED, DEFERRED, BOUNCED, HANDED_OFF */
 	const char *id;
 	uint32_t idx;
-	/* DEFERRED */
+	/* DEFERRED (and POSTPONED: next_attempt_ms) */
 	int64_t attempt_ms;             /* when the attempt ended */
 	int64_t next_attempt_ms;
 	/* DEFERRED, BOUNCED: the reply that decided it (kept in the record) */

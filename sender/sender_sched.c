@@ -25,7 +25,10 @@
 /* This role */
 #include "sender_class.h"
 #include "sender_dns.h"
+#include "sender_pool.h"
 #include "sender_sched.h"
+#include "sender_shaping.h"
+#include "sender_warmup.h"
 #include "sender_smtp.h"
 
 /* ---- the in-flight set: (id, idx), open addressing ---- */
@@ -155,6 +158,9 @@ struct dstate {
 	uint32_t jobs;                  /* running now */
 	uint32_t failures;              /* attempts in a row no MX took */
 	int64_t backoff_until_ms;       /* no new job before */
+	int64_t hold_until_ms;          /* briefly no new job: its sources had no budget */
+	int64_t paced_until_ms;         /* a rate refused it lately: ... */
+	uint32_t paced_jobs;            /* ... at most this many jobs at once meanwhile */
 	struct dstate *next;            /* same hash */
 	struct dstate *lprev, *lnext;   /* every one, for the end */
 };
@@ -185,6 +191,13 @@ struct job {
 	struct sender_smtp_job sj;
 	sender_smtp *smtp;              /* while SMTP runs */
 	bool dns_pending;
+	bool postponed;                 /* ended waiting for a budget (job_postpone) */
+	/* The source chosen after DNS and what it holds until the job ends. */
+	const struct sender_shaping_rule *rule;
+	const struct hk_pool_addr *src;
+	bool shaped;                    /* a shaping connection/message is counted */
+	uint32_t wu_taken;              /* recipients of warm-up budget taken */
+	int64_t wu_taken_at;
 	int64_t start_ms;
 };
 
@@ -200,7 +213,11 @@ struct sender_sched {
 	void *arg;
 	struct iset inflight;
 	hk_u64map *domains;             /* struct dstate by domain hash */
+	sender_pools *pools;            /* source addresses by tenant pool */
+	sender_shaping *shaping;        /* per-destination limits (NULL: none) */
+	sender_warmup *warmup;          /* warm-up budgets (NULL: none) */
 	struct dstate *dlist;           /* all of them */
+	int64_t swept_ms;               /* dlist last swept (on_tick) */
 	sender_sched_filter_fn filter;  /* deliverable here? (NULL: all) */
 	void *filter_arg;
 	struct job *jobs;               /* running, doubly linked */
@@ -249,7 +266,12 @@ dstate_find(sender_sched *s, const char *domain, bool create)
 static uint32_t
 domain_limit(const sender_sched *s, const struct dstate *d)
 {
-	return d->failures > 0 ? 1 : s->conf->max_connections_per_domain;
+	if (d->failures > 0)
+		return 1;
+	/* Paced by its rule: more jobs at once would only be postponed. */
+	if (d->paced_until_ms > hk_now_ms() && d->paced_jobs < s->conf->max_connections_per_domain)
+		return d->paced_jobs;
+	return s->conf->max_connections_per_domain;
 }
 
 /* dstate_gc - forget D once it says nothing: no job, no failure. */
@@ -258,7 +280,8 @@ dstate_gc(sender_sched *s, struct dstate *d)
 {
 	hk_u64map *m = s->domains;
 
-	if (d->jobs > 0 || d->failures > 0)
+	if (d->jobs > 0 || d->failures > 0 || d->hold_until_ms > hk_now_ms() ||
+	    d->paced_until_ms > hk_now_ms())
 		return;
 	if (d->lprev)
 		d->lprev->lnext = d->lnext;
@@ -323,6 +346,7 @@ job_free(struct job *j)
 }
 
 static void sched_maybe_done(sender_sched *s);
+static void job_settle(struct job *j, int64_t now);
 
 /*
  * job_domain_result - the job's domain has one job less; and if no MX host
@@ -341,8 +365,8 @@ job_domain_result(struct job *j, int64_t now)
 		return;
 	if (d->jobs > 0)
 		d->jobs--;
-	if (s->stopping || j->n == 0) {
-		/* an aborted job says nothing about the domain */
+	if (s->stopping || j->n == 0 || j->postponed) {
+		/* an aborted or postponed job says nothing about the domain */
 	} else if (j->sj.mx_host[0] != '\0') {
 		if (d->failures > 0)
 			hk_log_info("domain_backoff_end", "{s:s, s:i}", "domain", d->domain,
@@ -369,7 +393,7 @@ job_end(struct job *j)
 	int64_t now = hk_now_ms();
 	const char *tenant = j->meta && j->meta->tenant ? j->meta->tenant : "";
 
-	for (size_t i = 0; i < j->n; i++) {
+	for (size_t i = 0; i < j->n && !j->postponed; i++) {
 		struct job_rcpt *r = &j->r[i];
 		struct sender_smtp_rcpt *sr = &j->sr[i];
 		struct sender_class cl;
@@ -410,6 +434,7 @@ job_end(struct job *j)
 		}
 		s->cb(&o, s->arg);
 	}
+	job_settle(j, now);
 	job_domain_result(j, now);
 	if (j->prev)
 		j->prev->next = j->next;
@@ -439,6 +464,33 @@ job_fail(struct job *j, int code, const char *fmt, ...)
 	job_end(j);
 }
 
+/* job_postpone - no source address may carry the job now: every recipient
+ * waits until UNTIL without an attempt (WHY says what it waits for). */
+static void __attribute__((format(printf, 3, 4)))
+job_postpone(struct job *j, int64_t until, const char *fmt, ...)
+{
+	sender_sched *s = j->s;
+	const char *tenant = j->meta && j->meta->tenant ? j->meta->tenant : "";
+	char why[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	for (size_t i = 0; i < j->n; i++) {
+		struct sender_outcome o = {
+			.kind = SENDER_OUT_POSTPONED, .id = j->id, .idx = j->r[i].idx, .tenant = tenant,
+			.rcpt = j->r[i].address, .domain = j->domain, .mx = "", .mx_addr = "",
+			.source = "", .tls = "", .reply = why, .status = "", .reason = "budget",
+			.provider = "", .attempts = j->r[i].attempts, .attempt_ms = hk_now_ms(),
+			.next_attempt_ms = until,
+		};
+		s->cb(&o, s->arg);
+	}
+	j->postponed = true;    /* reported: job_end has nothing more to say */
+	job_end(j);
+}
+
 static void
 on_smtp(struct sender_smtp_job *sj, void *arg)
 {
@@ -447,6 +499,193 @@ on_smtp(struct sender_smtp_job *sj, void *arg)
 	(void)sj;
 	j->smtp = NULL;
 	job_end(j);
+}
+
+static void on_tick(uv_timer_t *t);
+
+/* sched_wake_at - scan at WHEN if that is before the next tick. */
+static void
+sched_wake_at(sender_sched *s, int64_t when)
+{
+	int64_t now = hk_now_ms(), due = (int64_t)uv_timer_get_due_in(&s->timer);
+
+	if (s->stopping || when - now >= due)
+		return;
+	uv_timer_start(&s->timer, on_tick, when > now ? (uint64_t)(when - now) : 0,
+	    SENDER_SCHED_TICK_MS);
+}
+
+/*
+ * shape_key - the key of the job's shaping state for source address ADDR:
+ * the address for a named rule (one provider, all its domains together);
+ * for "default", the address and the domain, so that each destination no
+ * rule names is shaped (and suspended after throttling) on its own.
+ */
+static const char *
+shape_key(const struct job *j, const char *addr, char out[SENDER_SHAPING_ADDR_MAX])
+{
+	if (j->rule == NULL || strcmp(j->rule->name, "default") != 0)
+		return addr;
+	if (snprintf(out, SENDER_SHAPING_ADDR_MAX, "%s/%s", addr, j->domain) >= SENDER_SHAPING_ADDR_MAX)
+		snprintf(out, SENDER_SHAPING_ADDR_MAX, "%s/#%016llx", addr,
+		    (unsigned long long)dstate_hash(j->domain));
+	return out;
+}
+
+/* What a source address is refused for, while job_source looks. */
+struct src_try {
+	sender_sched *s;
+	struct job *j;
+	const struct hk_pool_addr *refused[32];
+	size_t n_refused;
+	int64_t now;
+};
+
+/* src_budget - the pool's budget hook: not an address refused already in
+ * this choice, and one with warm-up budget for the job's recipients. */
+static bool
+src_budget(const struct hk_pool_addr *a, void *arg, int64_t *retry_at)
+{
+	struct src_try *t = arg;
+	uint32_t allowed = SENDER_WARMUP_NO_CAP;
+
+	for (size_t i = 0; i < t->n_refused; i++)
+		if (t->refused[i] == a)
+			return false;
+	if (t->s->warmup && a->warmup && a->address &&
+	    sender_warmup_budget(t->s->warmup, a->address, t->j->rule->name, t->now, &allowed,
+	    retry_at) == 0 && allowed < t->j->n)
+		return false;
+	return true;
+}
+
+/*
+ * job_source - choose the job's source address now that its MX (MX_HOST,
+ * may be NULL) and so its shaping rule are known: the pool's weighted
+ * round robin over addresses with warm-up budget, each tried against the
+ * rule's limits (connections, rate, suspension) until one is granted. The
+ * grant and the warm-up budget are held until the job ends. With none, the
+ * job's recipients wait (postponed, no attempt counted) until the earliest
+ * time one could, and the domain is held for at most a second so the scan
+ * does not pick its next recipients only to postpone them. false: postponed.
+ */
+static bool
+job_source(struct job *j, const char *mx_host)
+{
+	sender_sched *s = j->s;
+	const char *pool = j->meta->pool && *j->meta->pool ? j->meta->pool : "shared";
+	struct src_try t = { .s = s, .j = j, .now = hk_now_ms() };
+	int64_t retry_at = INT64_MAX, ra;
+	const char *why = "no address has budget left";
+	bool paced = false;
+
+	j->rule = s->shaping ? sender_shaping_match(s->shaping, j->domain, mx_host) : NULL;
+	if (j->rule == NULL) {
+		j->src = sender_pools_pick(s->pools, pool, NULL, NULL, &ra, NULL);
+	} else {
+		for (;;) {
+			const struct hk_pool_addr *a = sender_pools_pick(s->pools, pool, src_budget, &t,
+			    &ra, NULL);
+			if (ra < retry_at)
+				retry_at = ra;
+			if (a == NULL)
+				break;
+			char kbuf[SENDER_SHAPING_ADDR_MAX];
+			const char *key = shape_key(j, a->address ? a->address : "", kbuf);
+			enum sender_shaping_verdict v = sender_shaping_acquire(s->shaping, j->rule, key,
+			    t.now, &ra);
+			if (v == SENDER_SHAPING_OK) {
+				uint32_t taken = j->n;
+				j->shaped = true;
+				if (s->warmup && a->warmup && a->address &&
+				    sender_warmup_take(s->warmup, a->address, j->rule->name, (uint32_t)j->n,
+				    t.now, &taken, &ra) != 0)
+					taken = 0;
+				if (taken == j->n) {
+					j->src = a;
+					j->wu_taken = a->warmup ? taken : 0;
+					j->wu_taken_at = t.now;
+					break;
+				}
+				/* Budget went between the look and the take: give both back. */
+				if (taken > 0)
+					sender_warmup_untake(s->warmup, a->address, j->rule->name, taken, t.now, t.now);
+				sender_shaping_release(s->shaping, j->rule, key);
+				j->shaped = false;
+				why = "warm-up budget";
+			} else {
+				why = sender_shaping_verdict_name(v);
+				if (v == SENDER_SHAPING_RATE || v == SENDER_SHAPING_CONNECTIONS)
+					paced = true;
+			}
+			if (ra < retry_at)
+				retry_at = ra;
+			if (t.n_refused == sizeof(t.refused) / sizeof(t.refused[0]))
+				break;
+			t.refused[t.n_refused++] = a;
+		}
+	}
+	if (j->src != NULL) {
+		j->sj.source_address = j->src->address;
+		j->sj.helo_name = j->src->hostname;
+		if (j->rule) {
+			j->sj.tls_required = j->sj.tls_required || j->rule->tls_required;
+			j->sj.max_uses = j->rule->max_messages_per_connection;
+		}
+		return true;
+	}
+	/* Wait: a connection slot frees within a job's time; a rate or budget
+	 * says when. Never longer than retry_max without looking again. */
+	int64_t now = hk_now_ms();
+	if (retry_at == INT64_MAX || retry_at - now > (int64_t)s->conf->retry_max_ms)
+		retry_at = now + (retry_at == INT64_MAX ? 1000 : (int64_t)s->conf->retry_max_ms);
+	struct dstate *d = dstate_find(s, j->domain, true);
+	d->hold_until_ms = retry_at < now + 1000 ? retry_at : now + 1000;
+	if (paced) {
+		d->paced_until_ms = now + 10000;
+		d->paced_jobs = j->rule && j->rule->max_connections ? j->rule->max_connections : 1;
+	}
+	/* A paced rule's next slot is often sooner than the next tick. */
+	sched_wake_at(s, d->hold_until_ms);
+	job_postpone(j, retry_at, "pool %s, rule %s: %s", pool, j->rule ? j->rule->name : "-", why);
+	return false;
+}
+
+/* job_settle - what the job's source held goes back, and the destination's
+ * answers feed shaping and warm-up: called once per job, at its end. */
+static void
+job_settle(struct job *j, int64_t now)
+{
+	sender_sched *s = j->s;
+	const char *addr = j->src && j->src->address ? j->src->address : "";
+	bool answered = j->sj.mx_host[0] != '\0';
+	char kbuf[SENDER_SHAPING_ADDR_MAX];
+	const char *key;
+
+	if (j->rule == NULL || j->src == NULL)
+		return;
+	key = shape_key(j, addr, kbuf);
+	for (size_t i = 0; i < j->n && !j->postponed; i++) {
+		struct sender_smtp_rcpt *sr = &j->sr[i];
+		struct sender_class cl;
+		if (!answered)
+			break;
+		sender_class_reply(sr->code, sr->reply, j->domain, j->sj.mx_host, &cl);
+		sender_shaping_result(s->shaping, j->rule, key, cl.throttled, sr->reply, now);
+		if (j->wu_taken > 0) {
+			enum sender_warmup_outcome o = cl.kind == SENDER_CLASS_DELIVERED ?
+			    SENDER_WARMUP_DELIVERED : cl.kind == SENDER_CLASS_BOUNCED ? SENDER_WARMUP_BOUNCED :
+			    cl.throttled ? SENDER_WARMUP_THROTTLED : SENDER_WARMUP_DEFERRED;
+			sender_warmup_count(s->warmup, addr, j->rule->name, o, now);
+		}
+	}
+	/* Nothing left for the destination: the budget was not used. */
+	if (!answered && j->wu_taken > 0)
+		sender_warmup_untake(s->warmup, addr, j->rule->name, j->wu_taken, j->wu_taken_at, now);
+	if (j->shaped)
+		sender_shaping_release(s->shaping, j->rule, key);
+	j->shaped = false;
+	j->wu_taken = 0;
 }
 
 static void
@@ -463,6 +702,8 @@ on_dns(const struct sender_dns_result *res, void *arg)
 	}
 	switch (res->status) {
 	case SENDER_DNS_OK:
+		if (!job_source(j, res->n_addrs ? res->addrs[0].host : NULL))
+			return;         /* postponed: no source address has budget */
 		j->sj.addrs = res->addrs;       /* copied by sender_smtp_deliver */
 		j->sj.n_addrs = res->n_addrs;
 		rc = sender_smtp_deliver(&j->smtp, s->loop, &j->sj, on_smtp, j);
@@ -514,9 +755,9 @@ job_start(sender_sched *s, struct job *j)
 		job_fail(j, 451, "451 4.3.0 cannot read the message from the queue");
 		return;
 	}
+	/* The source address (and its EHLO name) is chosen after DNS, when the
+	 * destination's shaping rule is known (job_source). */
 	j->sj = (struct sender_smtp_job){
-		.helo_name = c->hostname ? c->hostname : "localhost",
-		.source_address = c->source_address,
 		.port = c->delivery_port,
 		.connect_timeout_ms = c->connect_timeout_ms,
 		.command_timeout_ms = c->command_timeout_ms,
@@ -561,7 +802,8 @@ pick_domain(const char *domain, int64_t next_ms, void *arg)
 	(void)next_ms;
 	if (p->n == p->max)
 		return SENDER_SCAN_STOP;
-	if (d && (d->backoff_until_ms > p->now || d->jobs >= domain_limit(s, d)))
+	if (d && (d->backoff_until_ms > p->now || d->hold_until_ms > p->now ||
+	    d->jobs >= domain_limit(s, d)))
 		return SENDER_SCAN_NEXT_DOMAIN;
 	if (s->filter && !s->filter(domain, NULL, s->filter_arg))
 		return SENDER_SCAN_NEXT_DOMAIN;
@@ -650,7 +892,18 @@ sched_scan(sender_sched *s)
 static void
 on_tick(uv_timer_t *t)
 {
-	sched_scan(t->data);
+	sender_sched *s = t->data;
+	int64_t now = hk_now_ms();
+
+	/* Domains whose holds ran out with no job to end them. */
+	if (now - s->swept_ms >= 10000) {
+		for (struct dstate *d = s->dlist, *next; d; d = next) {
+			next = d->lnext;
+			dstate_gc(s, d);
+		}
+		s->swept_ms = now;
+	}
+	sched_scan(s);
 }
 
 int
@@ -678,6 +931,7 @@ sender_sched_new(sender_sched **out, uv_loop_t *loop, sender_queue *q,
 		return -1;
 	}
 	s->domains = hk_u64map_new();
+	s->pools = sender_pools_new(conf);
 	s->pool = sender_smtp_pool_new(loop, conf->connection_cache_time_ms,
 	    conf->connection_reuse_limit);
 	uv_timer_init(loop, &s->timer);
@@ -703,6 +957,13 @@ sender_sched_release(sender_sched *s, const char *id, uint32_t idx)
 	/* A delivery slot is free again: fill it on the next loop turn rather
 	 * than at the next tick (every release of the turn shares one scan). */
 	sender_sched_kick(s);
+}
+
+void
+sender_sched_set_shaping(sender_sched *s, sender_shaping *shaping, sender_warmup *warmup)
+{
+	s->shaping = shaping;
+	s->warmup = warmup;
 }
 
 void
@@ -791,6 +1052,7 @@ sender_sched_free(sender_sched **sp)
 		free(d);
 	}
 	hk_u64map_destroy(&s->domains);
+	sender_pools_free(&s->pools);
 	/* Connections still closing hold their own references (SSL_new). */
 	SSL_CTX_free(s->tls_ctx);
 	free(s);

@@ -41,6 +41,8 @@ enum sender_outcome_kind {
 	SENDER_OUT_DEFERRED,            /* 4xx: retry at next_attempt_ms */
 	SENDER_OUT_BOUNCED,             /* 5xx: remove (and a DSN: sender_notify) */
 	SENDER_OUT_EXPIRED,             /* 4xx past max_lifetime: remove (and a DSN) */
+	SENDER_OUT_POSTPONED,           /* not attempted (no source address has budget):
+	                                 * wait until next_attempt_ms, no attempt counted */
 };
 
 /* One recipient's outcome. Strings are valid during the callback only,
@@ -66,7 +68,7 @@ struct sender_outcome {
 	const char *provider;           /* static: "gmail", "yahoo", ... or "" */
 	uint32_t attempts;              /* including this one */
 	int64_t attempt_ms;             /* when this attempt ended */
-	int64_t next_attempt_ms;        /* DEFERRED */
+	int64_t next_attempt_ms;        /* DEFERRED, POSTPONED */
 };
 
 typedef void (*sender_outcome_cb)(const struct sender_outcome *o, void *arg);
@@ -85,6 +87,14 @@ void sender_sched_kick(sender_sched *s);
 /* sender_sched_release - the outcome of (id, idx) is committed or given up:
  * the recipient may be picked again by the schedule. */
 void sender_sched_release(sender_sched *s, const char *id, uint32_t idx);
+
+/* sender_sched_set_shaping - per-destination limits (SHAPING) and warm-up
+ * budgets (WARMUP) for choosing each job's source address; either may be
+ * NULL. They must outlive the scheduler. */
+struct sender_shaping;
+struct sender_warmup;
+void sender_sched_set_shaping(sender_sched *s, struct sender_shaping *shaping,
+    struct sender_warmup *warmup);
 
 /* sender_sched_set_filter - FN(domain, rcpt, arg) false: the recipient is
  * not ours to deliver (its domain has another owner now and is being handed

@@ -184,6 +184,7 @@ struct smtp_conn {
 	char key[SMTP_KEY_MAX];         /* what a job must match to reuse it */
 	char peer[80];                  /* "addr:port" */
 	char local[64];                 /* our address on it (getsockname) */
+	uint32_t job_max_uses;          /* the last job's transactions-per-connection limit (0: pool's) */
 
 	uv_tcp_t tcp;
 	uv_connect_t connect_req;
@@ -321,6 +322,7 @@ pool_wants(const struct smtp_conn *c)
 
 	/* A body write still in flight would hold c->body_req: not parked. */
 	return p != NULL && !p->closing && p->idle_ms > 0 && c->uses < p->max_uses &&
+	    (c->job_max_uses == 0 || c->uses < c->job_max_uses) &&
 	    !c->no_reuse && c->connected && !c->body_writing;
 }
 
@@ -1342,6 +1344,7 @@ sender_smtp_enter_state(sender_smtp *s, enum smtp_state st)
 		else if (c->eightbit_ext && smtp_has_8bit(job->body, job->body_len))
 			body = " BODY=8BITMIME";
 		c->uses++;
+		c->job_max_uses = job->max_uses;       /* the destination's limit, if any */
 		s->txn_open = true;
 		conn_cmd(c, "MAIL FROM:<%s>%s%s%s%s%s%s%s", job->mail_from, size, body,
 		    s->utf8 ? " SMTPUTF8" : "", dsn && s->ret ? " " : "", dsn && s->ret ? s->ret : "",

@@ -84,6 +84,8 @@ struct sender_smtp_job {
 	struct sender_smtp_rcpt *rcpts;
 	size_t n_rcpts;
 	sender_smtp_pool *pool;         /* reuse connections, or NULL (QUIT each) */
+	uint32_t max_uses;              /* transactions a connection may carry for this
+	                                 * destination (shaping); 0: the pool's limit */
 	SSL_CTX *tls_ctx;               /* STARTTLS with this client context (hk_tls_client_ctx),
 	                                 * or NULL: never */
 	bool tls_required;              /* never in plaintext: defer instead (needs tls_ctx). The

@@ -150,6 +150,46 @@ test_config_sender_tls(void **state)
 	unlink(path);
 }
 
+/* pools: named pools of {address, hostname, weight, warmup}; without one
+ * the node has an implicit "shared" of its source_address and hostname. */
+static void
+test_config_sender_pools(void **state)
+{
+	struct hk_config *cfg;
+	char err[512];
+	char *path = write_tmp("nodes:\n  r1:\n    role: router\n    front: tcp://a:1\n    back: tcp://a:2\n"
+	    "  s1:\n    role: sender\n    routers: [r1]\n    queue: /q\n"
+	    "    pools:\n      shared:\n        addresses:\n"
+	    "          - {address: 127.0.0.2, hostname: a.example, weight: 3}\n"
+	    "          - {address: '::1', hostname: b.example, warmup: true}\n"
+	    "      acme: {addresses: [{address: 127.0.0.4, hostname: c.example}], spill_to: shared}\n"
+	    "  s2:\n    role: sender\n    routers: [r1]\n    queue: /q2\n"
+	    "    source_address: 127.0.0.9\n    hostname: s2.example\n");
+	(void)state;
+
+	assert_int_equal(hk_config_load(path, &cfg, err, sizeof(err)), 0);
+	const struct hk_sender_conf *sc = &hk_config_node(cfg, "s1")->u.sender;
+	assert_int_equal(sc->n_pools, 2);
+	const struct hk_pool_conf *sh = hk_sender_pool(sc, "shared");
+	assert_non_null(sh);
+	assert_int_equal(sh->n_addrs, 2);
+	assert_string_equal(sh->addrs[0].address, "127.0.0.2");
+	assert_string_equal(sh->addrs[0].hostname, "a.example");
+	assert_int_equal(sh->addrs[0].weight, 3);
+	assert_false(sh->addrs[0].warmup);
+	assert_true(sh->addrs[1].warmup);
+	assert_int_equal(sh->addrs[1].weight, 1);
+	assert_string_equal(hk_sender_pool(sc, "acme")->spill_to, "shared");
+	assert_null(hk_sender_pool(sc, "nope"));
+	const struct hk_sender_conf *s2 = &hk_config_node(cfg, "s2")->u.sender;
+	assert_int_equal(s2->n_pools, 1);
+	assert_string_equal(s2->pools[0].name, "shared");
+	assert_string_equal(s2->pools[0].addrs[0].address, "127.0.0.9");
+	assert_string_equal(s2->pools[0].addrs[0].hostname, "s2.example");
+	hk_config_free(&cfg);
+	unlink(path);
+}
+
 /* Each bad file must fail with an error naming the line and the key. */
 static void
 test_config_errors(void **state)
@@ -168,6 +208,18 @@ test_config_errors(void **state)
 		{ "nodes:\n  s1:\n    role: sender\n    routers: [r1]\n    queue: /q\n"
 		  "    tls_ca_file: /nonexistent/ca.pem\n",
 		  ":6: key 'tls_ca_file': cannot read '/nonexistent/ca.pem'" },
+		{ "nodes:\n  s1:\n    role: sender\n    routers: [r1]\n    queue: /q\n    pools:\n"
+		  "      p: {addresses: [{address: 10.0.0.300, hostname: x}]}\n",
+		  ":7: key 'address': '10.0.0.300' is not an IPv4 or IPv6 address" },
+		{ "nodes:\n  s1:\n    role: sender\n    routers: [r1]\n    queue: /q\n    pools:\n"
+		  "      p: {addresses: [{address: 10.0.0.3}]}\n",
+		  ":7: key 'hostname': required for 10.0.0.3" },
+		{ "nodes:\n  s1:\n    role: sender\n    routers: [r1]\n    queue: /q\n    pools:\n"
+		  "      p: {addresses: [{address: 10.0.0.3, hostname: x}], spill_to: q}\n",
+		  "key 'spill_to': pool 'p' spills to 'q', which is not another pool" },
+		{ "nodes:\n  s1:\n    role: sender\n    routers: [r1]\n    queue: /q\n    pools:\n"
+		  "      p: {addresses: []}\n",
+		  ":7: key 'addresses': pool 'p' needs a non-empty list" },
 		{ "nodes:\n  s1:\n    role: sender\n    queue: /q\n    routers: [nope]\n",
 		  "key 'routers': node 's1' names 'nope'" },
 		{ "nodes:\n  x:\n    role: mailer\n", ":3: key 'role':" },
@@ -417,6 +469,7 @@ main(void)
 		cmocka_unit_test(test_config_good),
 		cmocka_unit_test(test_config_router_keys),
 		cmocka_unit_test(test_config_sender_tls),
+		cmocka_unit_test(test_config_sender_pools),
 		cmocka_unit_test(test_config_errors),
 		cmocka_unit_test(test_config_tenants),
 		cmocka_unit_test(test_config_hot_domains),

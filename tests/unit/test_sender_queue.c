@@ -596,6 +596,36 @@ test_handoff_enqueue(void **state)
 	assert_int_equal(op.n_rcpts, 2);
 }
 
+/* A postponed recipient (no budget) waits: no attempt counted. */
+static void
+test_postpone(void **state)
+{
+	struct fixture *f = *state;
+	const char *one[] = { "a@x.test" };
+	struct sender_qrcpt *r;
+	struct seen s = { 0 };
+
+	enqueue(f, "01HPP", one, 1, 0, 1000);
+	struct sender_qop op = state_op(SENDER_QOP_POSTPONED, "01HPP", 0);
+	op.next_attempt_ms = 9000;
+	commit1(f, &op);
+	assert_int_equal(op.result, SENDER_QR_DONE);
+	assert_int_equal(sender_queue_rcpt_load(f->q, "01HPP", 0, &r), 0);
+	assert_int_equal(r->attempts, 0);
+	assert_int_equal(r->first_attempt_ms, 0);
+	assert_int_equal(r->next_attempt_ms, 9000);
+	free(r);
+	scan(f, 8999, &s);
+	assert_int_equal(s.n, 0);
+	scan(f, 9000, &s);
+	assert_int_equal(s.n, 1);
+	assert_stats(f, 1, 1, 1, 1, 1);
+	struct sender_qop gone = state_op(SENDER_QOP_POSTPONED, "01HNONE", 0);
+	gone.next_attempt_ms = 9000;
+	commit1(f, &gone);
+	assert_int_equal(gone.result, SENDER_QR_NOTFOUND);
+}
+
 /* A queue of format 1 (one time-ordered "sched" database) is rebuilt into
  * domain queues when opened: made here by turning a new queue back. */
 static void
@@ -792,6 +822,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_last_rcpt_removes_message, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_handoff_enqueue, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_upgrade_from_format_1, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_postpone, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen_keeps_everything, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refusals_do_not_fail_the_batch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failing_op_fails_alone, setup, teardown),
