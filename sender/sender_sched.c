@@ -934,6 +934,7 @@ sender_sched_new(sender_sched **out, uv_loop_t *loop, sender_queue *q,
 	s->pools = sender_pools_new(conf);
 	s->pool = sender_smtp_pool_new(loop, conf->connection_cache_time_ms,
 	    conf->connection_reuse_limit);
+	sender_smtp_pool_set_per_key(s->pool, conf->max_deliveries);
 	uv_timer_init(loop, &s->timer);
 	s->timer.data = s;
 	/* At start nothing is in flight: the first scan resumes the queue. */

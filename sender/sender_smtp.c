@@ -220,6 +220,8 @@ struct smtp_conn {
 struct sender_smtp_pool {
 	uv_loop_t *loop;
 	uint32_t idle_ms, max_uses;
+	size_t per_key;                 /* parked connections per key, at most */
+	size_t max_idle;                /* parked in all, at most */
 	struct smtp_conn *idle;         /* parked, most recently parked first */
 	size_t n_idle;
 	size_t refs;                    /* connections and jobs that point here */
@@ -334,13 +336,13 @@ pool_park(struct smtp_conn *c)
 	sender_smtp_pool *p = c->pool;
 	size_t same = 0;
 
-	if (!pool_wants(c) || c->expect > 0 || p->n_idle >= SMTP_POOL_MAX) {
+	if (!pool_wants(c) || c->expect > 0 || p->n_idle >= p->max_idle) {
 		conn_quit(c);
 		return;
 	}
 	for (struct smtp_conn *x = p->idle; x != NULL; x = x->next) {
 		if (x->tls_on == c->tls_on && strcmp(x->key, c->key) == 0 &&
-		    ++same >= SMTP_POOL_PER_KEY) {
+		    ++same >= p->per_key) {
 			conn_quit(c);
 			return;
 		}
@@ -1866,7 +1868,16 @@ sender_smtp_pool_new(uv_loop_t *loop, uint32_t idle_ms, uint32_t max_uses)
 	p->loop = loop;
 	p->idle_ms = idle_ms;
 	p->max_uses = max_uses;
+	p->per_key = SMTP_POOL_PER_KEY;
+	p->max_idle = SMTP_POOL_MAX;
 	return p;
+}
+
+void
+sender_smtp_pool_set_per_key(sender_smtp_pool *p, size_t n)
+{
+	p->per_key = n > SMTP_POOL_PER_KEY ? n : SMTP_POOL_PER_KEY;
+	p->max_idle = 2 * n > SMTP_POOL_MAX ? 2 * n : SMTP_POOL_MAX;
 }
 
 void

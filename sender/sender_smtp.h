@@ -126,6 +126,13 @@ void sender_smtp_abort(sender_smtp *s);
  */
 sender_smtp_pool *sender_smtp_pool_new(uv_loop_t *loop, uint32_t idle_ms, uint32_t max_uses);
 
+/* sender_smtp_pool_set_per_key - park up to N connections with one key (an
+ * MX address, source and EHLO name; at least the built-in 64): as many as
+ * deliveries run at once, or a job ending while the next scan has not yet
+ * run QUITs a connection the next job must open again (many domains behind
+ * one MX). */
+void sender_smtp_pool_set_per_key(sender_smtp_pool *p, size_t n);
+
 /*
  * sender_smtp_pool_close - QUIT and close every parked connection; nothing
  * is parked from now on. Jobs still running may finish (their connections
