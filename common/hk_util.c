@@ -128,3 +128,20 @@ hk_hexval(unsigned char c)
 		return c - 'a' + 10;
 	return -1;
 }
+
+void
+hk_put_be(uint8_t *p, uint64_t v, int n)
+{
+	for (int i = n - 1; i >= 0; i--, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+uint64_t
+hk_get_be(const uint8_t *p, int n)
+{
+	uint64_t v = 0;
+
+	for (int i = 0; i < n; i++)
+		v = v << 8 | p[i];
+	return v;
+}

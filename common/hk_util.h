@@ -20,6 +20,11 @@ int hk_random(void *p, size_t n);
 int64_t hk_now_ms(void);
 
 /* hk_parse_hostport - "host:port" or "[v6]:port" into host (caller frees) and port. 0 or -1. */
+/* hk_put_be / hk_get_be - N bytes (1..8) big-endian: the byte order of
+ * every stored key and value, so that keys sort as numbers. */
+void hk_put_be(uint8_t *p, uint64_t v, int n);
+uint64_t hk_get_be(const uint8_t *p, int n);
+
 /* hk_hexval - the value of hex digit C (either case), or -1. */
 int hk_hexval(unsigned char c);
 

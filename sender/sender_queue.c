@@ -43,7 +43,6 @@
 #define SKEY_MAX (8 + RKEY_MAX)
 #define DQKEY_MAX (HK_DOMAIN_MAX + 1 + SKEY_MAX)
 #define DNKEY_MAX (8 + HK_DOMAIN_MAX)
-static void put_be(uint8_t *p, uint64_t v, int n);
 #define OKEY_MAX (SENDER_QUEUE_ID_MAX + 1 + SENDER_QUEUE_NODE_MAX + 1 + 4)
 
 /* okey - the origin key of a handed-on recipient: id \0 node \0 be32 idx. */
@@ -53,7 +52,7 @@ okey(uint8_t *k, const char *id, const char *node, uint32_t idx)
 	size_t a = strlen(id) + 1, b = strlen(node) + 1;
 	memcpy(k, id, a);
 	memcpy(k + a, node, b);
-	put_be(k + a + b, idx, 4);
+	hk_put_be(k + a + b, idx, 4);
 	return a + b + 4;
 }
 
@@ -95,26 +94,10 @@ w_u8(struct wbuf *w, uint8_t v)
 }
 
 static void
-put_be(uint8_t *p, uint64_t v, int n)
-{
-	for (int i = n - 1; i >= 0; i--, v >>= 8)
-		p[i] = (uint8_t)v;
-}
-
-static uint64_t
-get_be(const uint8_t *p, int n)
-{
-	uint64_t v = 0;
-	for (int i = 0; i < n; i++)
-		v = v << 8 | p[i];
-	return v;
-}
-
-static void
 w_be(struct wbuf *w, uint64_t v, int n)
 {
 	w_need(w, n);
-	put_be(w->p + w->len, v, n);
+	hk_put_be(w->p + w->len, v, n);
 	w->len += n;
 }
 
@@ -139,7 +122,7 @@ r_be(struct rbuf *r, int n)
 		r->bad = true;
 		return 0;
 	}
-	uint64_t v = get_be(r->p + r->off, n);
+	uint64_t v = hk_get_be(r->p + r->off, n);
 	r->off += n;
 	return v;
 }
@@ -171,7 +154,7 @@ rkey(uint8_t *k, const char *id, uint32_t idx)
 {
 	size_t n = strlen(id);
 	memcpy(k, id, n + 1);
-	put_be(k + n + 1, idx, 4);
+	hk_put_be(k + n + 1, idx, 4);
 	return n + 5;
 }
 
@@ -181,7 +164,7 @@ dqkey(uint8_t *k, const char *domain, int64_t when, const char *id, uint32_t idx
 {
 	size_t n = strlen(domain);
 	memcpy(k, domain, n + 1);
-	put_be(k + n + 1, ms_key(when), 8);
+	hk_put_be(k + n + 1, ms_key(when), 8);
 	return n + 9 + rkey(k + n + 9, id, idx);
 }
 
@@ -190,7 +173,7 @@ static size_t
 dnkey(uint8_t *k, uint64_t next, const char *domain)
 {
 	size_t n = strlen(domain);
-	put_be(k, next, 8);
+	hk_put_be(k, next, 8);
 	memcpy(k + 8, domain, n);
 	return 8 + n;
 }
@@ -317,7 +300,7 @@ migrate_v1(sender_queue *q, MDB_txn *txn, uint64_t *n)
 		}
 		memcpy(id, kp, key.mv_size - 4);
 		snprintf(domain, sizeof(domain), "%s", r.domain);
-		uint32_t idx = (uint32_t)get_be(kp + key.mv_size - 4, 4);
+		uint32_t idx = (uint32_t)hk_get_be(kp + key.mv_size - 4, 4);
 		MDB_val dk = mv(sk, dqkey(sk, domain, r.next_attempt_ms, id, idx));
 		MDB_val dv = mv("\1", 1);
 		/* Writes to other databases leave this cursor where it is. */
@@ -513,7 +496,7 @@ dom_refresh(sender_queue *q, MDB_txn *txn, const char *domain, int delta)
 	if (rc == 1) {
 		MDB_val ck, cv;
 		if ((rc = mdb_cursor_get(c, &ck, &cv, MDB_GET_CURRENT)) == 0 && ck.mv_size >= dl + 9) {
-			next = get_be((const uint8_t *)ck.mv_data + dl + 1, 8);
+			next = hk_get_be((const uint8_t *)ck.mv_data + dl + 1, 8);
 			has = true;
 		}
 	}
@@ -525,8 +508,8 @@ dom_refresh(sender_queue *q, MDB_txn *txn, const char *domain, int delta)
 	rc = mdb_get(txn, q->dom, &key, &val);
 	if (rc == 0 && val.mv_size >= 17 && ((uint8_t *)val.mv_data)[0] == REC_V1) {
 		had = true;
-		old_next = get_be((uint8_t *)val.mv_data + 1, 8);
-		count = get_be((uint8_t *)val.mv_data + 9, 8);
+		old_next = hk_get_be((uint8_t *)val.mv_data + 1, 8);
+		count = hk_get_be((uint8_t *)val.mv_data + 9, 8);
 	} else if (rc != 0 && rc != MDB_NOTFOUND) {
 		return rc;
 	}
@@ -546,8 +529,8 @@ dom_refresh(sender_queue *q, MDB_txn *txn, const char *domain, int delta)
 		return 0;
 	}
 	uint8_t dv[17] = { REC_V1 };
-	put_be(dv + 1, next, 8);
-	put_be(dv + 9, count, 8);
+	hk_put_be(dv + 1, next, 8);
+	hk_put_be(dv + 9, count, 8);
 	val = mv(dv, sizeof(dv));
 	if ((rc = mdb_put(txn, q->dom, &key, &val, 0)) != 0)
 		return rc;
@@ -632,14 +615,14 @@ op_enqueue(sender_queue *q, MDB_txn *txn, struct sender_qop *op)
 	}
 	/* Dedup: a retried enqueue of the same (id, shard) stores nothing. */
 	memcpy(k, id, idlen + 1);
-	put_be(k + idlen + 1, op->shard, 4);
+	hk_put_be(k + idlen + 1, op->shard, 4);
 	key = mv(k, idlen + 5);
 	rc = mdb_get(txn, q->shard, &key, &val);
 	if (rc == 0) {
 		op->result = SENDER_QR_DUPLICATE;
 		if (val.mv_size >= 9 && ((uint8_t *)val.mv_data)[0] == REC_V1) {
-			op->first_idx = (uint32_t)get_be((uint8_t *)val.mv_data + 1, 4);
-			op->n_rcpts = (uint32_t)get_be((uint8_t *)val.mv_data + 5, 4);
+			op->first_idx = (uint32_t)hk_get_be((uint8_t *)val.mv_data + 1, 4);
+			op->n_rcpts = (uint32_t)hk_get_be((uint8_t *)val.mv_data + 5, 4);
 		}
 		goto out;
 	}
@@ -655,7 +638,7 @@ store:
 			rc = MDB_CORRUPTED;
 			goto out;
 		}
-		next_idx = (uint32_t)get_be((uint8_t *)val.mv_data + 1, 4);
+		next_idx = (uint32_t)hk_get_be((uint8_t *)val.mv_data + 1, 4);
 	} else if (rc == MDB_NOTFOUND) {
 		val.mv_size = 1 + op->body_len;
 		if ((rc = mdb_put(txn, q->body, &key, &val, MDB_RESERVE)) != 0)
@@ -711,7 +694,7 @@ store:
 			goto out;
 		if (h != NULL) {
 			uint8_t ov[5] = { REC_V1 };
-			put_be(ov + 1, idx, 4);
+			hk_put_be(ov + 1, idx, 4);
 			key = mv(ok, okey(ok, id, h->from_node, h->from_idx));
 			val = mv(ov, sizeof(ov));
 			if ((rc = mdb_put(txn, q->origin, &key, &val, 0)) != 0)
@@ -743,10 +726,10 @@ store:
 	}
 
 	uint8_t sv[9] = { REC_V1 };
-	put_be(sv + 1, next_idx, 4);
-	put_be(sv + 5, n, 4);
+	hk_put_be(sv + 1, next_idx, 4);
+	hk_put_be(sv + 5, n, 4);
 	memcpy(k, id, idlen + 1);
-	put_be(k + idlen + 1, op->shard, 4);
+	hk_put_be(k + idlen + 1, op->shard, 4);
 	key = mv(k, idlen + 5);
 	val = mv(sv, sizeof(sv));
 	if ((rc = mdb_put(txn, q->shard, &key, &val, 0)) != 0)
@@ -1075,10 +1058,10 @@ scan_domain(sender_queue *q, MDB_txn *txn, MDB_cursor *c, const char *domain, ui
 			    "domain", domain);
 			continue;
 		}
-		if (get_be(kp + dl + 1, 8) > now)
+		if (hk_get_be(kp + dl + 1, 8) > now)
 			break;
 		const char *id = (const char *)kp + dl + 9;
-		uint32_t idx = (uint32_t)get_be(kp + key.mv_size - 4, 4);
+		uint32_t idx = (uint32_t)hk_get_be(kp + key.mv_size - 4, 4);
 		if (skip && skip(id, idx, arg))
 			continue;
 		int grc = rcpt_get(q, txn, id, idx, &rc_state);
@@ -1128,7 +1111,7 @@ sender_queue_scan_due_domains(sender_queue *q, int64_t now_ms, sender_queue_doma
 			hk_log_error("queue_corrupt", "{s:s}", "what", "domain order key");
 			continue;
 		}
-		uint64_t next = get_be(kp, 8);
+		uint64_t next = hk_get_be(kp, 8);
 		if (next > now)
 			break;
 		memcpy(domain, kp + 8, key.mv_size - 8);
@@ -1356,7 +1339,7 @@ sender_queue_scan_all(sender_queue *q, const char *id, const struct sender_qref 
 			continue;
 		}
 		r.id = (const char *)kp;
-		r.idx = (uint32_t)get_be(kp + key.mv_size - 4, 4);
+		r.idx = (uint32_t)hk_get_be(kp + key.mv_size - 4, 4);
 		if (cb(&r, arg) != 0)
 			break;
 	}

@@ -1069,23 +1069,6 @@ sender_shaping_factor(const sender_shaping *sh, const struct sender_shaping_rule
 
 /* --- persistence of the adaptive state ---------------------------------------- */
 
-static void
-put_be(uint8_t *b, uint64_t v, int n)
-{
-	for (int i = n - 1; i >= 0; i--, v >>= 8)
-		b[i] = (uint8_t)v;
-}
-
-static uint64_t
-get_be(const uint8_t *b, int n)
-{
-	uint64_t v = 0;
-
-	for (int i = 0; i < n; i++)
-		v = v << 8 | b[i];
-	return v;
-}
-
 /* Value format 1: [1][be64 suspended_until][be64 backoff_cur][be64
  * last_change][be64 last_throttle][be32 factor in millionths][be32
  * successes][be64 throttles_total][be16 why length][why]. Key: rule name,
@@ -1105,14 +1088,14 @@ persist(sender_shaping *sh, const struct pair *p)
 	if (sh->env == NULL)
 		return;
 	buf[0] = STATE_FORMAT;
-	put_be(buf + 1, (uint64_t)p->suspended_until, 8);
-	put_be(buf + 9, (uint64_t)p->backoff_cur, 8);
-	put_be(buf + 17, (uint64_t)p->last_change, 8);
-	put_be(buf + 25, (uint64_t)p->last_throttle, 8);
-	put_be(buf + 33, (uint64_t)llround(p->factor * 1e6), 4);
-	put_be(buf + 37, p->successes, 4);
-	put_be(buf + 41, p->throttles_total, 8);
-	put_be(buf + 49, wl, 2);
+	hk_put_be(buf + 1, (uint64_t)p->suspended_until, 8);
+	hk_put_be(buf + 9, (uint64_t)p->backoff_cur, 8);
+	hk_put_be(buf + 17, (uint64_t)p->last_change, 8);
+	hk_put_be(buf + 25, (uint64_t)p->last_throttle, 8);
+	hk_put_be(buf + 33, (uint64_t)llround(p->factor * 1e6), 4);
+	hk_put_be(buf + 37, p->successes, 4);
+	hk_put_be(buf + 41, p->throttles_total, 8);
+	hk_put_be(buf + 49, wl, 2);
 	memcpy(buf + REC_FIXED, p->why, wl);
 	key = xmalloc(kl);
 	memcpy(key, p->rule->name, strlen(p->rule->name) + 1);
@@ -1155,7 +1138,7 @@ sender_shaping_attach(sender_shaping *sh, MDB_env *env, char *err, size_t errlen
 
 		if (nul == NULL || (size_t)(nul - key) > NAME_MAX_LEN || k.mv_size - (size_t)(nul - key) - 1 >= sizeof(addr) ||
 		    v.mv_size < REC_FIXED || b[0] != STATE_FORMAT ||
-		    v.mv_size < REC_FIXED + get_be(b + 49, 2))
+		    v.mv_size < REC_FIXED + hk_get_be(b + 49, 2))
 			continue;               /* not ours to read: leave it */
 		memcpy(name, key, (size_t)(nul - key));
 		name[nul - key] = '\0';
@@ -1164,16 +1147,16 @@ sender_shaping_attach(sender_shaping *sh, MDB_env *env, char *err, size_t errlen
 		if ((r = rule_find(sh, name)) == NULL || !r->enabled)
 			continue;
 		p = pair_get(sh, &r->pub, addr);
-		p->suspended_until = (int64_t)get_be(b + 1, 8);
-		p->backoff_cur = (int64_t)get_be(b + 9, 8);
-		p->last_change = (int64_t)get_be(b + 17, 8);
-		p->last_throttle = (int64_t)get_be(b + 25, 8);
-		p->factor = (double)get_be(b + 33, 4) / 1e6;
+		p->suspended_until = (int64_t)hk_get_be(b + 1, 8);
+		p->backoff_cur = (int64_t)hk_get_be(b + 9, 8);
+		p->last_change = (int64_t)hk_get_be(b + 17, 8);
+		p->last_throttle = (int64_t)hk_get_be(b + 25, 8);
+		p->factor = (double)hk_get_be(b + 33, 4) / 1e6;
 		if (p->factor > 1.0 || p->factor <= 0)
 			p->factor = 1.0;
-		p->successes = (uint32_t)get_be(b + 37, 4);
-		p->throttles_total = get_be(b + 41, 8);
-		size_t wl = (size_t)get_be(b + 49, 2);
+		p->successes = (uint32_t)hk_get_be(b + 37, 4);
+		p->throttles_total = hk_get_be(b + 41, 8);
+		size_t wl = (size_t)hk_get_be(b + 49, 2);
 		if (wl >= sizeof(p->why))
 			wl = sizeof(p->why) - 1;
 		memcpy(p->why, b + REC_FIXED, wl);

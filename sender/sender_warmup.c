@@ -302,23 +302,6 @@ struct pair_rec {
 	char why[SENDER_WARMUP_WHY_MAX];
 };
 
-static void
-put_be(uint8_t *b, uint64_t v, int n)
-{
-	for (int i = n - 1; i >= 0; i--, v >>= 8)
-		b[i] = (uint8_t)v;
-}
-
-static uint64_t
-get_be(const uint8_t *b, int n)
-{
-	uint64_t v = 0;
-
-	for (int i = 0; i < n; i++)
-		v = v << 8 | b[i];
-	return v;
-}
-
 static size_t
 pair_encode(const struct pair_rec *r, uint8_t *b)
 {
@@ -327,23 +310,23 @@ pair_encode(const struct pair_rec *r, uint8_t *b)
 	if (wl > 255)
 		wl = 255;
 	b[0] = FORMAT;
-	put_be(b + 1, r->step, 4);
-	put_be(b + 5, (uint32_t)r->day, 4);
-	put_be(b + 9, (uint64_t)r->hour, 8);
-	put_be(b + 17, r->sent_day, 4);
-	put_be(b + 21, r->sent_hour, 4);
-	put_be(b + 25, r->delivered, 4);
-	put_be(b + 29, r->deferred, 4);
-	put_be(b + 33, r->bounced, 4);
-	put_be(b + 37, r->complaints, 4);
-	put_be(b + 41, r->throttled, 4);
-	put_be(b + 45, r->episodes, 4);
-	put_be(b + 49, (uint64_t)r->episode_start, 8);
-	put_be(b + 57, (uint32_t)r->step_day, 4);
+	hk_put_be(b + 1, r->step, 4);
+	hk_put_be(b + 5, (uint32_t)r->day, 4);
+	hk_put_be(b + 9, (uint64_t)r->hour, 8);
+	hk_put_be(b + 17, r->sent_day, 4);
+	hk_put_be(b + 21, r->sent_hour, 4);
+	hk_put_be(b + 25, r->delivered, 4);
+	hk_put_be(b + 29, r->deferred, 4);
+	hk_put_be(b + 33, r->bounced, 4);
+	hk_put_be(b + 37, r->complaints, 4);
+	hk_put_be(b + 41, r->throttled, 4);
+	hk_put_be(b + 45, r->episodes, 4);
+	hk_put_be(b + 49, (uint64_t)r->episode_start, 8);
+	hk_put_be(b + 57, (uint32_t)r->step_day, 4);
 	b[61] = r->hold;
 	b[62] = r->flags;
-	put_be(b + 63, r->days_sent, 4);
-	put_be(b + 67, r->sent_total, 8);
+	hk_put_be(b + 63, r->days_sent, 4);
+	hk_put_be(b + 67, r->sent_total, 8);
 	b[75] = (uint8_t)wl;
 	memcpy(b + PAIR_FIXED, r->why, wl);
 	return PAIR_FIXED + wl;
@@ -358,23 +341,23 @@ pair_decode(const MDB_val *v, struct pair_rec *r)
 	if (v->mv_size < PAIR_FIXED || b[0] != FORMAT || v->mv_size < PAIR_FIXED + (size_t)b[75])
 		return false;
 	memset(r, 0, sizeof(*r));
-	r->step = (uint32_t)get_be(b + 1, 4);
-	r->day = (int32_t)(uint32_t)get_be(b + 5, 4);
-	r->hour = (int64_t)get_be(b + 9, 8);
-	r->sent_day = (uint32_t)get_be(b + 17, 4);
-	r->sent_hour = (uint32_t)get_be(b + 21, 4);
-	r->delivered = (uint32_t)get_be(b + 25, 4);
-	r->deferred = (uint32_t)get_be(b + 29, 4);
-	r->bounced = (uint32_t)get_be(b + 33, 4);
-	r->complaints = (uint32_t)get_be(b + 37, 4);
-	r->throttled = (uint32_t)get_be(b + 41, 4);
-	r->episodes = (uint32_t)get_be(b + 45, 4);
-	r->episode_start = (int64_t)get_be(b + 49, 8);
-	r->step_day = (int32_t)(uint32_t)get_be(b + 57, 4);
+	r->step = (uint32_t)hk_get_be(b + 1, 4);
+	r->day = (int32_t)(uint32_t)hk_get_be(b + 5, 4);
+	r->hour = (int64_t)hk_get_be(b + 9, 8);
+	r->sent_day = (uint32_t)hk_get_be(b + 17, 4);
+	r->sent_hour = (uint32_t)hk_get_be(b + 21, 4);
+	r->delivered = (uint32_t)hk_get_be(b + 25, 4);
+	r->deferred = (uint32_t)hk_get_be(b + 29, 4);
+	r->bounced = (uint32_t)hk_get_be(b + 33, 4);
+	r->complaints = (uint32_t)hk_get_be(b + 37, 4);
+	r->throttled = (uint32_t)hk_get_be(b + 41, 4);
+	r->episodes = (uint32_t)hk_get_be(b + 45, 4);
+	r->episode_start = (int64_t)hk_get_be(b + 49, 8);
+	r->step_day = (int32_t)(uint32_t)hk_get_be(b + 57, 4);
 	r->hold = b[61];
 	r->flags = b[62];
-	r->days_sent = (uint32_t)get_be(b + 63, 4);
-	r->sent_total = get_be(b + 67, 8);
+	r->days_sent = (uint32_t)hk_get_be(b + 63, 4);
+	r->sent_total = hk_get_be(b + 67, 8);
 	wl = b[75] < sizeof(r->why) ? b[75] : sizeof(r->why) - 1;
 	memcpy(r->why, b + PAIR_FIXED, wl);
 	r->why[wl] = '\0';
@@ -803,7 +786,7 @@ update(sender_warmup *w, const char *addr, const char *provider, int64_t now, bo
 		fresh(&rec, now);
 		if ((rc = mdb_get(txn, w->addr, &ak, &av)) == MDB_NOTFOUND) {
 			ab[0] = FORMAT;
-			put_be(ab + 1, (uint64_t)now, 8);
+			hk_put_be(ab + 1, (uint64_t)now, 8);
 			av = (MDB_val){ sizeof(ab), ab };
 			rc = mdb_put(txn, w->addr, &ak, &av, 0);
 		}
@@ -1032,7 +1015,7 @@ sender_warmup_status(sender_warmup *w, int64_t now, struct sender_warmup_status 
 
 		MDB_val ak = { al, (void *)key }, av;
 		if (mdb_get(txn, w->addr, &ak, &av) == 0 && av.mv_size >= 9)
-			s->start = (int64_t)get_be((const uint8_t *)av.mv_data + 1, 8);
+			s->start = (int64_t)hk_get_be((const uint8_t *)av.mv_data + 1, 8);
 		roll(w->sched, s->provider, &r, now);
 		s->warming = sender_warmup_warming(w, s->addr);
 		s->steps = sender_warmup_schedule_steps(w->sched, s->provider);

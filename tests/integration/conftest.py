@@ -71,6 +71,20 @@ def cluster_factory(tmp_path, dns, mx_port):
         pytest.fail("teardown: " + "\n".join(problems), pytrace=False)
 
 
+def dns_for_domains(tmp_path_factory, name, domains):
+    """Yields a dnsmasq for DOMAINS (MX spread over the MX host addresses)
+    plus the usual a.test, b.test, c.test: the body of a module's DNS
+    fixture when its tests need many domains."""
+    group = harness.ProcessGroup()
+    d = harness.DnsServer(group, str(tmp_path_factory.mktemp(name)),
+                          domain_mx=harness.domain_mx_spread(domains))
+    try:
+        d.start()
+        yield d
+    finally:
+        group.close()
+
+
 @pytest.fixture
 def make_cluster(tmp_path, dns_server, mx_port):
     """make_cluster() -> a harness.Cluster; every process it starts is

@@ -5,7 +5,6 @@ that a retried message arrives exactly once (counted by Message-ID).
 
 Every wait polls the cluster's log events or the MX hosts' records with a
 timeout; nothing sleeps to synchronise."""
-import os
 import uuid
 
 import pytest

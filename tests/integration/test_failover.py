@@ -20,7 +20,7 @@ import uuid
 import pytest
 
 import harness
-from conftest import cluster_factory
+from conftest import cluster_factory, dns_for_domains
 
 N_DOMAINS = 60
 N_MESSAGES = 300
@@ -31,16 +31,8 @@ SENDERS = {"sender-1": "127.0.0.2", "sender-2": "127.0.0.3", "sender-3": "127.0.
 
 @pytest.fixture(scope="module")
 def dns_many(tmp_path_factory):
-    """dnsmasq for the test domains (MX spread over the MX addresses), plus
-    the usual a.test, b.test, c.test."""
-    group = harness.ProcessGroup()
-    d = harness.DnsServer(group, str(tmp_path_factory.mktemp("dns-failover")),
-                          domain_mx=harness.domain_mx_spread(DOMAINS))
-    try:
-        d.start()
-        yield d
-    finally:
-        group.close()
+    """dnsmasq for the test domains, plus a.test, b.test, c.test."""
+    yield from dns_for_domains(tmp_path_factory, "dns-failover", DOMAINS)
 
 
 @pytest.fixture

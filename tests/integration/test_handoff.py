@@ -20,7 +20,7 @@ import uuid
 import pytest
 
 import harness
-from conftest import cluster_factory
+from conftest import cluster_factory, dns_for_domains
 
 N_DOMAINS = 40
 N_MESSAGES = 240
@@ -33,14 +33,8 @@ ROUTERS = ("router-1", "router-2")
 
 @pytest.fixture(scope="module")
 def dns_many(tmp_path_factory):
-    group = harness.ProcessGroup()
-    d = harness.DnsServer(group, str(tmp_path_factory.mktemp("dns-handoff")),
-                          domain_mx=harness.domain_mx_spread(DOMAINS))
-    try:
-        d.start()
-        yield d
-    finally:
-        group.close()
+    """dnsmasq for the test domains, plus a.test, b.test, c.test."""
+    yield from dns_for_domains(tmp_path_factory, "dns-handoff", DOMAINS)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 import harness
-from conftest import cluster_factory
+from conftest import cluster_factory, dns_for_domains
 
 N_DOMAINS = 200
 N_MESSAGES = 1000
@@ -26,16 +26,8 @@ DOMAINS = ["h%03d.test" % i for i in range(N_DOMAINS)]
 
 @pytest.fixture(scope="module")
 def dns_many(tmp_path_factory):
-    """dnsmasq for the test domains (MX spread over the MX addresses), plus
-    the usual a.test, b.test, c.test."""
-    group = harness.ProcessGroup()
-    d = harness.DnsServer(group, str(tmp_path_factory.mktemp("dns-many")),
-                          domain_mx=harness.domain_mx_spread(DOMAINS))
-    try:
-        d.start()
-        yield d
-    finally:
-        group.close()
+    """dnsmasq for the test domains, plus a.test, b.test, c.test."""
+    yield from dns_for_domains(tmp_path_factory, "dns-many", DOMAINS)
 
 
 @pytest.fixture
