@@ -444,6 +444,11 @@ job_end(struct job *j)
 		j->next->prev = j->prev;
 	s->n_jobs--;
 	job_free(j);
+	/* A slot is free: fill it on the next loop turn, not after the commit
+	 * of this job's outcomes (its recipients stay in the in-flight set
+	 * until then, so none is picked twice); its parked connection is then
+	 * taken at once. */
+	sender_sched_kick(s);
 	sched_maybe_done(s);
 }
 
