@@ -94,8 +94,12 @@ struct sender {
 	sender_warmup *warmup;          /* warm-up state (its own LMDB environment) */
 	/* Status documents for GET /shaping and /warmup, made on the loop. */
 	uv_mutex_t status_lock;
+	uv_cond_t status_cond;          /* a publish made them */
 	char *shaping_json, *warmup_json;
+	_Atomic int64_t status_asked_ms; /* GET /shaping or /warmup wants them newer than this */
+	int64_t status_made_ms;         /* (under status_lock) */
 	int64_t pruned_ms;              /* shaping pairs last pruned */
+	int64_t synced_ms;              /* warm-up state last synced */
 	hk_zlink **links;
 	size_t n_links;
 	uv_timer_t hb_timer;
@@ -649,6 +653,24 @@ on_frame(hk_zlink *link, const void *peer, size_t peer_len, const Hk__Frame *f,
 	}
 }
 
+/* reputation_housekeeping - on the heartbeat (with or without http:):
+ * sync the warm-up state every second (it is written unsynced), and forget
+ * idle shaping pairs every minute (the default rule keeps one per domain). */
+static void
+reputation_housekeeping(struct sender *s)
+{
+	int64_t now = hk_now_ms();
+
+	if (s->warmup && now - s->synced_ms >= 1000) {
+		sender_warmup_sync(s->warmup);
+		s->synced_ms = now;
+	}
+	if (s->shaping && now - s->pruned_ms >= 60000) {
+		sender_shaping_prune(s->shaping, now);
+		s->pruned_ms = now;
+	}
+}
+
 static void
 on_heartbeat(uv_timer_t *t)
 {
@@ -675,6 +697,7 @@ on_heartbeat(uv_timer_t *t)
 			    s->conf->routers[i], "error", strerror(-rc));
 	}
 	drain_check(s);
+	reputation_housekeeping(s);
 }
 
 /* ---- draining ---- */
@@ -739,7 +762,11 @@ sender_publish(struct hk_node *node)
 		return;
 	s->stats.queue_depth = sender_queue_depth(s->q);
 	s->stats.in_flight = sender_sched_jobs(s->sched);
-	int64_t now = hk_now_ms();
+	/* The status documents only when someone asked (hikyaku shaping|warmup
+	 * status): with a pair per destination domain they are not small. */
+	int64_t now = hk_now_ms(), asked = s->status_asked_ms;
+	if (asked <= s->status_made_ms)
+		return;
 	json_t *sj = s->shaping ? sender_shaping_status_json(s->shaping, now) : json_array();
 	json_t *wj = s->warmup ? sender_warmup_status_json(s->warmup, now) : NULL;
 	if (wj == NULL)
@@ -752,14 +779,9 @@ sender_publish(struct hk_node *node)
 	free(s->warmup_json);
 	s->shaping_json = a;
 	s->warmup_json = b;
+	s->status_made_ms = now > asked ? now : asked;
+	uv_cond_broadcast(&s->status_cond);
 	uv_mutex_unlock(&s->status_lock);
-	if (s->warmup)
-		sender_warmup_sync(s->warmup);   /* bounds what a machine crash can take */
-	if (s->shaping && now - s->pruned_ms >= 60000) {
-		/* The default rule keeps a pair per destination domain. */
-		sender_shaping_prune(s->shaping, now);
-		s->pruned_ms = now;
-	}
 }
 
 static bool
@@ -790,10 +812,16 @@ sender_get(void *arg, const char *path, char **body, size_t *len)
 	struct sender *s = arg;
 	char **doc = !strcmp(path, "/shaping") ? &s->shaping_json : !strcmp(path, "/warmup")
 	    ? &s->warmup_json : NULL;
+	int64_t asked = hk_now_ms();
 
 	if (doc == NULL)
 		return 0;
+	/* Ask the loop for fresh documents and wait for its next publish
+	 * (every second), at most 2 s; then serve what there is. */
 	uv_mutex_lock(&s->status_lock);
+	s->status_asked_ms = asked;
+	while (s->status_made_ms < asked && hk_now_ms() - asked < 2000)
+		uv_cond_timedwait(&s->status_cond, &s->status_lock, 100 * 1000000ULL);
 	*body = xstrdup(*doc ? *doc : "[]");
 	uv_mutex_unlock(&s->status_lock);
 	*len = strlen(*body);
@@ -840,6 +868,7 @@ on_handle_closed(uv_handle_t *h)
 		free(s->next.ops);
 		free(s->shaping_json);
 		free(s->warmup_json);
+		uv_cond_destroy(&s->status_cond);
 		uv_mutex_destroy(&s->status_lock);
 		free(s);
 	}
@@ -953,6 +982,7 @@ sender_start(struct hk_node *node)
 		return -1;
 	}
 	uv_mutex_init(&s->status_lock);
+	uv_cond_init(&s->status_cond);
 	s->links = xcalloc(c->n_routers ? c->n_routers : 1, sizeof(*s->links));
 	for (size_t i = 0; i < c->n_routers; i++) {
 		int64_t max = (int64_t)hk_config_max_frame(node->cfg);
@@ -1019,6 +1049,7 @@ fail:
 	free(s->links);
 	sender_shaping_free(&s->shaping);
 	sender_warmup_close(&s->warmup);
+	uv_cond_destroy(&s->status_cond);
 	uv_mutex_destroy(&s->status_lock);
 	sender_queue_close(&s->q);
 	free(s);

@@ -347,6 +347,8 @@ job_free(struct job *j)
 
 static void sched_maybe_done(sender_sched *s);
 static void job_settle(struct job *j, int64_t now);
+static void job_feedback(struct job *j, const char *reply, const struct sender_class *cl,
+    int64_t now);
 
 /*
  * job_domain_result - the job's domain has one job less; and if no MX host
@@ -432,6 +434,7 @@ job_end(struct job *j)
 				    s->conf->retry_max_ms, o.attempts, rng_unit(s));
 			}
 		}
+		job_feedback(j, sr->reply, &cl, now);
 		s->cb(&o, s->arg);
 	}
 	job_settle(j, now);
@@ -656,39 +659,42 @@ job_source(struct job *j, const char *mx_host)
 	return false;
 }
 
-/* job_settle - what the job's source held goes back, and the destination's
- * answers feed shaping and warm-up: called once per job, at its end. */
+/* job_feedback - the destination's answer for one recipient (classified
+ * once, by job_end) feeds the source's shaping and warm-up state. */
+static void
+job_feedback(struct job *j, const char *reply, const struct sender_class *cl, int64_t now)
+{
+	sender_sched *s = j->s;
+	const char *addr = j->src && j->src->address ? j->src->address : "";
+	char kbuf[SENDER_SHAPING_ADDR_MAX];
+
+	if (j->rule == NULL || j->src == NULL || j->sj.mx_host[0] == '\0')
+		return;         /* no source chosen, or no server answered */
+	sender_shaping_result(s->shaping, j->rule, shape_key(j, addr, kbuf), cl->throttled, reply, now);
+	if (j->wu_taken > 0) {
+		enum sender_warmup_outcome o = cl->kind == SENDER_CLASS_DELIVERED ?
+		    SENDER_WARMUP_DELIVERED : cl->kind == SENDER_CLASS_BOUNCED ? SENDER_WARMUP_BOUNCED :
+		    cl->throttled ? SENDER_WARMUP_THROTTLED : SENDER_WARMUP_DEFERRED;
+		sender_warmup_count(s->warmup, addr, j->rule->name, o, now);
+	}
+}
+
+/* job_settle - what the job's source held goes back: the shaping grant,
+ * and the warm-up budget if no server answered (nothing was sent). Once
+ * per job, at its end. */
 static void
 job_settle(struct job *j, int64_t now)
 {
 	sender_sched *s = j->s;
 	const char *addr = j->src && j->src->address ? j->src->address : "";
-	bool answered = j->sj.mx_host[0] != '\0';
 	char kbuf[SENDER_SHAPING_ADDR_MAX];
-	const char *key;
 
 	if (j->rule == NULL || j->src == NULL)
 		return;
-	key = shape_key(j, addr, kbuf);
-	for (size_t i = 0; i < j->n && !j->postponed; i++) {
-		struct sender_smtp_rcpt *sr = &j->sr[i];
-		struct sender_class cl;
-		if (!answered)
-			break;
-		sender_class_reply(sr->code, sr->reply, j->domain, j->sj.mx_host, &cl);
-		sender_shaping_result(s->shaping, j->rule, key, cl.throttled, sr->reply, now);
-		if (j->wu_taken > 0) {
-			enum sender_warmup_outcome o = cl.kind == SENDER_CLASS_DELIVERED ?
-			    SENDER_WARMUP_DELIVERED : cl.kind == SENDER_CLASS_BOUNCED ? SENDER_WARMUP_BOUNCED :
-			    cl.throttled ? SENDER_WARMUP_THROTTLED : SENDER_WARMUP_DEFERRED;
-			sender_warmup_count(s->warmup, addr, j->rule->name, o, now);
-		}
-	}
-	/* Nothing left for the destination: the budget was not used. */
-	if (!answered && j->wu_taken > 0)
+	if (j->sj.mx_host[0] == '\0' && j->wu_taken > 0)
 		sender_warmup_untake(s->warmup, addr, j->rule->name, j->wu_taken, j->wu_taken_at, now);
 	if (j->shaped)
-		sender_shaping_release(s->shaping, j->rule, key);
+		sender_shaping_release(s->shaping, j->rule, shape_key(j, addr, kbuf));
 	j->shaped = false;
 	j->wu_taken = 0;
 }
