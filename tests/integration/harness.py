@@ -1193,6 +1193,68 @@ def submit(port, mail_from, rcpts, data, host="127.0.0.1", timeout=30.0, source=
     return out
 
 
+def reply_of(r):
+    """(code, text) that decided a submit() result: the DATA reply, else the
+    first refused RCPT's, else (0, "")."""
+    if r.get("data"):
+        return r["data"]
+    return next(((c, t.decode() if isinstance(t, bytes) else t) for c, t in r.get("rcpt", [])
+                 if c != 250), (0, ""))
+
+
+class ClientLoad:
+    """Client threads handing MSGS [(token, rcpts)] to an ingress (PORT_FN()
+    gives its port), as a customer's MTA does: a message refused with 4xx or
+    cut off is tried again after 0.2 s, for at most WITHIN s, until 250.
+    acked (token -> rcpts), retried (tokens refused at least once), failed
+    (token -> last result, never 250), replies (reply code -> count)."""
+
+    def __init__(self, port_fn, msgs, threads=4, lines=3, within=60.0):
+        self.port_fn, self.lines, self.within = port_fn, lines, within
+        self.lock = threading.Lock()
+        self.acked, self.retried, self.failed, self.replies = {}, set(), {}, {}
+        self.threads = [threading.Thread(target=self._client, args=(msgs[k::threads],),
+                                         daemon=True) for k in range(threads)]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def join(self, timeout):
+        for t in self.threads:
+            t.join(timeout)
+        assert not any(t.is_alive() for t in self.threads), "client threads still running"
+
+    @property
+    def done(self):
+        return len(self.acked)
+
+    def _client(self, part):
+        for tok, rc in part:
+            data = make_message(tok, rcpts=rc, lines=self.lines)
+            deadline = time.monotonic() + self.within
+            while True:
+                try:
+                    r = submit(self.port_fn(), "from@client.test", rc, data, timeout=20)
+                    code, _ = reply_of(r)
+                except (OSError, smtplib.SMTPException) as e:
+                    r, code = {"error": repr(e)}, 0
+                with self.lock:
+                    self.replies[code] = self.replies.get(code, 0) + 1
+                    if code == 250:
+                        self.acked[tok] = rc
+                        break
+                assert code == 0 or 400 <= code < 500, (tok, r)
+                with self.lock:
+                    self.retried.add(tok)
+                if time.monotonic() > deadline:
+                    with self.lock:
+                        self.failed[tok] = r
+                    break
+                time.sleep(0.2)     # a client's retry pacing
+
+
 def submit_retrying(port, mail_from, rcpts, data, within=5.0, pause=0.2):
     """submit() as a client would after a 451 4.3.0 (e.g. while the ingress
     reconnects to a router that just came up): try again after PAUSE, for at

@@ -43,11 +43,7 @@ def cluster_of(tmp_path, dns_many, mx_port):
 _arrivals = harness.arrivals_by_message_id
 
 
-def _code(r):
-    if r["data"]:
-        return r["data"]
-    return next(((c, t.decode() if isinstance(t, bytes) else t) for c, t in r["rcpt"] if c != 250),
-                (0, ""))
+_code = harness.reply_of
 
 
 def _start(c, debug_router=True):
@@ -75,47 +71,12 @@ def test_sender_killed_under_load(cluster_of, mx):
             rc.append("v%d@%s" % (i, DOMAINS[(i * 7 + 3) % N_DOMAINS]))
         msgs.append(("k%04d-%s" % (i, uuid.uuid4().hex[:12]), rc))
 
-    lock = threading.Lock()
-    acked, retried, failed, replies = {}, set(), {}, {}
-    done = [0]
-
-    def client(part):
-        for tok, rc in part:
-            data = harness.make_message(tok, rcpts=rc, lines=3)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    r = harness.submit(c.port(), "from@client.test", rc, data, timeout=20)
-                    code, text = _code(r)
-                except (OSError, harness.smtplib.SMTPException) as e:
-                    r, code, text = {"error": repr(e)}, 0, ""
-                with lock:
-                    key = "%d %s" % (code, text[:5])
-                    replies[key] = replies.get(key, 0) + 1
-                if code == 250:
-                    with lock:
-                        acked[tok] = rc
-                        done[0] += 1
-                    break
-                assert code == 0 or 400 <= code < 500, (tok, r)
-                with lock:
-                    retried.add(tok)
-                if time.monotonic() > deadline:
-                    with lock:
-                        failed[tok] = r
-                    break
-                time.sleep(0.2)
-
-    parts = [msgs[k::N_THREADS] for k in range(N_THREADS)]
-    threads = [threading.Thread(target=client, args=(p,), daemon=True) for p in parts]
-    for t in threads:
-        t.start()
-    harness.wait_until(lambda: done[0] >= N_MESSAGES // 3, 120, "a third of the messages acked")
+    load = harness.ClientLoad(c.port, msgs, threads=N_THREADS).start()
+    harness.wait_until(lambda: load.done >= N_MESSAGES // 3, 120, "a third of the messages acked")
     c.kill9("sender-2")
-    for t in threads:
-        t.join(180)
-    assert not any(t.is_alive() for t in threads), "client threads still running"
-    assert not failed, "never accepted within 60 s: %r" % list(failed.items())[:5]
+    load.join(180)
+    acked, replies = load.acked, load.replies
+    assert not load.failed, "never accepted within 60 s: %r" % list(load.failed.items())[:5]
     assert len(acked) == N_MESSAGES
 
     # What sender-2 queued before it died is in its LMDB: restart it (once
@@ -132,7 +93,7 @@ def test_sender_killed_under_load(cluster_of, mx):
     missing = want - set(arr)
     assert not missing, "acknowledged but not delivered: %r" % sorted(missing)[:10]
     resent = c.find_events("submit_resent", "router-1")
-    n451 = sum(n for k, n in replies.items() if k.startswith("451"))
+    n451 = replies.get(451, 0)
     dups = sum(1 for k, n in arr.items() if n > 1 and k in want)
     print("sender killed: replies %r, 451s %d, resent %d, duplicate (msg, rcpt) %d"
           % (replies, n451, len(resent), dups))

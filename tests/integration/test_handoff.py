@@ -13,8 +13,6 @@ tcp:// (2 routers, senders with their own source addresses, 1 ingress).
   then arrives once, from the other sender.
 """
 import signal
-import threading
-import time
 import uuid
 
 import pytest
@@ -83,35 +81,6 @@ def _cluster(c, senders, **sender_kw):
         c.start_node(r)
 
 
-def _load(c, msgs, acked, started):
-    """Client threads submitting MSGS (token, rcpts) until each got 250."""
-    lock = threading.Lock()
-
-    def client(part):
-        for tok, rc in part:
-            data = harness.make_message(tok, rcpts=rc, lines=2)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    r = harness.submit(c.port(), "from@client.test", rc, data, timeout=20)
-                    code = r["data"][0] if r["data"] else 0
-                except (OSError, harness.smtplib.SMTPException):
-                    code = 0
-                if code == 250:
-                    with lock:
-                        acked[tok] = rc
-                        started[0] += 1
-                    break
-                assert code == 0 or 400 <= code < 500, (tok, r)
-                time.sleep(0.2)     # client retry pacing
-
-    threads = [threading.Thread(target=client, args=(msgs[k::N_THREADS],), daemon=True)
-               for k in range(N_THREADS)]
-    for t in threads:
-        t.start()
-    return threads
-
-
 def _messages():
     msgs = []
     for i in range(N_MESSAGES):
@@ -131,13 +100,11 @@ def test_fourth_sender_joins_under_load(cluster_of, mx):
     c.start_node("ingress-1")
     mx.stop()
 
-    acked, started = {}, [0]
-    threads = _load(c, _messages(), acked, started)
-    harness.wait_until(lambda: started[0] >= N_MESSAGES // 3, 120, "a third of the messages acked")
+    load = harness.ClientLoad(c.port, _messages(), threads=N_THREADS, lines=2).start()
+    harness.wait_until(lambda: load.done >= N_MESSAGES // 3, 120, "a third of the messages acked")
     c.start_node("sender-4")                # seen by both routers (member_up)
-    for t in threads:
-        t.join(180)
-    assert not any(t.is_alive() for t in threads), "client threads still running"
+    load.join(180)
+    acked = load.acked
     assert len(acked) == N_MESSAGES
 
     four = {s: 1 for s in SENDERS}
@@ -187,10 +154,10 @@ def test_drain_hands_queue_over(cluster_of, mx):
     c.start_node("ingress-1")
     mx.stop()
 
-    acked, started = {}, [0]
     msgs = _messages()[:80]
-    for t in _load(c, msgs, acked, started):
-        t.join(120)
+    load = harness.ClientLoad(c.port, msgs, threads=N_THREADS, lines=2).start()
+    load.join(120)
+    acked = load.acked
     assert len(acked) == len(msgs)
     drainer, other = senders
     held = _queued(c, drainer)

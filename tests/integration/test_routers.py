@@ -9,7 +9,6 @@
 - A hot domain (hot_domains: {a.test: 3}) with three senders: its recipients
   are queued and delivered by all three.
 """
-import threading
 import time
 import uuid
 
@@ -68,52 +67,15 @@ def test_router_killed_mid_stream(cluster_of, mx):
             rc.append("v%d@%s" % (i, DOMAINS[(i * 7 + 3) % N_DOMAINS]))
         msgs.append(("m%04d-%s" % (i, uuid.uuid4().hex[:12]), rc))
 
-    lock = threading.Lock()
-    acked = {}          # token -> recipients, got 250
-    retried = set()     # tokens refused with 4xx (or cut off) at least once
-    failed = {}         # token -> last result, never got 250
-    replies = {}        # reply code -> count
-    done = [0]
     kill_at = N_MESSAGES // 3
-
-    def client(part):
-        for tok, rc in part:
-            data = harness.make_message(tok, rcpts=rc, lines=3)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    r = harness.submit(c.port(), "from@client.test", rc, data, timeout=20)
-                    code = r["data"][0] if r["data"] else r["rcpt"][0][0]
-                except (OSError, harness.smtplib.SMTPException) as e:
-                    r, code = {"error": repr(e)}, 0
-                with lock:
-                    replies[code] = replies.get(code, 0) + 1
-                if code == 250:
-                    with lock:
-                        acked[tok] = rc
-                        done[0] += 1
-                    break
-                assert code == 0 or 400 <= code < 500, (tok, r)
-                with lock:
-                    retried.add(tok)
-                if time.monotonic() > deadline:
-                    with lock:
-                        failed[tok] = r
-                    break
-                time.sleep(0.2)     # a client's retry pacing
-
-    parts = [msgs[k::N_THREADS] for k in range(N_THREADS)]
-    threads = [threading.Thread(target=client, args=(p,), daemon=True) for p in parts]
     t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    harness.wait_until(lambda: done[0] >= kill_at, 120, "%d messages acked" % kill_at)
+    load = harness.ClientLoad(c.port, msgs, threads=N_THREADS).start()
+    harness.wait_until(lambda: load.done >= kill_at, 120, "%d messages acked" % kill_at)
     c.kill9("router-1")
     acked_by_r1 = len(c.find_events("submit_acked", "router-1"))
-    for t in threads:
-        t.join(180)
-    assert not any(t.is_alive() for t in threads), "client threads still running"
+    load.join(180)
     elapsed = time.monotonic() - t0
+    acked, retried, failed, replies = load.acked, load.retried, load.failed, load.replies
 
     assert not failed, "never accepted within 60 s: %r" % list(failed.items())[:5]
     assert len(acked) == N_MESSAGES
